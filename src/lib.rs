@@ -1,1 +1,29 @@
-//! Perisai.
+//! Perisai screens uploaded images in real time: known abuse material is blocked by hash banks
+//! (exact MD5/SHA-256 and PDQ perceptual hashes), unknown but likely harmful images are routed
+//! to human review by an ONNX classifier. Workers read upload events from Kafka and write one
+//! verdict per event.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings, defaults, environment overrides, validation.
+//! - [`event`]: wire types (upload events, verdicts, reasons). Plain data.
+//! - [`media`]: getting media bytes (inline, path, guarded URL fetch) and decoding them under limits.
+//! - [`hash`]: exact hashes and PDQ. Knows no banks.
+//! - [`bank`]: hash banks, their file format and the PDQ index.
+//! - [`classify`]: the classifier trait, ONNX model, preprocessing, micro-batching.
+//! - [`policy`]: the pure decision from signals to a verdict.
+//! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
+//! - [`kafka`]: consumer, producer, embedded broker for the demo.
+//! - [`pipeline`]: the worker: wiring, offset watermarks, backpressure, shutdown.
+//! - [`metrics`]: Prometheus registry and the HTTP endpoints.
+//!
+//! Dependencies point one way: pipeline → kafka, and pipeline → screen → media, hash, bank,
+//! classify, policy → event.
+
+pub mod bank;
+pub mod classify;
+pub mod config;
+pub mod event;
+pub mod hash;
+pub mod media;
+pub mod metrics;

@@ -1,0 +1,32 @@
+//! Classifier stage: open_nsfw through ONNX Runtime, batched across events.
+//!
+//! OWNER: classifier work (issue 4). This file is a stub fixing the interface; bodies to be written.
+
+pub mod preprocess;
+
+/// Model outputs for one image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub sfw: f32,
+    pub nsfw: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("model not available: {0}")]
+    Unavailable(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("preprocessing failed: {0}")]
+    Preprocess(String),
+}
+
+/// A loaded model. `classify` is blocking CPU work: call it off the async runtime.
+pub trait Classifier: Send + Sync {
+    /// e.g. "open_nsfw"
+    fn model_name(&self) -> &str;
+    /// hex sha256 of the weights file
+    fn model_sha256(&self) -> &str;
+    /// One score per input tensor (each `preprocess::INPUT_LEN` floats, NHWC BGR).
+    fn classify(&self, batch: &[Vec<f32>]) -> Result<Vec<Score>, ClassifyError>;
+}

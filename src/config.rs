@@ -1,0 +1,336 @@
+//! Settings: `config/default.toml` values, then `--config FILE`, then `PERISAI__SECTION__KEY`
+//! environment overrides. Unknown keys are errors; `validate()` names every bad key at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Action;
+use crate::hash::pdq::Convention;
+
+/// The documented defaults, compiled in so that a bare `perisai run` behaves as documented.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub worker: WorkerSettings,
+    pub media: MediaSettings,
+    pub decode: DecodeSettings,
+    pub pdq: PdqSettings,
+    #[serde(default)]
+    pub banks: Vec<BankSettings>,
+    pub classifier: ClassifierSettings,
+    pub policy: PolicySettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub verdict_topic: String,
+    pub dlq_topic: String,
+    pub delivery: Delivery,
+    /// librdkafka options applied to every client (TLS, SASL, client.id, ...).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// librdkafka options for the consumer only.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka options for the producer only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+    /// librdkafka statistics interval; consumer lag is read from the statistics.
+    pub statistics_interval_ms: u64,
+    pub commit_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Events read but not yet acknowledged; the consumer pauses at this bound.
+    pub max_in_flight: usize,
+    /// On revoke or SIGTERM, how long in-flight events may take to finish before the worker
+    /// leaves without committing them (they are then re-delivered).
+    pub drain_timeout_ms: u64,
+    /// Threads for CPU work (decode, hash, inference); 0 = one per core.
+    pub cpu_threads: usize,
+    /// Largest input event accepted, in bytes; larger events go to the DLQ.
+    pub max_event_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Largest media accepted, in bytes, for every source (inline, path, url).
+    pub max_bytes: usize,
+    /// Root for `{"path": ...}` media; empty disables path media.
+    pub path_root: String,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Hosts media may be fetched from (exact names, or `*.example.com`). Empty disables URL media.
+    pub allow_hosts: Vec<String>,
+    /// Schemes allowed; `http` only for tests and closed networks.
+    pub allow_schemes: Vec<String>,
+    /// Testing only: permit loopback/private addresses. Never enable in production.
+    pub allow_private_addresses: bool,
+    pub connect_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub max_redirects: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSettings {
+    pub max_pixels: u64,
+    pub max_side: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PdqSettings {
+    pub enabled: bool,
+    /// How uploads are hashed; banks must use the same convention.
+    pub convention: Convention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRow {
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BankSettings {
+    pub name: String,
+    pub file: String,
+    pub action: Action,
+    #[serde(default = "default_on_bad_row")]
+    pub on_bad_row: OnBadRow,
+    #[serde(default = "default_pdq_threshold")]
+    pub pdq_threshold: u32,
+    #[serde(default = "default_pdq_quality_floor")]
+    pub pdq_quality_floor: u8,
+    #[serde(default)]
+    pub dihedral: bool,
+}
+
+fn default_on_bad_row() -> OnBadRow {
+    OnBadRow::Fail
+}
+fn default_pdq_threshold() -> u32 {
+    31
+}
+fn default_pdq_quality_floor() -> u8 {
+    50
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSettings {
+    pub enabled: bool,
+    /// Model manifest (name, file, sha256, input/output, labels).
+    pub manifest: String,
+    /// Weights file; empty = the manifest's `file` next to the manifest's directory's `.cache`.
+    pub model_path: String,
+    /// Full versioned path of libonnxruntime.so.1.32.0.
+    pub ort_library: String,
+    pub intra_threads: usize,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Stamped on every verdict; bump it whenever banks' actions or bands change.
+    pub version: String,
+    /// Action for media that cannot be fetched or decoded. Never silently allowed by default.
+    pub media_error_action: Action,
+    pub bands: Bands,
+    #[serde(default)]
+    pub overrides: Vec<BandOverride>,
+}
+
+/// Classifier score bands: score ≥ block → block, ≥ review → review.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bands {
+    pub review: f32,
+    pub block: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandOverride {
+    /// Matches any tenant when absent.
+    pub tenant: Option<String>,
+    /// Matches any surface when absent.
+    pub surface: Option<String>,
+    pub review: f32,
+    pub block: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`
+    pub format: String,
+    /// tracing filter, e.g. `info,perisai=debug`
+    pub level: String,
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then `PERISAI__SECTION__KEY` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml).required(true));
+        }
+        let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("PERISAI__")).collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("PERISAI")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("media.http.allow_hosts")
+                .with_list_parse_key("media.http.allow_schemes")
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every invalid value, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, msg: String| {
+            if !ok {
+                errors.push(msg)
+            }
+        };
+        let k = &self.kafka;
+        check(!k.brokers.trim().is_empty(), "kafka.brokers: must name at least one broker".into());
+        for (key, value) in [
+            ("kafka.group_id", &k.group_id),
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.verdict_topic", &k.verdict_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            check(!value.trim().is_empty(), format!("{key}: must not be empty"));
+        }
+        check(k.input_topic != k.verdict_topic, "kafka.verdict_topic: must differ from kafka.input_topic".into());
+        check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
+        let w = &self.worker;
+        check(w.max_in_flight > 0, "worker.max_in_flight: must be > 0 (it bounds memory and backpressure)".into());
+        check(w.max_in_flight <= 100_000, "worker.max_in_flight: must be <= 100000".into());
+        check(w.drain_timeout_ms > 0, "worker.drain_timeout_ms: must be > 0".into());
+        check(w.max_event_bytes >= 1024, "worker.max_event_bytes: must be >= 1024".into());
+        let m = &self.media;
+        check(m.max_bytes > 0, "media.max_bytes: must be > 0".into());
+        for (i, host) in m.http.allow_hosts.iter().enumerate() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !bare.is_empty()
+                && url::Host::parse(bare).is_ok()
+                && !bare.contains(['/', ':', '@', '*']);
+            check(valid, format!("media.http.allow_hosts[{i}]: {host:?} is not a host name (use `name` or `*.domain`)"));
+        }
+        for (i, scheme) in m.http.allow_schemes.iter().enumerate() {
+            check(
+                scheme == "https" || scheme == "http",
+                format!("media.http.allow_schemes[{i}]: {scheme:?} is not http or https"),
+            );
+        }
+        check(m.http.connect_timeout_ms > 0, "media.http.connect_timeout_ms: must be > 0".into());
+        check(m.http.total_timeout_ms > 0, "media.http.total_timeout_ms: must be > 0".into());
+        check(self.decode.max_pixels > 0, "decode.max_pixels: must be > 0".into());
+        check(self.decode.max_side > 0, "decode.max_side: must be > 0".into());
+        let mut names = std::collections::HashSet::new();
+        for (i, bank) in self.banks.iter().enumerate() {
+            check(!bank.name.trim().is_empty(), format!("banks[{i}].name: must not be empty"));
+            check(names.insert(bank.name.clone()), format!("banks[{i}].name: {:?} is used twice", bank.name));
+            check(!bank.file.trim().is_empty(), format!("banks[{i}].file: must not be empty"));
+            check(bank.pdq_threshold <= 128, format!("banks[{i}].pdq_threshold: must be <= 128"));
+            check(bank.pdq_quality_floor <= 100, format!("banks[{i}].pdq_quality_floor: must be <= 100"));
+        }
+        let c = &self.classifier;
+        if c.enabled {
+            check(c.max_batch > 0 && c.max_batch <= 256, "classifier.max_batch: must be in 1..=256".into());
+            check(c.intra_threads > 0, "classifier.intra_threads: must be > 0".into());
+        }
+        let mut check_bands = |key: String, review: f32, block: f32| {
+            let in_range = |v: f32| (0.0..=1.0).contains(&v);
+            check(
+                in_range(review) && in_range(block) && review <= block,
+                format!("{key}: need 0 <= review <= block <= 1, got review={review} block={block}"),
+            );
+        };
+        check_bands("policy.bands".into(), self.policy.bands.review, self.policy.bands.block);
+        for (i, o) in self.policy.overrides.iter().enumerate() {
+            check_bands(format!("policy.overrides[{i}]"), o.review, o.block);
+        }
+        check(!self.policy.version.trim().is_empty(), "policy.version: must not be empty".into());
+        check(
+            self.metrics.listen.parse::<SocketAddr>().is_ok(),
+            format!("metrics.listen: {:?} is not an address like 0.0.0.0:9464", self.metrics.listen),
+        );
+        check(
+            self.log.format == "text" || self.log.format == "json",
+            format!("log.format: {:?} is not text or json", self.log.format),
+        );
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Resolve a configured relative path against the working directory.
+    pub fn path(p: &str) -> PathBuf {
+        PathBuf::from(p)
+    }
+}

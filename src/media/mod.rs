@@ -1,0 +1,3 @@
+//! Media: fetching the bytes an event points at, and decoding them under limits.
+
+pub mod decode;

@@ -1,0 +1,214 @@
+//! Prometheus registry and the HTTP endpoints `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Names follow Prometheus conventions: `perisai_` prefix, base units (seconds, bytes),
+//! `_total` on counters. docs/metrics.md is the catalogue; the chart's dashboard and alert
+//! rules use only names listed there (a test checks it against a running worker).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets from 0.5 ms to 30 s: decode and hash sit in the low milliseconds, URL fetches
+/// and batched inference in the tens to hundreds, and a stalled broker shows up in the top buckets.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// outcome: verdict | dlq
+    pub events: IntCounterVec,
+    /// action: block | review | allow
+    pub verdicts: IntCounterVec,
+    /// bank, signal (md5 | sha256 | pdq)
+    pub matches: IntCounterVec,
+    /// kind: fetch | guard | too_large | timeout | decode | unsupported_format | classifier | ...
+    pub media_errors: IntCounterVec,
+    /// error: the DLQ error class (invalid_json | schema | ...)
+    pub dlq_records: IntCounterVec,
+    /// stage: fetch | exact_hash | decode | pdq | match | classify | produce
+    pub stage_seconds: HistogramVec,
+    /// From the event being read off the input topic to its verdict being acknowledged.
+    pub event_seconds: Histogram,
+    pub in_flight: IntGauge,
+    /// topic, partition
+    pub consumer_lag: IntGaugeVec,
+    pub offsets_committed: IntCounter,
+    pub produce_errors: IntCounter,
+    /// bank, signal
+    pub bank_entries: IntGaugeVec,
+    /// bank: unix time of the last successful load or update
+    pub bank_loaded_seconds: IntGaugeVec,
+    /// bank: rows skipped under `on_bad_row = "skip"`
+    pub bank_rows_skipped: IntCounterVec,
+    pub classifier_up: IntGauge,
+    pub classifier_batch_size: Histogram,
+    pub classifier_inference_seconds: Histogram,
+    /// model
+    pub classifier_score: HistogramVec,
+    /// reason: blocked_by_hash | not_image | disabled
+    pub classifier_skipped: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let events = counter_vec("perisai_events_total", "Input events finished, by outcome.", &["outcome"]);
+        let verdicts = counter_vec("perisai_verdicts_total", "Verdicts produced, by action.", &["action"]);
+        let matches = counter_vec("perisai_matches_total", "Hash bank matches, by bank and signal.", &["bank", "signal"]);
+        let media_errors =
+            counter_vec("perisai_media_errors_total", "Media that could not be fetched or decoded, by kind.", &["kind"]);
+        let dlq_records = counter_vec("perisai_dlq_records_total", "Events sent to the DLQ, by error.", &["error"]);
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("perisai_stage_duration_seconds", "Time spent per screening stage.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(stage_seconds.clone())).expect("unique metric");
+        let event_seconds = histogram(
+            "perisai_event_duration_seconds",
+            "From reading an event to the broker acknowledging its verdict.",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        let in_flight = IntGauge::new("perisai_in_flight_events", "Events read but not yet acknowledged.").expect("valid");
+        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let consumer_lag =
+            gauge_vec("perisai_consumer_lag", "Messages behind the high watermark, per partition.", &["topic", "partition"]);
+        let offsets_committed = IntCounter::new("perisai_offset_commits_total", "Offset commits sent.").expect("valid");
+        registry.register(Box::new(offsets_committed.clone())).expect("unique metric");
+        let produce_errors =
+            IntCounter::new("perisai_produce_errors_total", "Verdict or DLQ records the broker did not accept.").expect("valid");
+        registry.register(Box::new(produce_errors.clone())).expect("unique metric");
+        let bank_entries = gauge_vec("perisai_bank_entries", "Entries loaded per bank and signal.", &["bank", "signal"]);
+        let bank_loaded_seconds =
+            gauge_vec("perisai_bank_loaded_timestamp_seconds", "Unix time a bank was last loaded or updated.", &["bank"]);
+        let bank_rows_skipped =
+            counter_vec("perisai_bank_rows_skipped_total", "Bad bank rows skipped (on_bad_row = skip).", &["bank"]);
+        let classifier_up = IntGauge::new("perisai_classifier_up", "1 when the classifier model is loaded.").expect("valid");
+        registry.register(Box::new(classifier_up.clone())).expect("unique metric");
+        let classifier_batch_size = histogram(
+            "perisai_classifier_batch_size",
+            "Images per inference batch.",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+        );
+        let classifier_inference_seconds =
+            histogram("perisai_classifier_inference_seconds", "Time per inference batch.", LATENCY_BUCKETS.to_vec());
+        let classifier_score = HistogramVec::new(
+            HistogramOpts::new("perisai_classifier_score", "Classifier scores (nsfw probability).")
+                .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]),
+            &["model"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(classifier_score.clone())).expect("unique metric");
+        let classifier_skipped =
+            counter_vec("perisai_classifier_skipped_total", "Images not sent to the classifier, by reason.", &["reason"]);
+        let build_info = gauge_vec("perisai_build_info", "Build information; always 1.", &["version"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Arc::new(Self {
+            registry,
+            events,
+            verdicts,
+            matches,
+            media_errors,
+            dlq_records,
+            stage_seconds,
+            event_seconds,
+            in_flight,
+            consumer_lag,
+            offsets_committed,
+            produce_errors,
+            bank_entries,
+            bank_loaded_seconds,
+            bank_rows_skipped,
+            classifier_up,
+            classifier_batch_size,
+            classifier_inference_seconds,
+            classifier_score,
+            classifier_skipped,
+            build_info,
+        })
+    }
+
+    /// Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    pub fn observe_stage(&self, stage: &str, seconds: f64) {
+        self.stage_seconds.with_label_values(&[stage]).observe(seconds);
+    }
+}
+
+/// What `/readyz` reports: ready once banks are loaded and the consumer holds an assignment.
+#[derive(Default)]
+pub struct Readiness {
+    pub banks_loaded: AtomicBool,
+    pub assigned: AtomicBool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.banks_loaded.load(Ordering::Acquire) && self.assigned.load(Ordering::Acquire)
+    }
+}
+
+/// Serve the endpoints until `shutdown` completes. Returns the bound address through `bound`
+/// so that port 0 works in tests and the demo.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: tokio::sync::oneshot::Sender<SocketAddr>,
+) -> std::io::Result<()> {
+    use axum::{http::StatusCode, routing::get, Router};
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let _ = bound.send(listener.local_addr()?);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get({
+                let metrics = metrics.clone();
+                move || async move {
+                    ([("content-type", "text/plain; version=0.0.4")], metrics.render())
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if readiness.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
