@@ -112,3 +112,88 @@ pub struct Verdict {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, serde_json::Value>,
 }
+
+/// Why an input record could not be parsed as an upload event; it goes to the DLQ.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("empty record")]
+    Empty,
+    #[error("event is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("unsupported schema {0:?} (expected {UPLOAD_SCHEMA:?})")]
+    SchemaVersion(String),
+    #[error("does not match {UPLOAD_SCHEMA}: {0}")]
+    Schema(String),
+}
+
+impl EventError {
+    /// Stable class for DLQ headers and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            EventError::Empty => "empty",
+            EventError::TooLarge { .. } => "too_large",
+            EventError::InvalidJson(_) => "invalid_json",
+            EventError::SchemaVersion(_) => "schema_version",
+            EventError::Schema(_) => "schema",
+        }
+    }
+}
+
+/// Parses and validates one upload event. The size check comes first, so a huge record costs no parsing.
+pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEvent, EventError> {
+    let bytes = payload.filter(|p| !p.is_empty()).ok_or(EventError::Empty)?;
+    if bytes.len() > max_bytes {
+        return Err(EventError::TooLarge { size: bytes.len(), limit: max_bytes });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| EventError::InvalidJson(e.to_string()))?;
+    match value.get("schema") {
+        Some(serde_json::Value::String(s)) if s == UPLOAD_SCHEMA => {}
+        Some(serde_json::Value::String(s)) => return Err(EventError::SchemaVersion(s.clone())),
+        _ => return Err(EventError::Schema("missing string field `schema`".into())),
+    }
+    let event: UploadEvent = serde_json::from_value(value).map_err(|e| EventError::Schema(e.to_string()))?;
+    for (field, value) in [("event_id", &event.event_id), ("media_id", &event.media_id), ("tenant", &event.tenant)] {
+        if value.trim().is_empty() {
+            return Err(EventError::Schema(format!("`{field}` must not be empty")));
+        }
+    }
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"schema":"perisai.upload/v1","event_id":"e-1","media_id":"m-1","tenant":"acme",
+        "surface":"post","content_type":"image/jpeg","media":{"url":"https://media.example/abc.jpg"},
+        "uploaded_at":"2026-11-28T12:00:00Z","attributes":{"uploader":"u-9"}}"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let e = parse_upload(Some(GOOD.as_bytes()), 1 << 20).unwrap();
+        assert_eq!(e.media, MediaRef::Url("https://media.example/abc.jpg".into()));
+        assert_eq!(e.attributes["uploader"], "u-9");
+    }
+
+    #[test]
+    fn classes_of_bad_events() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"{not json", "invalid_json"),
+            (br#"{"schema":"perisai.upload/v2"}"#, "schema_version"),
+            (br#"{"event_id":"e"}"#, "schema"),
+            (br#"{"schema":"perisai.upload/v1","event_id":"e","media_id":"m","tenant":"t"}"#, "schema"),
+            (br#"{"schema":"perisai.upload/v1","event_id":"e","media_id":"m","tenant":"t","media":{"inline":"","url":"x"}}"#, "schema"),
+            (br#"{"schema":"perisai.upload/v1","event_id":"","media_id":"m","tenant":"t","media":{"inline":""}}"#, "schema"),
+        ];
+        for (bytes, class) in cases {
+            let err = parse_upload(Some(bytes), 1 << 20).unwrap_err();
+            assert_eq!(err.class(), *class, "{}", String::from_utf8_lossy(bytes));
+        }
+        assert_eq!(parse_upload(Some(GOOD.as_bytes()), 10).unwrap_err().class(), "too_large");
+        assert_eq!(parse_upload(None, 10).unwrap_err().class(), "empty");
+    }
+}

@@ -20,10 +20,16 @@
 //! Dependencies point one way: pipeline → kafka, and pipeline → screen → media, hash, bank,
 //! classify, policy → event.
 
+pub mod app;
 pub mod bank;
 pub mod classify;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod hash;
+pub mod kafka;
 pub mod media;
 pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod screen;

@@ -30,3 +30,11 @@ pub trait Classifier: Send + Sync {
     /// One score per input tensor (each `preprocess::INPUT_LEN` floats, NHWC BGR).
     fn classify(&self, batch: &[Vec<f32>]) -> Result<Vec<Score>, ClassifyError>;
 }
+
+/// Placeholder until the ONNX classifier lands: the lead wires the real batcher here.
+pub fn scorer(
+    _settings: &crate::config::ClassifierSettings,
+    _metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> Result<std::sync::Arc<dyn crate::screen::ImageScorer>, ClassifyError> {
+    Err(ClassifyError::Unavailable("the ONNX classifier is not built into this version".into()))
+}

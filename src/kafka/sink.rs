@@ -1,0 +1,121 @@
+//! The output side: verdicts and DLQ records, produced with acks=all and idempotence.
+//! `send` returns only once the broker has acknowledged the record — the worker's commit
+//! watermark depends on it — and retries without limit while the broker refuses, so a record
+//! is never dropped; a stuck output shows up as lag and `perisai_produce_errors_total`.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::{producer_config, KafkaError};
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+
+/// Where an input record came from, for DLQ headers and tracing.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A DLQ payload larger than this is truncated (and marked so in its headers): the broker's
+/// default `message.max.bytes` is about 1 MiB, and an oversized event must still leave a record.
+pub const DLQ_MAX_PAYLOAD: usize = 900 * 1024;
+
+const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct Sink {
+    producer: FutureProducer,
+    verdict_topic: String,
+    dlq_topic: String,
+    instance: String,
+}
+
+impl Sink {
+    pub fn new(settings: &KafkaSettings, instance: String) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: producer_config(settings).create()?,
+            verdict_topic: settings.verdict_topic.clone(),
+            dlq_topic: settings.dlq_topic.clone(),
+            instance,
+        })
+    }
+
+    /// Produces a verdict keyed by media_id and waits for the broker's acknowledgement.
+    pub async fn send_verdict(&self, media_id: &str, event_id: &str, json: &[u8], source: &Source, metrics: &Metrics) {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "perisai.schema", value: Some(crate::event::VERDICT_SCHEMA) })
+            .insert(Header { key: "perisai.event_id", value: Some(event_id) })
+            .insert(Header { key: "perisai.worker", value: Some(self.instance.as_str()) })
+            .insert(Header { key: "perisai.source", value: Some(&source_text(source)) });
+        self.send_acked(&self.verdict_topic, Some(media_id.as_bytes()), json, headers, metrics).await
+    }
+
+    /// Produces the original event bytes to the DLQ, with headers naming the error and source.
+    pub async fn send_dlq(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        original_headers: Option<&OwnedHeaders>,
+        error_class: &str,
+        error: &str,
+        source: &Source,
+        metrics: &Metrics,
+    ) {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = original_headers {
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let truncated = payload.len() > DLQ_MAX_PAYLOAD;
+        let partition = source.partition.to_string();
+        let offset = source.offset.to_string();
+        let size = payload.len().to_string();
+        headers = headers
+            .insert(Header { key: "perisai.error", value: Some(error) })
+            .insert(Header { key: "perisai.error.class", value: Some(error_class) })
+            .insert(Header { key: "perisai.source.topic", value: Some(source.topic.as_str()) })
+            .insert(Header { key: "perisai.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "perisai.source.offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "perisai.original.size", value: Some(size.as_str()) })
+            .insert(Header { key: "perisai.worker", value: Some(self.instance.as_str()) });
+        if truncated {
+            headers = headers.insert(Header { key: "perisai.truncated", value: Some("true") });
+        }
+        let body = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
+        self.send_acked(&self.dlq_topic, key, body, headers, metrics).await
+    }
+
+    async fn send_acked(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders, metrics: &Metrics) {
+        let mut backoff = RETRY_BACKOFF_START;
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            match self.producer.send(record, Timeout::Never).await {
+                Ok(_) => return,
+                Err((e, _)) => {
+                    metrics.produce_errors.inc();
+                    tracing::warn!(topic, error = %e, retry_in_ms = backoff.as_millis() as u64, "produce failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Waits for queued records on shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(Timeout::After(timeout));
+    }
+}
+
+fn source_text(s: &Source) -> String {
+    format!("{}/{}/{}", s.topic, s.partition, s.offset)
+}

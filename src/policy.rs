@@ -1,0 +1,186 @@
+//! The policy: a pure function from an event's signals to an action and its reasons.
+//!
+//! Order of precedence: an allowlist match wins (the bytes are known good), then the strongest
+//! of block/review from bank matches, classifier bands and media errors; with none, allow.
+
+use crate::bank::{BankMatch, LowQuality};
+use crate::config::{Bands, PolicySettings};
+use crate::event::{Action, Reason};
+
+/// What the screen learned about one event's media.
+#[derive(Debug, Default, Clone)]
+pub struct Findings {
+    pub matches: Vec<BankMatch>,
+    pub low_quality: Vec<LowQuality>,
+    pub classifier: Option<ClassifierFinding>,
+    pub media_error: Option<MediaErrorFinding>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClassifierFinding {
+    pub model: String,
+    pub model_sha256: String,
+    pub label: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaErrorFinding {
+    /// stable kind label, e.g. `decode`, `guard`, `timeout`
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Where a classifier score falls for a tenant/surface.
+pub fn band(bands: Bands, score: f32) -> (&'static str, Option<Action>) {
+    if score >= bands.block {
+        ("block", Some(Action::Block))
+    } else if score >= bands.review {
+        ("review", Some(Action::Review))
+    } else {
+        ("none", None)
+    }
+}
+
+/// The bands in force for a tenant and surface: the first matching override, else the defaults.
+pub fn bands_for(policy: &PolicySettings, tenant: &str, surface: Option<&str>) -> Bands {
+    policy
+        .overrides
+        .iter()
+        .find(|o| {
+            o.tenant.as_deref().is_none_or(|t| t == tenant)
+                && o.surface.as_deref().is_none_or(|s| Some(s) == surface)
+        })
+        .map(|o| Bands { review: o.review, block: o.block })
+        .unwrap_or(policy.bands)
+}
+
+pub fn decide(findings: &Findings, policy: &PolicySettings, bands: Bands) -> (Action, Vec<Reason>) {
+    let mut reasons = Vec::new();
+    let mut action = Action::Allow;
+    let mut allowlisted = false;
+    for m in &findings.matches {
+        reasons.push(Reason::HashMatch {
+            bank: m.bank.clone(),
+            signal: m.signal.as_str().to_string(),
+            entry: m.entry.clone(),
+            action: m.action,
+            distance: m.distance,
+            quality: m.quality,
+            transform: m.transform.map(str::to_string),
+        });
+        match m.action {
+            Action::Allow => allowlisted = true,
+            other => action = action.max(other),
+        }
+    }
+    for low in &findings.low_quality {
+        reasons.push(Reason::LowQuality { signal: "pdq".into(), quality: low.quality, floor: low.floor });
+    }
+    if let Some(c) = &findings.classifier {
+        let (band_name, band_action) = band(bands, c.score);
+        reasons.push(Reason::Classifier {
+            model: c.model.clone(),
+            model_sha256: c.model_sha256.clone(),
+            label: c.label.clone(),
+            score: c.score,
+            band: band_name.into(),
+        });
+        if let Some(a) = band_action {
+            action = action.max(a);
+        }
+    }
+    if let Some(e) = &findings.media_error {
+        reasons.push(Reason::MediaError { error: e.kind.clone(), detail: e.detail.clone() });
+        action = action.max(policy.media_error_action);
+    }
+    if allowlisted {
+        action = Action::Allow;
+    }
+    (action, reasons)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::Signal;
+    use crate::config::BandOverride;
+
+    fn policy() -> PolicySettings {
+        PolicySettings {
+            version: "t".into(),
+            media_error_action: Action::Review,
+            bands: Bands { review: 0.8, block: 0.98 },
+            overrides: vec![BandOverride { tenant: Some("acme".into()), surface: Some("dm".into()), review: 0.5, block: 0.9 }],
+        }
+    }
+
+    fn hit(bank: &str, action: Action) -> BankMatch {
+        BankMatch {
+            bank: bank.into(),
+            action,
+            signal: Signal::Md5,
+            entry: "e".into(),
+            distance: None,
+            quality: None,
+            transform: None,
+        }
+    }
+
+    fn classifier(score: f32) -> Option<ClassifierFinding> {
+        Some(ClassifierFinding { model: "m".into(), model_sha256: "00".into(), label: "nsfw".into(), score })
+    }
+
+    #[test]
+    fn nothing_found_allows() {
+        let p = policy();
+        assert_eq!(decide(&Findings::default(), &p, p.bands), (Action::Allow, vec![]));
+    }
+
+    #[test]
+    fn allowlist_wins_over_block_and_media_error() {
+        let p = policy();
+        let f = Findings {
+            matches: vec![hit("csam", Action::Block), hit("allow", Action::Allow)],
+            media_error: Some(MediaErrorFinding { kind: "decode".into(), detail: "x".into() }),
+            ..Default::default()
+        };
+        let (action, reasons) = decide(&f, &p, p.bands);
+        assert_eq!(action, Action::Allow);
+        assert_eq!(reasons.len(), 3, "every finding is still reported");
+    }
+
+    #[test]
+    fn block_beats_review() {
+        let p = policy();
+        let f = Findings { matches: vec![hit("r", Action::Review), hit("b", Action::Block)], ..Default::default() };
+        assert_eq!(decide(&f, &p, p.bands).0, Action::Block);
+    }
+
+    #[test]
+    fn classifier_bands() {
+        let p = policy();
+        for (score, want) in [(0.1, Action::Allow), (0.8, Action::Review), (0.97, Action::Review), (0.98, Action::Block)] {
+            let f = Findings { classifier: classifier(score), ..Default::default() };
+            assert_eq!(decide(&f, &p, p.bands).0, want, "score {score}");
+        }
+    }
+
+    #[test]
+    fn media_error_is_never_silently_allowed() {
+        let p = policy();
+        let f = Findings {
+            media_error: Some(MediaErrorFinding { kind: "decode".into(), detail: "truncated".into() }),
+            ..Default::default()
+        };
+        assert_eq!(decide(&f, &p, p.bands).0, Action::Review);
+    }
+
+    #[test]
+    fn overrides_pick_tenant_and_surface() {
+        let p = policy();
+        assert_eq!(bands_for(&p, "acme", Some("dm")).review, 0.5);
+        assert_eq!(bands_for(&p, "acme", Some("post")).review, 0.8);
+        assert_eq!(bands_for(&p, "other", Some("dm")).review, 0.8);
+    }
+}
