@@ -169,8 +169,8 @@ that are not bare (librdkafka options such as "sasl.mechanisms").
 
 {{/* PromQL label matchers that select this release's series. */}}
 {{- define "perisai.promSelector" -}}
-{{- if .Values.alerts.selector }}
-{{- .Values.alerts.selector }}
+{{- if .Values.metrics.selector }}
+{{- .Values.metrics.selector }}
 {{- else }}
 {{- printf "namespace=%q, service=%q" .Release.Namespace (include "perisai.fullname" .) }}
 {{- end }}
@@ -222,8 +222,8 @@ that are not bare (librdkafka options such as "sasl.mechanisms").
 {{- fail "classifierFiles.source=initContainer needs classifierFiles.initContainer.image" }}
 {{- end }}
 {{- range $i, $bank := $v.config.banks }}
-{{- if and (hasPrefix (printf "%s/" $v.banks.mountPath) (toString $bank.file)) (empty $v.banks.volume) }}
-{{- fail (printf "config.banks[%d].file %q is under banks.mountPath but banks.volume is empty: the file would not exist in the pod" $i $bank.file) }}
+{{- if and (hasPrefix (printf "%s/" $v.bankFiles.mountPath) (toString $bank.file)) (empty $v.bankFiles.volume) }}
+{{- fail (printf "config.banks[%d].file %q is under bankFiles.mountPath but bankFiles.volume is empty: the file would not exist in the pod" $i $bank.file) }}
 {{- end }}
 {{- end }}
 {{- end }}
