@@ -214,6 +214,17 @@ pub struct LogSettings {
     pub level: String,
 }
 
+const PASSTHROUGH_PREFIXES: &[(&str, &str)] = &[
+    ("PERISAI__KAFKA__CLIENT__", "client"),
+    ("PERISAI__KAFKA__CONSUMER__", "consumer"),
+    ("PERISAI__KAFKA__PRODUCER__", "producer"),
+];
+
+/// `SASL_PASSWORD` or `SASL.PASSWORD` → `sasl.password` (librdkafka names use no underscores).
+fn librdkafka_key(env_suffix: &str) -> String {
+    env_suffix.to_ascii_lowercase().replace('_', ".")
+}
+
 impl Settings {
     /// Defaults, then `file` if given, then `PERISAI__SECTION__KEY` variables.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -229,7 +240,18 @@ impl Settings {
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml).required(true));
         }
-        let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("PERISAI__")).collect();
+        // librdkafka option names contain dots, which the config crate would read as nesting, so
+        // the passthrough maps take their environment overrides directly.
+        let mut passthrough: Vec<(&'static str, String, String)> = Vec::new();
+        let mut overrides: config::Map<String, String> = config::Map::new();
+        for (key, value) in env.into_iter().filter(|(k, _)| k.starts_with("PERISAI__")) {
+            match PASSTHROUGH_PREFIXES.iter().find(|(prefix, _)| key.starts_with(prefix)) {
+                Some((prefix, map)) => passthrough.push((map, librdkafka_key(&key[prefix.len()..]), value)),
+                None => {
+                    overrides.insert(key, value);
+                }
+            }
+        }
         builder = builder.add_source(
             config::Environment::with_prefix("PERISAI")
                 .prefix_separator("__")
@@ -238,9 +260,17 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("media.http.allow_hosts")
                 .with_list_parse_key("media.http.allow_schemes")
-                .source(Some(env)),
+                .source(Some(overrides)),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        for (map, key, value) in passthrough {
+            let target = match map {
+                "client" => &mut settings.kafka.client,
+                "consumer" => &mut settings.kafka.consumer,
+                _ => &mut settings.kafka.producer,
+            };
+            target.insert(key, value);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -332,5 +362,78 @@ impl Settings {
     /// Resolve a configured relative path against the working directory.
     pub fn path(p: &str) -> PathBuf {
         PathBuf::from(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.kafka.input_topic, "perisai.uploads");
+        assert_eq!(s.worker.max_in_flight, 256);
+    }
+
+    #[test]
+    fn environment_overrides_including_librdkafka_passthrough() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("PERISAI__KAFKA__BROKERS", "k1:9092,k2:9092"),
+                ("PERISAI__WORKER__MAX_IN_FLIGHT", "512"),
+                ("PERISAI__KAFKA__CLIENT__SASL.PASSWORD", "secret"),
+                ("PERISAI__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("PERISAI__KAFKA__PRODUCER__LINGER.MS", "20"),
+                ("PERISAI__MEDIA__HTTP__ALLOW_HOSTS", "a.example,*.b.example"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(s.worker.max_in_flight, 512);
+        assert_eq!(s.kafka.client["sasl.password"], "secret");
+        assert_eq!(s.kafka.client["security.protocol"], "SASL_SSL");
+        assert_eq!(s.kafka.producer["linger.ms"], "20");
+        assert_eq!(s.media.http.allow_hosts, vec!["a.example", "*.b.example"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[worker]\nmax_in_flite = 3\n").unwrap();
+        let err = Settings::load_with_env(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("max_in_flite"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_keys() {
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("PERISAI__WORKER__MAX_IN_FLIGHT", "0"),
+                ("PERISAI__MEDIA__HTTP__ALLOW_HOSTS", "http://bad/"),
+                ("PERISAI__METRICS__LISTEN", "nowhere"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["worker.max_in_flight", "media.http.allow_hosts[0]", "metrics.listen"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_action_is_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[policy]\nmedia_error_action = \"shrug\"\n").unwrap();
+        let err = Settings::load_with_env(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("media_error_action") && err.contains("shrug"), "{err}");
     }
 }
