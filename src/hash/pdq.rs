@@ -1,11 +1,30 @@
 //! PDQ perceptual hash, bit-exact with facebook/ThreatExchange `pdq/cpp`.
 //!
-//! OWNER: PDQ work (issue 3). This file is a stub fixing the interface; bodies to be written.
+//! The reference computes in `float` with a fixed operation order and no FMA; bits of
+//! low-contrast images (quality 0) come from its rounding alone, so every float operation here
+//! happens in the same order on the same values. What differs is only the schedule:
+//!
+//! - luma is computed straight from the pixels (or from the sampled pixels of the 512×512
+//!   nearest-neighbour resize of the `Cli` convention, which is never materialised);
+//! - the box filter along rows runs on strips of 8 rows transposed into lanes, and the filter
+//!   along columns runs on whole rows, so both are vectorised across independent sums;
+//! - the second filter pass is computed only where the 64×64 decimation reads it: along rows it
+//!   still runs every running sum but divides only at the 64 sampled columns, and along columns it
+//!   runs only over those 64 columns.
+//!
+//! Each of those sums, quotients and products is the reference's own, in its own order.
 
-use crate::media::decode::Image;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::media::decode::{Channels, Image};
 
 /// 256-bit PDQ hash. Text form: 64 lowercase hex characters exactly as `pdq-photo-hasher` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// The bytes are in text order: the reference's 16-bit word 15 first, high byte first. Bit `k`
+/// of the reference (`k = 16·row + column` of the 16×16 DCT) is bit `k % 8` of byte
+/// `2·(15 − k/16) + (1 − (k % 16)/8)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PdqHash(pub [u8; 32]);
 
 /// `Cli`: side > 512 → nearest-neighbour resize to exactly 512×512 first (pdq-photo-hasher);
@@ -25,34 +44,358 @@ pub struct PdqOutput {
     pub quality: u8,
 }
 
-pub fn hash(img: &Image, convention: Convention) -> PdqOutput {
-    let _ = (img, convention);
-    PdqOutput { hash: PdqHash([0; 32]), quality: 0 }
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PdqError {
+    #[error("a PDQ hash is 64 hex characters, got {0}")]
+    BadLength(usize),
+    #[error("a PDQ hash holds only hex digits")]
+    BadDigit,
 }
 
-// Interface placeholders until the PDQ implementation lands (replaced wholesale at merge).
-impl std::str::FromStr for PdqHash {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(|e| e.to_string())?;
-        Ok(PdqHash(out))
-    }
-}
-impl std::fmt::Display for PdqHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
 impl PdqHash {
+    pub const ZERO: PdqHash = PdqHash([0; 32]);
+
+    /// Hamming distance.
     pub fn distance(&self, other: &PdqHash) -> u32 {
-        self.0.iter().zip(other.0.iter()).map(|(a, b)| (a ^ b).count_ones()).sum()
+        let (a, b) = (self.words(), other.words());
+        (0..4).map(|i| (a[i] ^ b[i]).count_ones()).sum()
     }
+
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 32]
     }
+
+    /// The 256 bits as four integers, for fast distances and index keys.
+    #[inline]
+    pub fn words(&self) -> [u64; 4] {
+        let mut w = [0u64; 4];
+        for (i, chunk) in self.0.chunks_exact(8).enumerate() {
+            w[i] = u64::from_be_bytes(chunk.try_into().expect("8-byte chunk"));
+        }
+        w
+    }
+
+    pub fn from_words(w: [u64; 4]) -> PdqHash {
+        let mut b = [0u8; 32];
+        for i in 0..4 {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w[i].to_be_bytes());
+        }
+        PdqHash(b)
+    }
+
+    /// Bit `k` in the reference's numbering (`Hash256::setBit`).
+    fn set_bit(&mut self, k: usize) {
+        let word = k >> 4;
+        let bit = k & 15;
+        let byte = 2 * (15 - word) + usize::from(bit < 8);
+        self.0[byte] |= 1 << (bit & 7);
+    }
 }
+
+impl fmt::Display for PdqHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for PdqHash {
+    type Err = PdqError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 {
+            return Err(PdqError::BadLength(s.len()));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| PdqError::BadDigit)?;
+        Ok(PdqHash(out))
+    }
+}
+
+impl serde::Serialize for PdqHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PdqHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Side of the `Cli` resize (`DOWNSAMPLE_DIMS` in pdqio.cpp).
+const CLI_SIDE: usize = 512;
+const MIN_HASHABLE_DIM: usize = 5;
+
+pub fn hash(img: &Image, convention: Convention) -> PdqOutput {
+    let (dct, quality) = match dct16(img, convention, false) {
+        Some(x) => x,
+        None => return PdqOutput { hash: PdqHash::ZERO, quality: 0 },
+    };
+    PdqOutput { hash: bits_from_dct(&dct), quality }
+}
+
+/// The hashes of the 8 rotations and flips of the image, from one DCT, in the reference's
+/// order: original, rotate90, rotate180, rotate270, flipX, flipY, flipPlus1, flipMinus1.
 pub fn hash_dihedral(img: &Image, convention: Convention) -> ([PdqHash; 8], u8) {
-    let _ = (img, convention);
-    ([PdqHash([0; 32]); 8], 0)
+    // pdqDihedralHash256esFromFloatLuma always filters, even a 64×64 input that
+    // pdqHash256FromFloatLuma would take as is.
+    let (dct, quality) = match dct16(img, convention, true) {
+        Some(x) => x,
+        None => return ([PdqHash::ZERO; 8], 0),
+    };
+    let mut out = [PdqHash::ZERO; 8];
+    let mut aux = [[0f32; 16]; 16];
+    out[0] = bits_from_dct(&dct);
+    // (transpose, sign flip for odd row, sign flip for odd column, sign flip for odd row+column,
+    //  negate everything first) for each transform, as in dct16OriginalTo*.
+    let transforms: [fn(usize, usize, f32) -> (usize, usize, f32); 7] = [
+        |i, j, v| (j, i, if j & 1 == 1 { v } else { -v }),       // rotate90
+        |i, j, v| (i, j, if (i + j) & 1 == 1 { -v } else { v }), // rotate180
+        |i, j, v| (j, i, if i & 1 == 1 { v } else { -v }),       // rotate270
+        |i, j, v| (i, j, if i & 1 == 1 { v } else { -v }),       // flipX
+        |i, j, v| (i, j, if j & 1 == 1 { v } else { -v }),       // flipY
+        |i, j, v| (j, i, v),                                     // flipPlus1
+        |i, j, v| (j, i, if (i + j) & 1 == 1 { -v } else { v }), // flipMinus1
+    ];
+    for (t, f) in transforms.iter().enumerate() {
+        for i in 0..16 {
+            for j in 0..16 {
+                let (a, b, v) = f(i, j, dct[i][j]);
+                aux[a][b] = v;
+            }
+        }
+        out[t + 1] = bits_from_dct(&aux);
+    }
+    (out, quality)
 }
+
+// ---------------------------------------------------------------- pixels to luma rows
+
+/// Where luma rows come from: the image itself, or its nearest-neighbour resize.
+struct LumaSource<'a> {
+    img: &'a Image,
+    rows: usize,
+    cols: usize,
+    /// Source column of each output column, `None` when not resized.
+    col_map: Option<Vec<usize>>,
+    /// Source row of each output row, `None` when not resized.
+    row_map: Option<Vec<usize>>,
+}
+
+fn luma_coeffs() -> (f32, f32, f32) {
+    // The reference declares them `const float x = 0.299;`: the double literal rounded to float.
+    (0.299f64 as f32, 0.587f64 as f32, 0.114f64 as f32)
+}
+
+impl<'a> LumaSource<'a> {
+    fn new(img: &'a Image, convention: Convention) -> LumaSource<'a> {
+        let (w, h) = (img.width as usize, img.height as usize);
+        if convention == Convention::Cli && (w > CLI_SIDE || h > CLI_SIDE) {
+            // CImg resize(512,512) with nearest neighbour: floor(x·W/512).
+            let map = |src: usize| (0..CLI_SIDE).map(|x| x * src / CLI_SIDE).collect::<Vec<_>>();
+            LumaSource { img, rows: CLI_SIDE, cols: CLI_SIDE, col_map: Some(map(w)), row_map: Some(map(h)) }
+        } else {
+            LumaSource { img, rows: h, cols: w, col_map: None, row_map: None }
+        }
+    }
+
+    /// Luma of output row `y` into `out[..cols]`, as fillFloatLumaFromRGB / FromGrey.
+    #[inline(always)]
+    fn row(&self, y: usize, out: &mut [f32]) {
+        let (w, bpp) = (self.img.width as usize, self.img.channels.bytes_per_pixel());
+        let sy = self.row_map.as_ref().map_or(y, |m| m[y]);
+        let src = &self.img.pixels[sy * w * bpp..(sy + 1) * w * bpp];
+        let out = &mut out[..self.cols];
+        let (cr, cg, cb) = luma_coeffs();
+        match (self.img.channels, &self.col_map) {
+            (Channels::Gray, None) => {
+                for (o, &p) in out.iter_mut().zip(src) {
+                    *o = f32::from(p);
+                }
+            }
+            (Channels::Rgb, None) => {
+                for (o, p) in out.iter_mut().zip(src.chunks_exact(3)) {
+                    *o = cr * f32::from(p[0]) + cg * f32::from(p[1]) + cb * f32::from(p[2]);
+                }
+            }
+            (Channels::Gray, Some(m)) => {
+                for (o, &x) in out.iter_mut().zip(m) {
+                    *o = f32::from(src[x]);
+                }
+            }
+            (Channels::Rgb, Some(m)) => {
+                for (o, &x) in out.iter_mut().zip(m) {
+                    let p = &src[x * 3..x * 3 + 3];
+                    *o = cr * f32::from(p[0]) + cg * f32::from(p[1]) + cb * f32::from(p[2]);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- core
+
+/// `computeJaroszFilterWindowSize(old, 64)`.
+fn window_size(old: usize) -> usize {
+    (old + 2 * 64 - 1) / (2 * 64)
+}
+
+/// `decimateFloat`'s source index for output index `out` of 64.
+fn decimation_index(out: usize, len: usize) -> usize {
+    (((out as f64 + 0.5) * len as f64) / 64.0) as usize
+}
+
+type Dct16 = [[f32; 16]; 16];
+
+/// 16×16 DCT and quality, or `None` for an image with a side under 5 px.
+fn dct16(img: &Image, convention: Convention, always_filter: bool) -> Option<(Dct16, u8)> {
+    let expected = img.width as usize * img.height as usize * img.channels.bytes_per_pixel();
+    if img.pixels.len() < expected {
+        // Malformed Image values (not from `decode`) hash like an unhashable image, never panic.
+        return None;
+    }
+    let src = LumaSource::new(img, convention);
+    if src.rows < MIN_HASHABLE_DIM || src.cols < MIN_HASHABLE_DIM {
+        return None;
+    }
+    let mut a = Box::new([[0f32; 64]; 64]);
+    if src.rows == 64 && src.cols == 64 && !always_filter {
+        for (y, row) in a.iter_mut().enumerate() {
+            src.row(y, row);
+        }
+    } else {
+        filter::downsample(&src, &mut a);
+    }
+    let quality = quality(&a);
+    Some((dct64_to_16(&a), quality))
+}
+
+/// `pdqImageDomainQualityMetric`.
+fn quality(a: &[[f32; 64]; 64]) -> u8 {
+    let mut gradient_sum: i32 = 0;
+    let step = |u: f32, v: f32| -> i32 {
+        let d = ((u - v) * 100.0) / 255.0;
+        (d as i32).abs()
+    };
+    for i in 0..63 {
+        for j in 0..64 {
+            gradient_sum += step(a[i][j], a[i + 1][j]);
+        }
+    }
+    for i in 0..64 {
+        for j in 0..63 {
+            gradient_sum += step(a[i][j], a[i][j + 1]);
+        }
+    }
+    (gradient_sum / 90).min(100) as u8
+}
+
+/// Rows 1..=16 of the 64-point DCT-II matrix, as the reference builds it: the scale factor in
+/// float, the cosine in double, the product rounded to float.
+fn dct_matrix() -> &'static [[f32; 64]; 16] {
+    static M: std::sync::OnceLock<[[f32; 64]; 16]> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let scale = (2.0f64 / 64.0).sqrt() as f32;
+        let mut m = [[0f32; 64]; 16];
+        for (i, row) in m.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let angle = (std::f64::consts::PI / 2.0 / 64.0) * (i + 1) as f64 * (2 * j + 1) as f64;
+                *v = (f64::from(scale) * angle.cos()) as f32;
+            }
+        }
+        m
+    })
+}
+
+/// `dct64To16`: B = D A Dᵀ, each dot product summed in k order from 0.
+fn dct64_to_16(a: &[[f32; 64]; 64]) -> Dct16 {
+    let d = dct_matrix();
+    let mut t = [[0f32; 64]; 16];
+    for i in 0..16 {
+        let ti = &mut t[i];
+        for k in 0..64 {
+            let dik = d[i][k];
+            let ak = &a[k];
+            for j in 0..64 {
+                ti[j] += dik * ak[j];
+            }
+        }
+    }
+    let mut b = [[0f32; 16]; 16];
+    for i in 0..16 {
+        for k in 0..64 {
+            let tik = t[i][k];
+            for j in 0..16 {
+                b[i][j] += tik * d[j][k];
+            }
+        }
+    }
+    b
+}
+
+/// `torben`: the median of the 256 coefficients, as the reference selects it.
+fn torben(m: &[f32]) -> f32 {
+    let n = m.len();
+    let half = (n + 1) / 2;
+    let (mut min, mut max) = (m[0], m[0]);
+    for &v in &m[1..] {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    loop {
+        let guess = (min + max) / 2.0;
+        let (mut less, mut greater, mut equal) = (0usize, 0usize, 0usize);
+        let (mut maxltguess, mut mingtguess) = (min, max);
+        for &v in m {
+            if v < guess {
+                less += 1;
+                if v > maxltguess {
+                    maxltguess = v;
+                }
+            } else if v > guess {
+                greater += 1;
+                if v < mingtguess {
+                    mingtguess = v;
+                }
+            } else {
+                equal += 1;
+            }
+        }
+        if less <= half && greater <= half {
+            return if less >= half {
+                maxltguess
+            } else if less + equal >= half {
+                guess
+            } else {
+                mingtguess
+            };
+        } else if less > greater {
+            max = maxltguess;
+        } else {
+            min = mingtguess;
+        }
+    }
+}
+
+/// `pdqBuffer16x16ToBits`: a bit for every coefficient above the median.
+fn bits_from_dct(dct: &Dct16) -> PdqHash {
+    let flat: Vec<f32> = dct.iter().flatten().copied().collect();
+    let median = torben(&flat);
+    let mut h = PdqHash::ZERO;
+    for (k, &v) in flat.iter().enumerate() {
+        if v > median {
+            h.set_bit(k);
+        }
+    }
+    h
+}
+
+mod filter;
