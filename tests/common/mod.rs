@@ -246,7 +246,7 @@ pub fn read_until(brokers: &str, topics: &[&str], timeout: Duration, done: impl 
     out
 }
 
-/// Offsets the group has committed, per partition of `topic`.
+/// Offsets the group has committed, per partition of `topic` (0 where it committed none).
 pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().expect("consumer");
@@ -255,7 +255,7 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
         tpl.add_partition(topic, p);
     }
     let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    c.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect()
+    c.elements().iter().map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0)).collect()
 }
 
 pub fn temp_dir() -> tempfile::TempDir {
