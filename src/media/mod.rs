@@ -1,3 +1,4 @@
 //! Media: fetching the bytes an event points at, and decoding them under limits.
 
 pub mod decode;
+pub mod fetch;
