@@ -532,3 +532,29 @@ async fn http_errors_and_refused_connections_are_fetch_errors() {
         assert_kind(fetch_url(&local(), &format!("http://localhost:{}/x?sig=SECRET", closed.port())).await, "fetch");
     assert!(!e.to_string().contains("SECRET"), "query string leaked: {e}");
 }
+
+#[tokio::test]
+async fn connect_timeout_fires_before_the_deadline() {
+    // A listener that never accepts, with its accept queue filled: the kernel then drops
+    // further SYNs, so the next connect hangs until the client gives up.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(("127.0.0.1", port))).await
+        {
+            fillers.push(s);
+        }
+    }
+    let mut s = local();
+    s.http.connect_timeout_ms = 200;
+    s.http.total_timeout_ms = 5000;
+    let start = Instant::now();
+    let e = assert_kind(fetch_url(&s, &format!("http://localhost:{port}/ok")).await, "timeout");
+    assert!(e.to_string().contains("connect_timeout_ms"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    drop(listener);
+}

@@ -22,6 +22,8 @@ use crate::event::MediaRef;
 
 use self::guard::{AddressRefused, HostAllowlist, VettingResolver};
 
+const INITIAL_BODY_CAPACITY: u64 = 1 << 20;
+
 const USER_AGENT: &str = concat!("perisai/", env!("CARGO_PKG_VERSION"), " (media screening)");
 
 /// Standard alphabet; padding may be present or absent, but bad characters and non-zero
@@ -41,8 +43,8 @@ pub enum FetchError {
     Path(String),
     #[error("URL media refused: {0}")]
     Guard(String),
-    #[error("URL media not complete within {ms} ms: {url}")]
-    Timeout { ms: u64, url: String },
+    #[error("URL media timed out: {0}")]
+    Timeout(String),
     #[error("URL media fetch failed: {0}")]
     Fetch(String),
     /// Only from [`MediaFetcher::new`].
@@ -58,7 +60,7 @@ impl FetchError {
             FetchError::TooLarge { .. } => "too_large",
             FetchError::Path(_) => "path",
             FetchError::Guard(_) => "guard",
-            FetchError::Timeout { .. } => "timeout",
+            FetchError::Timeout(_) => "timeout",
             FetchError::Fetch(_) => "fetch",
             FetchError::Setup(_) => "setup",
         }
@@ -74,6 +76,7 @@ pub struct MediaFetcher {
     allow_hosts: HostAllowlist,
     allow_schemes: Vec<String>,
     allow_private: bool,
+    connect_timeout: Duration,
     total_timeout: Duration,
     max_redirects: usize,
 }
@@ -102,6 +105,7 @@ impl MediaFetcher {
             allow_hosts,
             allow_schemes,
             allow_private: http.allow_private_addresses,
+            connect_timeout: Duration::from_millis(http.connect_timeout_ms),
             total_timeout: Duration::from_millis(http.total_timeout_ms),
             max_redirects: http.max_redirects,
         })
@@ -203,7 +207,11 @@ impl MediaFetcher {
         // One deadline for every hop and the body, so a chain of slow redirects cannot add up.
         match tokio::time::timeout(self.total_timeout, self.follow(url.clone())).await {
             Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout { ms: self.total_timeout.as_millis() as u64, url: redact(&url) }),
+            Err(_) => Err(FetchError::Timeout(format!(
+                "{} not complete within {} ms (media.http.total_timeout_ms)",
+                redact(&url),
+                self.total_timeout.as_millis()
+            ))),
         }
     }
 
@@ -297,7 +305,9 @@ impl MediaFetcher {
                 return Err(self.too_large(format!("{} declares {len} bytes", redact(url))));
             }
         }
-        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        // A declared length is only a promise: reserving all of it up front would let servers
+        // that never send their bodies pin memory across many in-flight fetches.
+        let mut body = Vec::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY) as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| self.request_error(e, url))? {
             if body.len() + chunk.len() > self.max_bytes {
                 return Err(self.too_large(format!("{} sent more than the limit", redact(url))));
@@ -315,8 +325,13 @@ impl MediaFetcher {
             }
             source = e.source();
         }
+        // The client's only timeout is the connect timeout; the total deadline is applied outside.
         if err.is_timeout() {
-            return FetchError::Timeout { ms: self.total_timeout.as_millis() as u64, url: redact(url) };
+            return FetchError::Timeout(format!(
+                "{}: no connection within {} ms (media.http.connect_timeout_ms)",
+                redact(url),
+                self.connect_timeout.as_millis()
+            ));
         }
         // reqwest's own message embeds the full URL, query string included.
         FetchError::Fetch(format!("{}: {}", redact(url), error_chain(&err.without_url())))
