@@ -21,10 +21,11 @@ demo: build
 	target/release/perisai demo
 
 # Unit tests, then the integration tests against a real Apache Kafka broker started here.
+# Benchmarks are compiled here (so they cannot rot) but run only by `make bench`.
 test: setup
-	$(CARGO) build --release --bin perisai
+	$(CARGO) build --release --bin perisai --benches
 	scripts/kafka start
-	set -o pipefail; $(CARGO) test --release --all-targets -- --test-threads=2 2>&1 | tee target/test.log; \
+	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee target/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
 	scripts/helm-check
 
