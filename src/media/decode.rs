@@ -1,17 +1,16 @@
 //! Decoding media bytes into 8-bit pixels, once per event, under size limits.
 //!
-//! OWNER: PDQ work (issue 3). This is the classifier work's interim copy, used to test the
-//! classifier until the PDQ branch's decoder lands; the lead keeps that one at merge.
-//!
-//! Conversions follow what Pillow does for the classifier reference (the PDQ reference agrees on
-//! everything but grey, which it keeps as grey too):
-//! - JPEG through libjpeg-turbo code (ISLOW IDCT, fancy upsampling), EXIF orientation ignored;
-//!   CMYK/YCCK JPEGs are read as inverted (Adobe) CMYK and converted with Pillow's plain formula.
-//! - 16-bit grey is clipped to 0..=255 (Pillow's `I;16` → `L`), other 16-bit samples keep the high
-//!   byte; palettes are expanded; alpha is dropped without compositing.
+//! JPEG goes through libjpeg-turbo code (the `mozjpeg` crate) with libjpeg's defaults (ISLOW IDCT,
+//! fancy upsampling), because both references decode with libjpeg-turbo: CImg for PDQ and Pillow
+//! for the classifier. A pure-Rust JPEG decoder differs from them by a few levels per pixel.
+//! Every other format goes through the `image` crate. Conversions follow Pillow's rules where
+//! the two references could disagree (CMYK, 16-bit), and never apply EXIF orientation, gamma or
+//! alpha compositing: the hashes and scores of the references are computed on the stored samples.
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat};
 
 /// Channel layout of decoded pixels. Alpha is always dropped (never composited) and palettes are
 /// expanded to RGB, which is what both references (CImg for PDQ, Pillow for the classifier) hash.
@@ -19,6 +18,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub enum Channels {
     Gray,
     Rgb,
+}
+
+impl Channels {
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            Channels::Gray => 1,
+            Channels::Rgb => 3,
+        }
+    }
 }
 
 /// Decoded pixels, row-major, interleaved (`Rgb`: 3 bytes a pixel; `Gray`: 1 byte a pixel).
@@ -64,141 +72,228 @@ impl DecodeError {
     }
 }
 
+const JPEG_MAGIC: [u8; 3] = [0xFF, 0xD8, 0xFF];
+
+fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.len() >= 3 && bytes[..3] == JPEG_MAGIC
+}
+
+/// The formats decoded here besides JPEG; `image` can recognise more than it is built to decode.
+fn other_format(bytes: &[u8]) -> Option<ImageFormat> {
+    match image::guess_format(bytes).ok()? {
+        f @ (ImageFormat::Png
+        | ImageFormat::Gif
+        | ImageFormat::Bmp
+        | ImageFormat::WebP
+        | ImageFormat::Tiff) => Some(f),
+        _ => None,
+    }
+}
+
 /// True when the bytes start like an image format this module decodes.
 pub fn looks_like_image(bytes: &[u8]) -> bool {
-    image::guess_format(bytes).is_ok()
+    is_jpeg(bytes) || other_format(bytes).is_some()
 }
 
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        decode_jpeg(bytes, limits)
-    } else {
-        decode_other(bytes, limits)
+    if is_jpeg(bytes) {
+        return decode_jpeg(bytes, limits);
+    }
+    match other_format(bytes) {
+        Some(format) => decode_other(bytes, format, limits),
+        None => Err(DecodeError::Unsupported),
     }
 }
 
-fn check_limits(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), DecodeError> {
+fn check_limits(width: u64, height: u64, limits: &DecodeLimits) -> Result<(), DecodeError> {
+    let too_large = || DecodeError::TooLarge {
+        width: u32::try_from(width).unwrap_or(u32::MAX),
+        height: u32::try_from(height).unwrap_or(u32::MAX),
+    };
     if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt("image has no pixels".into()));
+        return Err(DecodeError::Corrupt(format!("empty image {width}x{height}")));
     }
-    if width > limits.max_side || height > limits.max_side || u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(DecodeError::TooLarge { width, height });
+    if width > u64::from(limits.max_side) || height > u64::from(limits.max_side) {
+        return Err(too_large());
     }
-    Ok(())
+    match width.checked_mul(height) {
+        Some(n) if n <= limits.max_pixels => Ok(()),
+        _ => Err(too_large()),
+    }
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "libjpeg error".into())
+// ---------------------------------------------------------------- JPEG
+
+/// libjpeg reports a premature end of data as a warning and pads the rest of the image with grey;
+/// Pillow refuses such files ("image file is truncated"), so it becomes an error here.
+/// libjpeg reports fatal errors through `error_exit`, which must not return: it unwinds, and
+/// `decode_jpeg` catches that unwind.
+mod jpeg_errors {
+    use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, JWRN_JPEG_EOF};
+    use std::os::raw::c_int;
+
+    pub(super) struct Fatal(pub String);
+
+    fn message(cinfo: &mut jpeg_common_struct) -> String {
+        // SAFETY: libjpeg hands callbacks a valid cinfo whose `err` points at our manager.
+        unsafe {
+            let err = &*cinfo.err;
+            let mut buf = [0u8; 80];
+            match err.format_message {
+                Some(format) => {
+                    // The binding types the buffer as shared; libjpeg writes into it.
+                    let f: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 80]) =
+                        std::mem::transmute(format);
+                    f(cinfo, &mut buf);
+                    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                    String::from_utf8_lossy(&buf[..end]).into_owned()
+                }
+                None => format!("libjpeg error code {}", err.msg_code),
+            }
+        }
+    }
+
+    extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+        let msg = message(cinfo);
+        std::panic::resume_unwind(Box::new(Fatal(msg)));
+    }
+
+    extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
+        // SAFETY: as above.
+        let code = unsafe { (*cinfo.err).msg_code };
+        if level < 0 && code == JWRN_JPEG_EOF as c_int {
+            std::panic::resume_unwind(Box::new(Fatal("truncated JPEG data".into())));
+        }
+    }
+
+    pub(super) fn manager() -> jpeg_error_mgr {
+        // SAFETY: jpeg_std_error fills every field of a zeroed manager.
+        unsafe {
+            let mut err: jpeg_error_mgr = std::mem::zeroed();
+            mozjpeg_sys::jpeg_std_error(&mut err);
+            err.error_exit = Some(error_exit);
+            err.emit_message = Some(emit_message);
+            err
+        }
+    }
 }
 
 fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
-    use mozjpeg::ColorSpace;
-    // libjpeg reports errors by unwinding out of the C code (see the mozjpeg crate docs).
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Image, DecodeError> {
-        let d = mozjpeg::Decompress::new_mem(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-        let (w, h) = d.size();
-        let (width, height) = (w as u32, h as u32);
-        check_limits(width, height, limits)?;
-        let corrupt = |e: std::io::Error| DecodeError::Corrupt(e.to_string());
-        match d.color_space() {
-            ColorSpace::JCS_GRAYSCALE => {
-                let mut s = d.grayscale().map_err(corrupt)?;
-                let pixels: Vec<u8> = s.read_scanlines().map_err(corrupt)?;
-                s.finish().map_err(corrupt)?;
-                Ok(Image { width, height, channels: Channels::Gray, pixels })
-            }
-            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
-                let mut s = d.to_colorspace(ColorSpace::JCS_CMYK).map_err(corrupt)?;
-                let cmyk: Vec<u8> = s.read_scanlines().map_err(corrupt)?;
-                s.finish().map_err(corrupt)?;
-                Ok(Image { width, height, channels: Channels::Rgb, pixels: inverted_cmyk_to_rgb(&cmyk) })
-            }
-            _ => {
-                let mut s = d.rgb().map_err(corrupt)?;
-                let pixels: Vec<u8> = s.read_scanlines().map_err(corrupt)?;
-                s.finish().map_err(corrupt)?;
-                Ok(Image { width, height, channels: Channels::Rgb, pixels })
-            }
+    match catch_unwind(AssertUnwindSafe(|| decode_jpeg_inner(bytes, limits))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = if let Some(f) = payload.downcast_ref::<jpeg_errors::Fatal>() {
+                f.0.clone()
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                s.clone()
+            } else if let Some(s) = payload.downcast_ref::<&str>() {
+                (*s).to_string()
+            } else {
+                "JPEG decoder failed".to_string()
+            };
+            Err(DecodeError::Corrupt(msg))
         }
-    }));
-    let image = result.map_err(|p| DecodeError::Corrupt(panic_message(p)))??;
-    let expected = image.width as usize * image.height as usize * if image.channels == Channels::Rgb { 3 } else { 1 };
-    if image.pixels.len() != expected {
-        return Err(DecodeError::Corrupt("truncated JPEG".into()));
     }
-    Ok(image)
 }
 
-/// Pillow reads 4-component JPEGs as Adobe (inverted) CMYK and converts to RGB with
-/// `R = 255 - K' - C'·(255 - K')/255` in its fixed-point MULDIV255 (no ICC, no undercolour).
-fn inverted_cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
-    let muldiv255 = |a: i32, b: i32| {
-        let t = a * b + 128;
-        ((t >> 8) + t) >> 8
-    };
+fn decode_jpeg_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
+    let corrupt = |e: std::io::Error| DecodeError::Corrupt(e.to_string());
+    let dec = mozjpeg::Decompress::with_err(jpeg_errors::manager()).from_mem(bytes).map_err(corrupt)?;
+    let (width, height) = (dec.width() as u64, dec.height() as u64);
+    // Before jpeg_start_decompress, which allocates the coefficient buffers of progressive files.
+    check_limits(width, height, limits)?;
+    let (w, h) = (width as u32, height as u32);
+    match dec.image().map_err(corrupt)? {
+        mozjpeg::Format::RGB(mut started) => {
+            let pixels = started.read_scanlines::<u8>().map_err(corrupt)?;
+            started.finish().map_err(corrupt)?;
+            Ok(Image { width: w, height: h, channels: Channels::Rgb, pixels })
+        }
+        mozjpeg::Format::Gray(mut started) => {
+            let pixels = started.read_scanlines::<u8>().map_err(corrupt)?;
+            started.finish().map_err(corrupt)?;
+            Ok(Image { width: w, height: h, channels: Channels::Gray, pixels })
+        }
+        mozjpeg::Format::CMYK(mut started) => {
+            let cmyk = started.read_scanlines::<u8>().map_err(corrupt)?;
+            started.finish().map_err(corrupt)?;
+            Ok(Image { width: w, height: h, channels: Channels::Rgb, pixels: cmyk_to_rgb(&cmyk) })
+        }
+    }
+}
+
+/// Pillow's path for 4-component JPEGs: libjpeg's CMYK output (YCCK already turned into CMYK) is
+/// read as Adobe-inverted ("CMYK;I", inverted whatever the APP14 marker says), then converted
+/// without colour management: channel = (255-k) - round((255-k)*c/255), in Pillow's fixed point.
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
     for px in cmyk.chunks_exact(4) {
-        let nk = i32::from(px[3]); // 255 - (255 - stored k)
-        for &c in &px[..3] {
-            let c = 255 - i32::from(c);
-            out.push((nk - muldiv255(c, nk)).clamp(0, 255) as u8);
+        let nk = u32::from(px[3]); // inverted k is 255 - (255 - stored k)
+        for &stored in &px[..3] {
+            let c = 255 - u32::from(stored);
+            let t = c * nk + 128;
+            let scaled = ((t >> 8) + t) >> 8;
+            out.push((nk - scaled) as u8);
         }
     }
     out
 }
 
-fn decode_other(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
-    use image::DynamicImage as D;
-    let reader = |bytes| {
-        image::ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| DecodeError::Corrupt(e.to_string()))
-    };
-    let probe = reader(bytes)?;
-    if probe.format().is_none() {
-        return Err(DecodeError::Unsupported);
-    }
-    let (width, height) = probe.into_dimensions().map_err(image_error)?;
-    check_limits(width, height, limits)?;
+// ---------------------------------------------------------------- other formats
 
-    let mut r = reader(bytes)?;
-    let mut l = image::Limits::default();
-    l.max_image_width = Some(width);
-    l.max_image_height = Some(height);
-    // Largest decoded layout (16-bit RGBA) plus decoder scratch.
-    l.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (64 << 20));
-    r.limits(l);
-    let img = r.decode().map_err(image_error)?;
-
-    let (channels, pixels) = match img {
-        D::ImageLuma8(b) => (Channels::Gray, b.into_raw()),
-        D::ImageLumaA8(b) => (Channels::Gray, b.into_raw().chunks_exact(2).map(|p| p[0]).collect()),
-        D::ImageRgb8(b) => (Channels::Rgb, b.into_raw()),
-        D::ImageRgba8(b) => (Channels::Rgb, drop_alpha(&b.into_raw())),
-        D::ImageLuma16(b) => (Channels::Gray, b.into_raw().into_iter().map(|v| v.min(255) as u8).collect()),
-        D::ImageLumaA16(b) => (Channels::Gray, b.into_raw().chunks_exact(2).map(|p| (p[0] >> 8) as u8).collect()),
-        D::ImageRgb16(b) => (Channels::Rgb, b.into_raw().into_iter().map(|v| (v >> 8) as u8).collect()),
-        D::ImageRgba16(b) => (
-            Channels::Rgb,
-            b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).map(|v| (v >> 8) as u8).collect(),
-        ),
-        other => (Channels::Rgb, other.to_rgb8().into_raw()),
-    };
-    Ok(Image { width, height, channels, pixels })
-}
-
-fn drop_alpha(rgba: &[u8]) -> Vec<u8> {
-    rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
-}
-
-fn image_error(e: image::ImageError) -> DecodeError {
+fn map_image_error(e: ImageError, dims: Option<(u32, u32)>) -> DecodeError {
     match e {
-        image::ImageError::Unsupported(_) => DecodeError::Unsupported,
-        image::ImageError::Limits(_) => DecodeError::Corrupt(format!("decoder limit: {e}")),
+        ImageError::Limits(_) => {
+            let (width, height) = dims.unwrap_or((0, 0));
+            DecodeError::TooLarge { width, height }
+        }
+        ImageError::Unsupported(_) => DecodeError::Unsupported,
         other => DecodeError::Corrupt(other.to_string()),
+    }
+}
+
+fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<Image, DecodeError> {
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    // Room for the widest sample layout (16-bit RGBA) of the largest allowed image.
+    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 20));
+    reader.limits(lim);
+    let decoder = reader.into_decoder().map_err(|e| map_image_error(e, None))?;
+    let (width, height) = decoder.dimensions();
+    check_limits(u64::from(width), u64::from(height), limits)?;
+    // Animated GIF/WebP/TIFF decoders read only the first frame through `ImageDecoder`.
+    let img = catch_unwind(AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)))
+        .map_err(|_| DecodeError::Corrupt("image decoder failed".into()))?
+        .map_err(|e| map_image_error(e, Some((width, height))))?;
+    from_dynamic(img)
+}
+
+fn from_dynamic(img: DynamicImage) -> Result<Image, DecodeError> {
+    let (width, height) = (img.width(), img.height());
+    let gray = |pixels| Ok(Image { width, height, channels: Channels::Gray, pixels });
+    let rgb = |pixels| Ok(Image { width, height, channels: Channels::Rgb, pixels });
+    match img {
+        DynamicImage::ImageLuma8(b) => gray(b.into_raw()),
+        DynamicImage::ImageLumaA8(b) => gray(b.into_raw().chunks_exact(2).map(|p| p[0]).collect()),
+        DynamicImage::ImageRgb8(b) => rgb(b.into_raw()),
+        DynamicImage::ImageRgba8(b) => {
+            rgb(b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect())
+        }
+        // Pillow opens 16-bit greyscale as I;16 and its conversion to 8 bits clips, not scales.
+        DynamicImage::ImageLuma16(b) => gray(b.into_raw().into_iter().map(|v| v.min(255) as u8).collect()),
+        // Pillow reads 16-bit LA, RGB and RGBA through 8-bit raw modes that keep the high byte.
+        DynamicImage::ImageLumaA16(b) => {
+            gray(b.into_raw().chunks_exact(2).map(|p| (p[0] >> 8) as u8).collect())
+        }
+        DynamicImage::ImageRgb16(b) => rgb(b.into_raw().into_iter().map(|v| (v >> 8) as u8).collect()),
+        DynamicImage::ImageRgba16(b) => rgb(
+            b.into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+                .collect(),
+        ),
+        other => rgb(other.to_rgb8().into_raw()),
     }
 }
