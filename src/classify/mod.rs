@@ -1,7 +1,13 @@
 //! Classifier stage: open_nsfw through ONNX Runtime, batched across events.
 //!
-//! OWNER: classifier work (issue 4). This file is a stub fixing the interface; bodies to be written.
+//! - [`preprocess`]: decoded pixels → model input, equal to the Python reference.
+//! - [`manifest`]: the model manifest (weights file, sha256, tensor contract).
+//! - [`onnx`]: [`onnx::OnnxClassifier`], the ONNX Runtime session behind [`Classifier`].
+//! - [`batcher`]: an async handle that batches requests across events for any [`Classifier`].
 
+pub mod batcher;
+pub mod manifest;
+pub mod onnx;
 pub mod preprocess;
 
 /// Model outputs for one image.
@@ -11,7 +17,7 @@ pub struct Score {
     pub nsfw: f32,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClassifyError {
     #[error("model not available: {0}")]
     Unavailable(String),
