@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::bank::{BankFileError, BankSet};
-use crate::classify::ClassifyError;
+use crate::classify::{ClassifyError, ImageScorer};
 use crate::config::Settings;
 use crate::metrics::{Metrics, Readiness};
-use crate::screen::{ImageScorer, Mode, Screen, ScreenError};
+use crate::screen::{Mode, Screen, ScreenError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {

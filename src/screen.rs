@@ -4,15 +4,13 @@
 //! Media is fetched once and decoded once; PDQ and the classifier share the pixels. CPU work runs
 //! on blocking threads, at most `worker.cpu_threads` at a time, never on the async runtime.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
 use crate::bank::{BankSet, PdqSignal};
-use crate::classify::{preprocess, ClassifyError, Score};
+use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
 use crate::event::{Action, Signals, UploadEvent, Verdict, VERDICT_SCHEMA};
 use crate::hash::{exact, pdq};
@@ -20,14 +18,6 @@ use crate::media::decode::{self, DecodeLimits, Image};
 use crate::media::fetch::{FetchError, MediaFetcher};
 use crate::metrics::Metrics;
 use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding};
-
-/// A classifier as the screen sees it: one preprocessed image in, one score out, batched behind
-/// the scenes.
-pub trait ImageScorer: Send + Sync {
-    fn model_name(&self) -> &str;
-    fn model_sha256(&self) -> &str;
-    fn score(&self, input: Vec<f32>) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>>;
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

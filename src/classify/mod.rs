@@ -5,6 +5,10 @@
 //! - [`onnx`]: [`onnx::OnnxClassifier`], the ONNX Runtime session behind [`Classifier`].
 //! - [`batcher`]: an async handle that batches requests across events for any [`Classifier`].
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 pub mod batcher;
 pub mod manifest;
 pub mod onnx;
@@ -37,10 +41,38 @@ pub trait Classifier: Send + Sync {
     fn classify(&self, batch: &[Vec<f32>]) -> Result<Vec<Score>, ClassifyError>;
 }
 
-/// Placeholder until the ONNX classifier lands: the lead wires the real batcher here.
+/// The classifier as the screen sees it: one preprocessed image in, one score out, batched
+/// across events behind the scenes.
+pub trait ImageScorer: Send + Sync {
+    fn model_name(&self) -> &str;
+    fn model_sha256(&self) -> &str;
+    fn score(&self, input: Vec<f32>) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>>;
+}
+
+/// A loaded model behind the micro-batcher.
+pub struct BatchedModel {
+    batcher: batcher::Batcher,
+    sha256: String,
+}
+
+impl ImageScorer for BatchedModel {
+    fn model_name(&self) -> &str {
+        self.batcher.model_name()
+    }
+    fn model_sha256(&self) -> &str {
+        &self.sha256
+    }
+    fn score(&self, input: Vec<f32>) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>> {
+        Box::pin(self.batcher.classify(input))
+    }
+}
+
+/// Loads the ONNX model (checking its sha256 against the manifest) and starts its batcher.
 pub fn scorer(
-    _settings: &crate::config::ClassifierSettings,
-    _metrics: std::sync::Arc<crate::metrics::Metrics>,
-) -> Result<std::sync::Arc<dyn crate::screen::ImageScorer>, ClassifyError> {
-    Err(ClassifyError::Unavailable("the ONNX classifier is not built into this version".into()))
+    settings: &crate::config::ClassifierSettings,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Arc<dyn ImageScorer>, ClassifyError> {
+    let model: Arc<dyn Classifier> = Arc::new(onnx::OnnxClassifier::load(settings)?);
+    let sha256 = model.model_sha256().to_string();
+    Ok(Arc::new(BatchedModel { batcher: batcher::Batcher::from_settings(model, metrics, settings), sha256 }))
 }
