@@ -295,6 +295,10 @@ impl Settings {
         }
         check(k.input_topic != k.verdict_topic, "kafka.verdict_topic: must differ from kafka.input_topic".into());
         check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
+        check(
+            k.delivery == Delivery::AtLeastOnce,
+            "kafka.delivery: \"exactly_once\" is not available yet; use \"at_least_once\"".into(),
+        );
         let w = &self.worker;
         check(w.max_in_flight > 0, "worker.max_in_flight: must be > 0 (it bounds memory and backpressure)".into());
         check(w.max_in_flight <= 100_000, "worker.max_in_flight: must be <= 100000".into());

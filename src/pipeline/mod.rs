@@ -17,7 +17,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Delivery, Settings};
+use crate::config::Settings;
 use crate::event::parse_upload;
 use crate::kafka::context::WorkerContext;
 use crate::kafka::sink::{Sink, Source};
@@ -32,8 +32,6 @@ pub enum PipelineError {
     Kafka(#[from] KafkaError),
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
-    #[error("kafka.delivery = \"exactly_once\" is not available yet; use \"at_least_once\"")]
-    ExactlyOnceUnavailable,
 }
 
 /// What a worker did before it stopped.
@@ -68,9 +66,6 @@ impl Worker {
     /// Runs until `shutdown` completes, then drains and commits.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerSummary, PipelineError> {
         let settings = &self.settings;
-        if settings.kafka.delivery == Delivery::ExactlyOnce {
-            return Err(PipelineError::ExactlyOnceUnavailable);
-        }
         let drain_timeout = Duration::from_millis(settings.worker.drain_timeout_ms);
         let watermarks = Arc::new(Mutex::new(Watermarks::default()));
         let context = WorkerContext {
