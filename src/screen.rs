@@ -129,7 +129,10 @@ impl Screen {
 
     async fn classify(&self, classifier: &dyn ImageScorer, image: Image) -> Result<ClassifierFinding, ClassifyError> {
         let started = Instant::now();
-        let input = self.on_cpu(move || preprocess::preprocess(&image)).await??;
+        let input = self
+            .on_cpu(move || preprocess::preprocess(&image))
+            .await
+            .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
         let score = classifier.score(input).await?;
         self.metrics.observe_stage("classify", started.elapsed().as_secs_f64());
         Ok(ClassifierFinding {
@@ -140,13 +143,14 @@ impl Screen {
         })
     }
 
-    /// Runs CPU-bound work on a blocking thread, at most `cpu_threads` at once.
+    /// Runs CPU-bound work on a blocking thread, at most `cpu_threads` at once. A panic in the
+    /// work comes back as an error for this event only.
     async fn on_cpu<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ClassifyError> {
+    ) -> Result<T, tokio::task::JoinError> {
         let _permit = self.cpu.acquire().await.expect("semaphore never closed");
-        tokio::task::spawn_blocking(work).await.map_err(|e| ClassifyError::Preprocess(format!("worker thread: {e}")))
+        tokio::task::spawn_blocking(work).await
     }
 
     async fn examine(&self, bytes: Vec<u8>, content_type: Option<String>) -> Examined {

@@ -111,7 +111,11 @@ impl Worker {
                 _ = commit_tick.tick() => commit(&consumer, &watermarks, &self.metrics, CommitMode::Async),
                 _ = shared.finished.notified(), if paused => {}
                 received = consumer.recv() => match received {
-                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    Err(e) => {
+                        // librdkafka recovers by itself; the pause keeps a persistent error from spinning.
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     Ok(message) => {
                         let message = message.detach();
                         // At the bound the partitions are paused; a record fetched just before the
