@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -19,6 +19,12 @@ pub struct Source {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+}
+
+impl Source {
+    pub fn of(message: &OwnedMessage) -> Self {
+        Self { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() }
+    }
 }
 
 /// A DLQ payload larger than this is truncated (and marked so in its headers): the broker's
@@ -55,20 +61,14 @@ impl Sink {
         self.send_acked(&self.verdict_topic, Some(media_id.as_bytes()), json, headers, metrics).await
     }
 
-    /// Produces the original event bytes to the DLQ, with headers naming the error and source.
-    pub async fn send_dlq(
-        &self,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        original_headers: Option<&OwnedHeaders>,
-        error_class: &str,
-        error: &str,
-        source: &Source,
-        metrics: &Metrics,
-    ) {
+    /// Produces the original record to the DLQ — key, bytes and headers — with headers naming
+    /// the error and where the record came from.
+    pub async fn send_dlq(&self, original: &OwnedMessage, error_class: &str, error: &str, metrics: &Metrics) {
+        let source = Source::of(original);
+        let payload = original.payload().unwrap_or_default();
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = original_headers {
-            for h in original.iter() {
+        if let Some(original_headers) = original.headers() {
+            for h in original_headers.iter() {
                 headers = headers.insert(Header { key: h.key, value: h.value });
             }
         }
@@ -88,7 +88,7 @@ impl Sink {
             headers = headers.insert(Header { key: "perisai.truncated", value: Some("true") });
         }
         let body = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-        self.send_acked(&self.dlq_topic, key, body, headers, metrics).await
+        self.send_acked(&self.dlq_topic, original.key(), body, headers, metrics).await
     }
 
     async fn send_acked(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders, metrics: &Metrics) {

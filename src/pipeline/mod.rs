@@ -163,7 +163,7 @@ impl Worker {
 }
 
 async fn handle(shared: Arc<Shared>, message: OwnedMessage, permit: Option<OwnedSemaphorePermit>, received: Instant) {
-    let source = Source { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
+    let source = Source::of(&message);
     let metrics = &shared.metrics;
     match parse_upload(message.payload(), shared.max_event_bytes) {
         Ok(event) => {
@@ -178,11 +178,7 @@ async fn handle(shared: Arc<Shared>, message: OwnedMessage, permit: Option<Owned
         Err(error) => {
             tracing::info!(topic = %source.topic, partition = source.partition, offset = source.offset,
                 class = error.class(), "unparseable event sent to the DLQ");
-            let payload = message.payload().unwrap_or_default();
-            shared
-                .sink
-                .send_dlq(message.key(), payload, message.headers(), error.class(), &error.to_string(), &source, metrics)
-                .await;
+            shared.sink.send_dlq(&message, error.class(), &error.to_string(), metrics).await;
             metrics.dlq_records.with_label_values(&[error.class()]).inc();
             metrics.events.with_label_values(&["dlq"]).inc();
         }
