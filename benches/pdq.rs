@@ -47,6 +47,14 @@ fn bench(c: &mut Criterion) {
     let one = tiled(&photo, 1024, 1024);
     let twelve = tiled(&photo, 4000, 3000);
 
+    // Printed so that a run can be checked against the reference driver on the same pixels.
+    for (name, img) in [("1MP", &one), ("12MP", &twelve)] {
+        for conv in [Convention::Full, Convention::Cli] {
+            let out = hash(img, conv);
+            eprintln!("hash {conv:?} {name}: {} q{}", out.hash, out.quality);
+        }
+    }
+
     let mut g = c.benchmark_group("pdq_hash");
     g.sample_size(20);
     for (name, img) in [("1MP", &one), ("12MP", &twelve)] {
