@@ -5,6 +5,8 @@
 //! subtracts the leaving one, divided by the current window length. Sums of different rows (or
 //! columns) are independent, so they run side by side in SIMD lanes without changing any value.
 
+#![allow(clippy::needless_range_loop)] // fixed-width lane loops, vectorised as written
+
 use std::cell::RefCell;
 
 use super::{decimation_index, window_size, LumaSource};
