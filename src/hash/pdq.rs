@@ -14,6 +14,9 @@
 //!
 //! Each of those sums, quotients and products is the reference's own, in its own order.
 
+// Index loops and `(n + 127) / 128` mirror the reference's code, which makes the port checkable.
+#![allow(clippy::needless_range_loop, clippy::manual_div_ceil)]
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -152,7 +155,7 @@ pub fn hash_dihedral(img: &Image, convention: Convention) -> ([PdqHash; 8], u8) 
     out[0] = bits_from_dct(&dct);
     // (transpose, sign flip for odd row, sign flip for odd column, sign flip for odd row+column,
     //  negate everything first) for each transform, as in dct16OriginalTo*.
-    let transforms: [fn(usize, usize, f32) -> (usize, usize, f32); 7] = [
+    let transforms: [Transform; 7] = [
         |i, j, v| (j, i, if j & 1 == 1 { v } else { -v }),       // rotate90
         |i, j, v| (i, j, if (i + j) & 1 == 1 { -v } else { v }), // rotate180
         |i, j, v| (j, i, if i & 1 == 1 { v } else { -v }),       // rotate270
@@ -172,6 +175,9 @@ pub fn hash_dihedral(img: &Image, convention: Convention) -> ([PdqHash; 8], u8) 
     }
     (out, quality)
 }
+
+/// Where coefficient (i, j) goes, and its sign, in a rotated or flipped image's DCT.
+type Transform = fn(usize, usize, f32) -> (usize, usize, f32);
 
 // ---------------------------------------------------------------- pixels to luma rows
 

@@ -5,6 +5,8 @@
 //! subtracts the leaving one, divided by the current window length. Sums of different rows (or
 //! columns) are independent, so they run side by side in SIMD lanes without changing any value.
 
+#![allow(clippy::needless_range_loop)] // fixed-width lane loops, vectorised as written
+
 use std::cell::RefCell;
 
 use super::{decimation_index, window_size, LumaSource};
@@ -12,20 +14,21 @@ use super::{decimation_index, window_size, LumaSource};
 /// Lanes of a strip: rows filtered together along their length.
 const L: usize = 8;
 
-/// One step of `box1DFloat`.
-#[derive(Clone, Copy)]
-enum Step {
+/// The three operations of `box1DFloat`, on one or many independent running sums.
+/// (A trait rather than closures: closures are separate functions that do not get the
+/// caller's `target_feature`, and would not be vectorised with AVX2.)
+trait BoxOps {
     /// Add the sample at this index to the running sum.
-    Add(usize),
+    fn add(&mut self, r: usize);
     /// Subtract the sample at this index.
-    Sub(usize),
-    /// The sum is final for this output index; divide it by this window length.
-    Emit(usize, f32),
+    fn sub(&mut self, r: usize);
+    /// The sum is final for output `o`; divide it by the window length `count`.
+    fn emit(&mut self, o: usize, count: f32);
 }
 
 /// The four phases of `box1DFloat` over `n` samples, in the reference's order.
 #[inline(always)]
-fn box_schedule(n: usize, window: usize, mut step: impl FnMut(Step)) {
+fn box_schedule(n: usize, window: usize, ops: &mut impl BoxOps) {
     let half = (window + 2) / 2;
     let p1 = half - 1;
     let p2 = window - half + 1;
@@ -33,31 +36,64 @@ fn box_schedule(n: usize, window: usize, mut step: impl FnMut(Step)) {
     let p4 = half - 1;
     let (mut ri, mut li, mut oi, mut count) = (0usize, 0usize, 0usize, 0usize);
     for _ in 0..p1 {
-        step(Step::Add(ri));
+        ops.add(ri);
         count += 1;
         ri += 1;
     }
     for _ in 0..p2 {
-        step(Step::Add(ri));
+        ops.add(ri);
         count += 1;
-        step(Step::Emit(oi, count as f32));
+        ops.emit(oi, count as f32);
         ri += 1;
         oi += 1;
     }
+    let full = count as f32;
     for _ in 0..p3 {
-        step(Step::Add(ri));
-        step(Step::Sub(li));
-        step(Step::Emit(oi, count as f32));
+        ops.add(ri);
+        ops.sub(li);
+        ops.emit(oi, full);
         li += 1;
         ri += 1;
         oi += 1;
     }
     for _ in 0..p4 {
-        step(Step::Sub(li));
+        ops.sub(li);
         count -= 1;
-        step(Step::Emit(oi, count as f32));
+        ops.emit(oi, count as f32);
         li += 1;
         oi += 1;
+    }
+}
+
+/// Running sums down the rows of a row-major `n × width` matrix, one per column.
+struct Down<'a> {
+    inp: &'a [f32],
+    out: &'a mut [f32],
+    sums: &'a mut [f32],
+    width: usize,
+}
+
+impl BoxOps for Down<'_> {
+    #[inline(always)]
+    fn add(&mut self, r: usize) {
+        let w = self.width;
+        for (s, &v) in self.sums.iter_mut().zip(&self.inp[r * w..(r + 1) * w]) {
+            *s += v;
+        }
+    }
+    #[inline(always)]
+    fn sub(&mut self, r: usize) {
+        let w = self.width;
+        for (s, &v) in self.sums.iter_mut().zip(&self.inp[r * w..(r + 1) * w]) {
+            *s -= v;
+        }
+    }
+    #[inline(always)]
+    fn emit(&mut self, o: usize, count: f32) {
+        let w = self.width;
+        for (d, &s) in self.out[o * w..(o + 1) * w].iter_mut().zip(self.sums.iter()) {
+            *d = s / count;
+        }
     }
 }
 
@@ -66,59 +102,60 @@ fn box_schedule(n: usize, window: usize, mut step: impl FnMut(Step)) {
 fn box_down(inp: &[f32], out: &mut [f32], n: usize, width: usize, window: usize, sums: &mut Vec<f32>) {
     sums.clear();
     sums.resize(width, 0.0);
-    let sums = &mut sums[..];
-    box_schedule(n, window, |step| match step {
-        Step::Add(r) => {
-            for (s, &v) in sums.iter_mut().zip(&inp[r * width..(r + 1) * width]) {
-                *s += v;
-            }
-        }
-        Step::Sub(r) => {
-            for (s, &v) in sums.iter_mut().zip(&inp[r * width..(r + 1) * width]) {
-                *s -= v;
-            }
-        }
-        Step::Emit(o, count) => {
-            for (d, &s) in out[o * width..(o + 1) * width].iter_mut().zip(sums.iter()) {
-                *d = s / count;
-            }
-        }
-    });
+    box_schedule(n, window, &mut Down { inp, out, sums: &mut sums[..], width });
 }
 
-/// Box filter along a strip of `L` rows stored transposed (`tile[x][lane]`), with outputs only
-/// at the ascending positions `keep` (all positions when `keep` is `None`).
-#[inline(always)]
-fn box_tile(tile: &[[f32; L]], out: &mut [[f32; L]], window: usize, keep: Option<&[usize; 64]>) {
-    let mut sums = [0f32; L];
-    let mut next = 0usize;
-    box_schedule(tile.len(), window, |step| match step {
-        Step::Add(r) => {
-            for k in 0..L {
-                sums[k] += tile[r][k];
-            }
+/// Running sums along a strip of `L` rows stored transposed (`tile[x][lane]`).
+struct Across<'a> {
+    tile: &'a [[f32; L]],
+    out: &'a mut [[f32; L]],
+    sums: [f32; L],
+    keep: Option<&'a [usize; 64]>,
+    next: usize,
+}
+
+impl BoxOps for Across<'_> {
+    #[inline(always)]
+    fn add(&mut self, r: usize) {
+        let t = &self.tile[r];
+        for k in 0..L {
+            self.sums[k] += t[k];
         }
-        Step::Sub(r) => {
-            for k in 0..L {
-                sums[k] -= tile[r][k];
-            }
+    }
+    #[inline(always)]
+    fn sub(&mut self, r: usize) {
+        let t = &self.tile[r];
+        for k in 0..L {
+            self.sums[k] -= t[k];
         }
-        Step::Emit(o, count) => match keep {
+    }
+    #[inline(always)]
+    fn emit(&mut self, o: usize, count: f32) {
+        match self.keep {
             None => {
+                let d = &mut self.out[o];
                 for k in 0..L {
-                    out[o][k] = sums[k] / count;
+                    d[k] = self.sums[k] / count;
                 }
             }
             Some(keep) => {
-                while next < 64 && keep[next] == o {
+                while self.next < 64 && keep[self.next] == o {
+                    let d = &mut self.out[self.next];
                     for k in 0..L {
-                        out[next][k] = sums[k] / count;
+                        d[k] = self.sums[k] / count;
                     }
-                    next += 1;
+                    self.next += 1;
                 }
             }
-        },
-    });
+        }
+    }
+}
+
+/// Box filter along a strip of `L` rows stored transposed, with outputs only at the ascending
+/// positions `keep` (all positions when `keep` is `None`).
+#[inline(always)]
+fn box_tile(tile: &[[f32; L]], out: &mut [[f32; L]], window: usize, keep: Option<&[usize; 64]>) {
+    box_schedule(tile.len(), window, &mut Across { tile, out, sums: [0.0; L], keep, next: 0 });
 }
 
 #[derive(Default)]

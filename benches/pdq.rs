@@ -1,0 +1,86 @@
+//! PDQ hash core and decode+hash throughput.
+//!
+//! Test images come from the fixture photo `tests/fixtures/pdq/images/jpg_crop_1600x1200.jpg`,
+//! decoded once: "1 MP" is its top-left 1024×1024 crop, "12 MP" is 4000×3000 tiled from the
+//! whole photo. The decode+hash case encodes the 1 MP crop as a baseline 4:2:0 JPEG at quality
+//! 90 in memory, then decodes and hashes it (Cli) per iteration.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use perisai::hash::pdq::{hash, Convention};
+use perisai::media::decode::{decode, Channels, DecodeLimits, Image};
+
+fn photo() -> Image {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pdq/images/jpg_crop_1600x1200.jpg");
+    decode(&std::fs::read(path).expect("fixture"), &DecodeLimits::default()).expect("decode")
+}
+
+/// `w × h` RGB image whose pixel (x, y) is the photo's (x mod W, y mod H).
+fn tiled(src: &Image, w: u32, h: u32) -> Image {
+    assert_eq!(src.channels, Channels::Rgb);
+    let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        let sy = (y % src.height) as usize;
+        for x in 0..w {
+            let sx = (x % src.width) as usize;
+            let i = (sy * src.width as usize + sx) * 3;
+            pixels.extend_from_slice(&src.pixels[i..i + 3]);
+        }
+    }
+    Image { width: w, height: h, channels: Channels::Rgb, pixels }
+}
+
+fn encode_jpeg(img: &Image) -> Vec<u8> {
+    std::panic::catch_unwind(|| {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(img.width as usize, img.height as usize);
+        c.set_fastest_defaults();
+        c.set_quality(90.0);
+        let mut started = c.start_compress(Vec::new()).expect("start");
+        started.write_scanlines(&img.pixels).expect("write");
+        started.finish().expect("finish")
+    })
+    .expect("encode")
+}
+
+fn bench(c: &mut Criterion) {
+    let photo = photo();
+    let one = tiled(&photo, 1024, 1024);
+    let twelve = tiled(&photo, 4000, 3000);
+
+    // Printed so that a run can be checked against the reference driver on the same pixels.
+    for (name, img) in [("1MP", &one), ("12MP", &twelve)] {
+        for conv in [Convention::Full, Convention::Cli] {
+            let out = hash(img, conv);
+            eprintln!("hash {conv:?} {name}: {} q{}", out.hash, out.quality);
+        }
+    }
+
+    let mut g = c.benchmark_group("pdq_hash");
+    g.sample_size(20);
+    for (name, img) in [("1MP", &one), ("12MP", &twelve)] {
+        for conv in [Convention::Full, Convention::Cli] {
+            g.bench_with_input(BenchmarkId::new(format!("{conv:?}"), name), img, |b, img| {
+                b.iter(|| hash(std::hint::black_box(img), conv))
+            });
+        }
+    }
+    g.finish();
+
+    let jpeg = encode_jpeg(&one);
+    let mut g = c.benchmark_group("decode_and_hash");
+    g.sample_size(30);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("jpeg_1MP_cli", |b| {
+        b.iter(|| {
+            let img = decode(std::hint::black_box(&jpeg), &DecodeLimits::default()).expect("decode");
+            hash(&img, Convention::Cli)
+        })
+    });
+    g.bench_function("jpeg_1MP_decode_only", |b| {
+        b.iter(|| decode(std::hint::black_box(&jpeg), &DecodeLimits::default()).expect("decode"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
