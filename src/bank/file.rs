@@ -61,12 +61,15 @@ pub fn load_bank_bytes(settings: &BankSettings, bytes: &[u8]) -> Result<(Bank, L
         };
         match parsed {
             Ok((hash, entry)) => {
+                if let Err(full) = bank.add(&hash, entry) {
+                    let line = reader.position().line();
+                    return Err(BankFileError::Row { bank: name, file, line, problem: full.to_string() });
+                }
                 match hash {
                     ParsedHash::Md5(_) => report.md5 += 1,
                     ParsedHash::Sha256(_) => report.sha256 += 1,
                     ParsedHash::Pdq(_) => report.pdq += 1,
                 }
-                bank.add(&hash, entry);
             }
             Err((line, problem)) => match settings.on_bad_row {
                 OnBadRow::Fail => return Err(BankFileError::Row { bank: name, file, line, problem }),

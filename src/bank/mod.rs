@@ -97,14 +97,16 @@ impl Bank {
     }
 
     /// Adds one entry. `hash` must already be validated for its signal (see `file::parse_hash`).
-    pub fn add(&mut self, hash: &ParsedHash, entry: String) {
-        let id = u32::try_from(self.entries.len()).expect("fewer than 2^32 bank entries");
-        self.entries.push(entry);
+    /// Fails only when the PDQ index is at its capacity.
+    pub fn add(&mut self, hash: &ParsedHash, entry: String) -> Result<(), pdq_index::IndexError> {
+        let id = u32::try_from(self.entries.len()).map_err(|_| pdq_index::IndexError::Full)?;
         match hash {
             ParsedHash::Md5(h) => self.md5.entry(*h).or_default().push(id),
             ParsedHash::Sha256(h) => self.sha256.entry(*h).or_default().push(id),
-            ParsedHash::Pdq(h) => self.pdq.insert(id, *h),
+            ParsedHash::Pdq(h) => self.pdq.try_insert(id, *h)?,
         }
+        self.entries.push(entry);
+        Ok(())
     }
 
     pub fn count(&self, signal: Signal) -> usize {
