@@ -16,9 +16,12 @@
 //! - [`kafka`]: consumer, producer, embedded broker for the demo.
 //! - [`pipeline`]: the worker: wiring, offset watermarks, backpressure, shutdown.
 //! - [`metrics`]: Prometheus registry and the HTTP endpoints.
+//! - [`app`]: assembling banks, classifier and screen from settings (shared by `run`, `demo`, `scan`).
+//! - [`demo`]: the embedded demo: mock broker, sample media, a table of verdicts.
 //!
-//! Dependencies point one way: pipeline → kafka, and pipeline → screen → media, hash, bank,
-//! classify, policy → event.
+//! Dependencies point one way: app/demo → pipeline → kafka, and pipeline → screen → media, hash,
+//! bank, classify, policy → event. `screen`, `media`, `hash`, `bank`, `classify` and `policy` never
+//! import `kafka` or `pipeline`; `hash` knows no banks; `policy` sees scores, not models.
 
 pub mod app;
 pub mod bank;
