@@ -1,7 +1,6 @@
-//! Kafka glue: client configuration, the verdict/DLQ producer, the consumer context, and the
+//! Kafka glue: client configuration, the verdict/DLQ producer, and the
 //! embedded broker used by `perisai demo`. Kept thin: no screening logic here.
 
-pub mod context;
 pub mod embedded;
 pub mod sink;
 

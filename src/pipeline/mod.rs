@@ -5,6 +5,7 @@
 //! pauses its partitions and resumes as events finish. Shutdown: stop fetching, let in-flight
 //! events finish within `worker.drain_timeout_ms`, commit, leave the group.
 
+pub mod context;
 pub mod watermark;
 
 use std::future::Future;
@@ -19,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Settings;
 use crate::event::parse_upload;
-use crate::kafka::context::WorkerContext;
+use context::WorkerContext;
 use crate::kafka::sink::{Sink, Source};
 use crate::kafka::{consumer_config, KafkaError};
 use crate::metrics::{Metrics, Readiness};

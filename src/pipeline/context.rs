@@ -13,7 +13,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::metrics::{Metrics, Readiness};
-use crate::pipeline::watermark::{Tp, Watermarks};
+use super::watermark::{Tp, Watermarks};
 
 pub struct WorkerContext {
     pub watermarks: Arc<Mutex<Watermarks>>,
