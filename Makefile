@@ -17,15 +17,15 @@ setup: deps
 build: setup
 	$(CARGO) build --release --bin perisai
 
-demo: build
-	target/release/perisai demo
+demo: setup
+	$(CARGO) run --release --bin perisai -- demo
 
 # Unit tests, then the integration tests against a real Apache Kafka broker started here.
 # Benchmarks are compiled here (so they cannot rot) but run only by `make bench`.
 test: setup
 	$(CARGO) build --release --bin perisai --benches
 	scripts/kafka start
-	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee target/test.log; \
+	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
 	scripts/helm-check
 
