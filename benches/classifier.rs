@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use perisai::classify::onnx::OnnxClassifier;
 use perisai::classify::preprocess::{jpeg_round_trip, preprocess, resize_crop, to_tensor, INPUT_LEN};
 use perisai::classify::Classifier;
@@ -115,11 +115,15 @@ fn stages(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     g.throughput(Throughput::Elements(n));
     g.bench_function("decode", |b| {
-        b.iter(|| blobs.iter().map(|x| decode(x, &DecodeLimits::default()).unwrap()).count())
+        b.iter(|| blobs.iter().for_each(|x| drop(black_box(decode(x, &DecodeLimits::default()).unwrap()))))
     });
-    g.bench_function("resize_crop", |b| b.iter(|| decoded.iter().map(|i| resize_crop(i).unwrap()).count()));
-    g.bench_function("jpeg_round_trip", |b| b.iter(|| resized.iter().map(|r| jpeg_round_trip(r).unwrap()).count()));
-    g.bench_function("tensor", |b| b.iter(|| round_tripped.iter().map(|r| to_tensor(r)).count()));
+    g.bench_function("resize_crop", |b| {
+        b.iter(|| decoded.iter().for_each(|i| drop(black_box(resize_crop(i).unwrap()))))
+    });
+    g.bench_function("jpeg_round_trip", |b| {
+        b.iter(|| resized.iter().for_each(|r| drop(black_box(jpeg_round_trip(r).unwrap()))))
+    });
+    g.bench_function("tensor", |b| b.iter(|| round_tripped.iter().for_each(|r| drop(black_box(to_tensor(r))))));
     for batch in [1usize, 8, 16] {
         let inputs = vec![vec![0f32; INPUT_LEN]; batch];
         g.throughput(Throughput::Elements(batch as u64));
