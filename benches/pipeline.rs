@@ -119,9 +119,35 @@ fn parse_args() -> Options {
     o
 }
 
+/// Topics this run created, deleted at the end (or on a fatal error) unless --keep-topics.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static KEEP_TOPICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn die(msg: &str) -> ! {
     eprintln!("pipeline bench: {msg}");
+    cleanup_topics();
     std::process::exit(2)
+}
+
+/// Best effort, from any context: a runtime of its own on a thread of its own.
+fn cleanup_topics() {
+    if KEEP_TOPICS.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let topics = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    if topics.is_empty() {
+        return;
+    }
+    let brokers = brokers();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(delete_topics(&brokers, &topics));
+    })
+    .join();
+}
+
+fn brokers() -> String {
+    std::env::var("PERISAI_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
 /// Distinct, incompressible RGB noise: a PNG of about side² × 3 bytes.
@@ -180,8 +206,12 @@ async fn create_topics(brokers: &str, names: &[(&str, i32)]) {
         ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
     let new: Vec<_> = names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&new, &opts).await.expect("create topics") {
-        r.expect("topic created");
+    let results = admin.create_topics(&new, &opts).await.unwrap_or_else(|e| die(&format!("create topics: {e}")));
+    for r in results {
+        match r {
+            Ok(name) => CREATED.lock().unwrap_or_else(|e| e.into_inner()).push(name),
+            Err((name, e)) => die(&format!("create topic {name}: {e}")),
+        }
     }
 }
 
@@ -473,13 +503,11 @@ fn spawn_worker(config: &Path, log: &Path) -> Child {
         .expect("spawn perisai run")
 }
 
-async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, ticks: f64, keep: &mut Vec<String>) -> RunResult {
+async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, ticks: f64) -> RunResult {
     let base = format!("{}.{}-{in_flight}-{}", input.topic, input.kind.name(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000);
     let verdict_topic = format!("{base}.verdicts");
     let dlq_topic = format!("{base}.dlq");
     create_topics(brokers, &[(&verdict_topic, PARTITIONS), (&dlq_topic, 1)]).await;
-    keep.push(verdict_topic.clone());
-    keep.push(dlq_topic.clone());
 
     let dir = tempfile::tempdir().expect("temp dir");
     let banks = write_banks(dir.path(), &input.hits);
@@ -619,7 +647,8 @@ fn print_run(r: &RunResult, events: u32) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let opts = parse_args();
-    let brokers = std::env::var("PERISAI_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    KEEP_TOPICS.store(opts.keep_topics, std::sync::atomic::Ordering::Relaxed);
+    let brokers = brokers();
     let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("client");
     if let Err(e) = probe.fetch_metadata(None, Duration::from_secs(10)) {
         die(&format!("no Kafka broker at {brokers} ({e}); start one with `scripts/kafka start`"));
@@ -627,12 +656,10 @@ async fn main() {
     let ticks = clock_ticks();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 1_000_000;
     let prefix = format!("bench-pipeline-{}-{stamp}", std::process::id());
-    let mut topics = Vec::new();
     let mut inputs = Vec::new();
     for &kind in &opts.media {
         let topic = format!("{prefix}.{}.uploads", kind.name());
         create_topics(&brokers, &[(&topic, PARTITIONS)]).await;
-        topics.push(topic.clone());
         inputs.push(produce_input(&brokers, &topic, kind, opts.events, opts.image_side).await);
     }
 
@@ -641,7 +668,7 @@ async fn main() {
     for _ in 0..opts.runs {
         for input in &inputs {
             for &in_flight in &opts.in_flight {
-                let r = run_once(&brokers, input, opts.events, in_flight, ticks, &mut topics).await;
+                let r = run_once(&brokers, input, opts.events, in_flight, ticks).await;
                 print_run(&r, opts.events);
                 results.push(r);
             }
@@ -672,7 +699,5 @@ async fn main() {
             );
         }
     }
-    if !opts.keep_topics {
-        delete_topics(&brokers, &topics).await;
-    }
+    cleanup_topics();
 }
