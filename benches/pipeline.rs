@@ -12,8 +12,8 @@
 //!   `application/octet-stream`: exact hashes only, no decode. Same event sizes, same hits.
 //!
 //! For each run it also reads, from /proc, the worker's CPU time split by thread (librdkafka's
-//! `rdk:*` threads vs the rest), its peak RSS (VmHWM), its socket+file read/write bytes, and the
-//! `perisai_stage_duration_seconds` sums from its `/metrics` just before SIGTERM.
+//! `rdk:*` threads vs the rest) and its peak RSS (VmHWM), and the
+//! `perisai_stage_duration_seconds` sums from its `/metrics`, all just before SIGTERM.
 //!
 //! ```text
 //! scripts/kafka start
@@ -329,8 +329,6 @@ struct ProcSample {
     /// Whole process, exited threads included.
     cpu: f64,
     hwm_kib: u64,
-    rchar: u64,
-    wchar: u64,
 }
 
 fn clock_ticks() -> f64 {
@@ -370,11 +368,7 @@ fn proc_sample(pid: u32, ticks: f64) -> Option<ProcSample> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    let io = std::fs::read_to_string(format!("{base}/io")).unwrap_or_default();
-    let io_field = |key: &str| {
-        io.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    };
-    Some(ProcSample { threads, cpu: total as f64 / ticks, hwm_kib, rchar: io_field("rchar:"), wchar: io_field("wchar:") })
+    Some(ProcSample { threads, cpu: total as f64 / ticks, hwm_kib })
 }
 
 fn cpu_seconds_of(pid: u32, ticks: f64) -> Option<f64> {
@@ -481,8 +475,8 @@ struct RunResult {
     cpu: f64,
     rdkafka_cpu: f64,
     broker_cpu: Option<f64>,
-    read_mib: f64,
-    written_mib: f64,
+    actions: BTreeMap<String, usize>,
+    duplicates: usize,
     stages: BTreeMap<String, f64>,
     load: String,
 }
@@ -602,8 +596,8 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, t
         cpu: sample.cpu,
         rdkafka_cpu,
         broker_cpu,
-        read_mib: sample.rchar as f64 / (1024.0 * 1024.0),
-        written_mib: sample.wchar as f64 / (1024.0 * 1024.0),
+        duplicates: verdicts.count - verdicts.distinct,
+        actions: verdicts.actions,
         stages,
         load,
     }
@@ -617,7 +611,7 @@ fn print_run(r: &RunResult, events: u32) {
          latency_ms p50 {:.2} p99 {:.2}; peak RSS {:.0} MiB; CPU {:.1} s = {:.0} µs/event \
          (librdkafka threads {:.1} s = {:.0} µs/event, other {:.0} µs/event); \
          stage sums µs/event: fetch {:.0} exact_hash {:.0} decode {:.0} match {:.1} produce-wait {:.0}; \
-         read {:.0} MiB, written {:.0} MiB{}; load {}",
+         verdicts {:?} duplicates {}{}; load {}",
         r.kind.name(),
         r.in_flight,
         r.events_per_s,
@@ -637,8 +631,8 @@ fn print_run(r: &RunResult, events: u32) {
         per_event_us(stage("decode")),
         per_event_us(stage("match")),
         per_event_us(stage("produce")),
-        r.read_mib,
-        r.written_mib,
+        r.actions,
+        r.duplicates,
         r.broker_cpu.map(|c| format!("; broker CPU {c:.1} s")).unwrap_or_default(),
         r.load
     );
@@ -673,6 +667,26 @@ async fn main() {
                 results.push(r);
             }
         }
+    }
+
+    println!("\nAll runs, in the order run:");
+    println!("| media | max_in_flight | events/s (from spawn) | events/s (first→last verdict) | latency_ms p50 | p99 | peak RSS MiB | worker CPU s | librdkafka threads CPU s | broker CPU s | load average (1/5/15 min) before → after |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in &results {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            r.kind.name(),
+            r.in_flight,
+            r.events_per_s,
+            r.steady_per_s,
+            r.p50,
+            r.p99,
+            r.rss_mib,
+            r.cpu,
+            r.rdkafka_cpu,
+            r.broker_cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            r.load
+        );
     }
 
     println!("\nMedians over {} runs of {} events each (2 shared cores; other processes were running):", opts.runs, opts.events);
