@@ -9,7 +9,9 @@
 //! Two media kinds isolate the screening cost from the Kafka cost:
 //! - `png`: `image/png` noise PNGs, decoded (PDQ and classifier disabled);
 //! - `octet`: the same bytes with the PNG signature zeroed, declared
-//!   `application/octet-stream`: exact hashes only, no decode. Same event sizes, same hits.
+//!   `application/octet-stream`: exact hashes only, no decode. Same event sizes, same hits;
+//! - `jpeg` (not in the default set): photo-like `image/jpeg` of `--jpeg-side` pixels square,
+//!   about 10 KB at the default 192: more pixels per byte than noise, so a dearer decode.
 //!
 //! For each run it also reads, from /proc, the worker's CPU time split by thread (librdkafka's
 //! `rdk:*` threads vs the rest) and its peak RSS (VmHWM), and the
@@ -18,7 +20,7 @@
 //! ```text
 //! scripts/kafka start
 //! cargo bench --bench pipeline -- [--events 100000] [--media png,octet] [--in-flight 256,1024]
-//!                                 [--runs 3] [--image-side 57] [--keep-topics]
+//!                                 [--runs 3] [--image-side 57] [--jpeg-side 192] [--keep-topics]
 //! ```
 //! `PERISAI_BENCH_BIN` overrides the worker binary (default: the release `perisai` cargo built).
 //! `PERISAI_TEST_BROKERS` names the broker (default 127.0.0.1:19092); `PERISAI_BENCH_BROKER_PID`,
@@ -52,6 +54,7 @@ const HIT_EVERY: u32 = 100;
 enum MediaKind {
     Png,
     Octet,
+    Jpeg,
 }
 
 impl MediaKind {
@@ -59,12 +62,14 @@ impl MediaKind {
         match self {
             MediaKind::Png => "png",
             MediaKind::Octet => "octet",
+            MediaKind::Jpeg => "jpeg",
         }
     }
     fn content_type(self) -> &'static str {
         match self {
             MediaKind::Png => "image/png",
             MediaKind::Octet => "application/octet-stream",
+            MediaKind::Jpeg => "image/jpeg",
         }
     }
 }
@@ -75,6 +80,7 @@ struct Options {
     in_flight: Vec<usize>,
     runs: usize,
     image_side: u32,
+    jpeg_side: u32,
     keep_topics: bool,
 }
 
@@ -85,6 +91,7 @@ fn parse_args() -> Options {
         in_flight: vec![256, 1024],
         runs: 3,
         image_side: 57,
+        jpeg_side: 192,
         keep_topics: false,
     };
     let mut args = std::env::args().skip(1);
@@ -94,6 +101,7 @@ fn parse_args() -> Options {
             "--events" => o.events = value().parse().unwrap_or_else(|_| die("--events: a number")),
             "--runs" => o.runs = value().parse().unwrap_or_else(|_| die("--runs: a number")),
             "--image-side" => o.image_side = value().parse().unwrap_or_else(|_| die("--image-side: a number")),
+            "--jpeg-side" => o.jpeg_side = value().parse().unwrap_or_else(|_| die("--jpeg-side: a number")),
             "--in-flight" => {
                 o.in_flight = value()
                     .split(',')
@@ -106,7 +114,8 @@ fn parse_args() -> Options {
                     .map(|v| match v {
                         "png" => MediaKind::Png,
                         "octet" => MediaKind::Octet,
-                        _ => die("--media: png and/or octet"),
+                        "jpeg" => MediaKind::Jpeg,
+                        _ => die("--media: png, octet and/or jpeg"),
                     })
                     .collect()
             }
@@ -167,7 +176,39 @@ fn noise_png(seed: u32, side: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-fn media_bytes(kind: MediaKind, i: u32, side: u32) -> Vec<u8> {
+/// A distinct photo-like JPEG (smooth gradients, a seeded pattern, mild grain): many more pixels
+/// per byte than noise, so decoding costs what a real ~10 KB upload costs.
+fn photo_jpeg(seed: u32, side: u32) -> Vec<u8> {
+    let mut state = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let (fx, fy) = (1.0 + f64::from(seed % 7), 1.0 + f64::from(seed / 7 % 5));
+    let mut pixels = Vec::with_capacity((side * side * 3) as usize);
+    for y in 0..side {
+        for x in 0..side {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let (u, v) = (f64::from(x) / f64::from(side), f64::from(y) / f64::from(side));
+            let wave = ((u * fx * 6.3).sin() * (v * fy * 6.3).cos() + 1.0) * 60.0;
+            let grain = (state & 0x1f) as f64;
+            pixels.push((u * 120.0 + wave + grain) as u8);
+            pixels.push((v * 120.0 + wave / 2.0 + grain) as u8);
+            pixels.push(((1.0 - u) * 100.0 + wave + grain) as u8);
+        }
+    }
+    let mut comp = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    // The mozjpeg defaults (trellis, scan optimisation) take ~10 ms an image: too slow to make 100k.
+    comp.set_fastest_defaults();
+    comp.set_size(side as usize, side as usize);
+    comp.set_quality(80.0);
+    let mut started = comp.start_compress(Vec::new()).expect("jpeg start");
+    started.write_scanlines(&pixels).expect("jpeg scanlines");
+    started.finish().expect("jpeg finish")
+}
+
+fn media_bytes(kind: MediaKind, i: u32, side: u32, jpeg_side: u32) -> Vec<u8> {
+    if kind == MediaKind::Jpeg {
+        return photo_jpeg(i, jpeg_side);
+    }
     let mut bytes = noise_png(i, side);
     if kind == MediaKind::Octet {
         // Without its signature the worker cannot sniff an image, so it only exact-hashes it.
@@ -235,7 +276,7 @@ async fn delete_topics(brokers: &str, names: &[String]) {
     }
 }
 
-async fn produce_input(brokers: &str, topic: &str, kind: MediaKind, events: u32, side: u32) -> Input {
+async fn produce_input(brokers: &str, topic: &str, kind: MediaKind, events: u32, side: u32, jpeg_side: u32) -> Input {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
@@ -252,7 +293,7 @@ async fn produce_input(brokers: &str, topic: &str, kind: MediaKind, events: u32,
         let end = (i + WINDOW).min(events);
         let records: Vec<(String, Vec<u8>)> = (i..end)
             .map(|n| {
-                let media = media_bytes(kind, n, side);
+                let media = media_bytes(kind, n, side, jpeg_side);
                 if n % HIT_EVERY == 0 {
                     hits.md5.push(exact_hashes(&media).md5);
                 } else if n % HIT_EVERY == HIT_EVERY / 2 {
@@ -654,7 +695,7 @@ async fn main() {
     for &kind in &opts.media {
         let topic = format!("{prefix}.{}.uploads", kind.name());
         create_topics(&brokers, &[(&topic, PARTITIONS)]).await;
-        inputs.push(produce_input(&brokers, &topic, kind, opts.events, opts.image_side).await);
+        inputs.push(produce_input(&brokers, &topic, kind, opts.events, opts.image_side, opts.jpeg_side).await);
     }
 
     // Configurations take turns, so drift in the shared machine's load spreads over all of them.
