@@ -630,7 +630,8 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, t
         wall,
         steady,
         events_per_s: f64::from(events) / wall,
-        steady_per_s: (i64::from(events) - first_count) as f64 / steady,
+        // NaN when every verdict showed up in the first poll (tiny runs): no interval to divide by.
+        steady_per_s: if first_count < i64::from(events) { (i64::from(events) - first_count) as f64 / steady } else { f64::NAN },
         p50: percentile(&verdicts.latency_ms, 0.50),
         p99: percentile(&verdicts.latency_ms, 0.99),
         rss_mib: sample.hwm_kib as f64 / 1024.0,
