@@ -2,7 +2,7 @@
 //! and commits each partition's offsets up to its watermark.
 //!
 //! Backpressure: at most `worker.max_in_flight` events are in flight; at the bound the consumer
-//! pauses its partitions and resumes as events finish. Shutdown: stop fetching, let in-flight
+//! pauses its partitions and resumes once half the bound is free. Shutdown: stop fetching, let in-flight
 //! events finish within `worker.drain_timeout_ms`, commit, leave the group.
 
 pub mod context;
@@ -87,6 +87,7 @@ impl Worker {
             finished: Notify::new(),
         });
         let capacity = Arc::new(Semaphore::new(settings.worker.max_in_flight));
+        let resume_at = settings.worker.max_in_flight.div_ceil(2);
         let mut tasks = JoinSet::new();
         let mut commit_tick = tokio::time::interval(Duration::from_millis(settings.kafka.commit_interval_ms));
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,10 +102,16 @@ impl Worker {
                     tracing::error!(error = %e, "event task failed");
                 }
             }
-            let full = capacity.available_permits() == 0;
-            if full != paused {
-                set_paused(&consumer, full);
-                paused = full;
+            // Pause at the bound, resume only once half the bound is free again: librdkafka drops
+            // prefetched records on pause and re-fetches them on resume, so toggling at every
+            // finished event would re-fetch each record from the broker.
+            let free = capacity.available_permits();
+            if !paused && free == 0 {
+                set_paused(&consumer, true);
+                paused = true;
+            } else if paused && free >= resume_at {
+                set_paused(&consumer, false);
+                paused = false;
             }
             tokio::select! {
                 biased;
