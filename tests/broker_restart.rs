@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use fault_support::*;
 
-const WAIT: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(120);
 
 fn kafka_script(port: &str, command: &str) -> Command {
     let mut cmd = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"));
