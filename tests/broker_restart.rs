@@ -1,0 +1,84 @@
+//! The broker restarts (`scripts/kafka restart`, data kept) while a worker works through a
+//! stream: the same worker process recovers by itself and every event gets a verdict.
+//!
+//! This restarts the broker the tests share, so it is a test binary of its own: run it alone,
+//! never alongside other broker tests (`cargo test --release --test broker_restart`). It
+//! refuses to run unless the broker at `PERISAI_TEST_BROKERS` is the one `scripts/kafka`
+//! manages (same port, `PERISAI_KAFKA_STATE`), so it never stops a broker it cannot restart.
+
+mod common;
+mod fault_support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fault_support::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn kafka_script(port: &str, command: &str) -> Command {
+    let mut cmd = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"));
+    cmd.arg(command).env("PERISAI_KAFKA_PORT", port);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_rides_out_a_broker_restart() {
+    let brokers = brokers();
+    assert!(!brokers.contains(','), "one broker expected, got {brokers}");
+    let port = brokers.rsplit(':').next().expect("host:port").to_string();
+    let status = kafka_script(&port, "status").output().expect("scripts/kafka status");
+    assert!(
+        status.status.success(),
+        "the broker at {brokers} is not one `scripts/kafka` runs and can restart (check PERISAI_KAFKA_STATE): {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let topics = create_topics(&brokers, "faults-restart", 3).await;
+    let dir = temp_dir();
+    let config = write_config(dir.path(), &brokers, &topics, "");
+    let n = 10_000u32;
+    let records: Vec<_> = (0..n).map(event).collect();
+    produce_all(&producer(&brokers), &topics.input, &records).await;
+    let watcher = Watcher::start(&brokers, &topics.verdicts);
+    let started = Instant::now();
+    let mut worker = spawn_worker(&config, dir.path(), 0);
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= 1500), "worker before the restart\n{}", worker_log(dir.path(), 0));
+
+    let before = watcher.len();
+    let restart_began = Instant::now();
+    let restart = kafka_script(&port, "restart").output().expect("scripts/kafka restart");
+    let broker_back = Instant::now();
+    assert!(restart.status.success(), "restart failed: {}", String::from_utf8_lossy(&restart.stderr));
+    assert!(alive(&mut worker), "worker died with the broker\n{}", worker_log(dir.path(), 0));
+
+    let done = watcher.wait_for(WAIT, all_seen(n));
+    let seen = watcher.snapshot();
+    let t = tally(&seen, n);
+    let still_alive = alive(&mut worker);
+    let (stall, stall_began) = longest_gap(&seen, restart_began);
+    let first_after = seen.iter().map(|s| s.at).filter(|at| *at > broker_back).min();
+    let refusals = worker_log(dir.path(), 0).matches("produce failed, retrying").count();
+    println!(
+        "broker restart: events={n} verdicts_before_restart={before} restart_took={:.1}s longest_stall={:.1}s (from {:+.1}s of the restart) \
+         first_verdict_after_broker_back_ms={:?} refused_sends={refusals} verdicts={} missing={} duplicates={} wall={:.1}s",
+        (broker_back - restart_began).as_secs_f64(),
+        stall.as_secs_f64(),
+        (stall_began - restart_began).as_secs_f64(),
+        first_after.map(|at| (at - broker_back).as_millis()),
+        t.verdicts,
+        t.missing.len(),
+        t.duplicates,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(done && t.missing.is_empty(), "missing verdicts for {:?}\n{}", &t.missing[..t.missing.len().min(20)], worker_log(dir.path(), 0));
+    assert!(still_alive, "the worker exited instead of recovering\n{}", worker_log(dir.path(), 0));
+    assert!(first_after.is_some(), "no verdict after the broker came back: the stream ended before the restart");
+    sigterm(&worker);
+    let status = wait_exit(&mut worker, Duration::from_secs(30));
+    assert!(status.success(), "worker exit {status:?}\n{}", worker_log(dir.path(), 0));
+    let committed: i64 = committed(&brokers, &topics.group, &topics.input, 3).iter().sum();
+    assert_eq!(committed, n as i64, "the final drain commits every input record");
+}
