@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PERISAI_TEST_BROKERS ?= 127.0.0.1:19092
 
-.PHONY: deps setup build demo test test-unit test-kafka kafka-start kafka-stop helm-check bench clean-state
+.PHONY: deps setup build demo test test-faults kafka-start kafka-stop helm-check bench
 
 # System packages the build needs (Debian): a C toolchain for librdkafka/libjpeg-turbo, OpenSSL
 # headers for Kafka TLS, a JRE for the local Apache Kafka used by the tests.
@@ -28,6 +28,12 @@ test: setup
 	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
 	scripts/helm-check
+
+# The broker-restart fault test, alone: it restarts the local broker (see docs/reliability.md).
+test-faults: setup
+	scripts/kafka start
+	set -o pipefail; $(CARGO) test --release --test broker_restart -- --nocapture; \
+	  rc=$$?; scripts/kafka stop; exit $$rc
 
 kafka-start:
 	scripts/kafka start
