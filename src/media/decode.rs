@@ -57,6 +57,10 @@ pub enum DecodeError {
     Unsupported,
     #[error("image {width}x{height} exceeds the decode limits")]
     TooLarge { width: u32, height: u32 },
+    /// A decoder refused an allocation or a size the header did not show (a frame larger than
+    /// the canvas, a header over the decoder's own limits): no trustworthy dimensions to report.
+    #[error("image exceeds the decode limits: {0}")]
+    LimitExceeded(String),
     #[error("corrupt image: {0}")]
     Corrupt(String),
 }
@@ -66,7 +70,7 @@ impl DecodeError {
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::Unsupported => "unsupported_format",
-            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooLarge { .. } | DecodeError::LimitExceeded(_) => "too_large",
             DecodeError::Corrupt(_) => "decode",
         }
     }
@@ -241,12 +245,9 @@ fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- other formats
 
-fn map_image_error(e: ImageError, dims: Option<(u32, u32)>) -> DecodeError {
+fn map_image_error(e: ImageError) -> DecodeError {
     match e {
-        ImageError::Limits(_) => {
-            let (width, height) = dims.unwrap_or((0, 0));
-            DecodeError::TooLarge { width, height }
-        }
+        ImageError::Limits(e) => DecodeError::LimitExceeded(e.to_string()),
         ImageError::Unsupported(_) => DecodeError::Unsupported,
         other => DecodeError::Corrupt(other.to_string()),
     }
@@ -260,13 +261,13 @@ fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Res
     // Room for the widest sample layout (16-bit RGBA) of the largest allowed image.
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 20));
     reader.limits(lim);
-    let decoder = reader.into_decoder().map_err(|e| map_image_error(e, None))?;
+    let decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
     check_limits(u64::from(width), u64::from(height), limits)?;
     // Animated GIF/WebP/TIFF decoders read only the first frame through `ImageDecoder`.
     let img = catch_unwind(AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)))
         .map_err(|_| DecodeError::Corrupt("image decoder failed".into()))?
-        .map_err(|e| map_image_error(e, Some((width, height))))?;
+        .map_err(map_image_error)?;
     from_dynamic(img)
 }
 
