@@ -57,6 +57,10 @@ pub enum DecodeError {
     Unsupported,
     #[error("image {width}x{height} exceeds the decode limits")]
     TooLarge { width: u32, height: u32 },
+    /// A decoder refused an allocation or a size the header did not show (a frame larger than
+    /// the canvas, a header over the decoder's own limits): no trustworthy dimensions to report.
+    #[error("image exceeds the decode limits: {0}")]
+    LimitExceeded(String),
     #[error("corrupt image: {0}")]
     Corrupt(String),
 }
@@ -66,7 +70,7 @@ impl DecodeError {
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::Unsupported => "unsupported_format",
-            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::TooLarge { .. } | DecodeError::LimitExceeded(_) => "too_large",
             DecodeError::Corrupt(_) => "decode",
         }
     }
@@ -241,18 +245,51 @@ fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
 
 // ---------------------------------------------------------------- other formats
 
-fn map_image_error(e: ImageError, dims: Option<(u32, u32)>) -> DecodeError {
+fn map_image_error(e: ImageError) -> DecodeError {
     match e {
-        ImageError::Limits(_) => {
-            let (width, height) = dims.unwrap_or((0, 0));
-            DecodeError::TooLarge { width, height }
-        }
+        ImageError::Limits(e) => DecodeError::LimitExceeded(e.to_string()),
         ImageError::Unsupported(_) => DecodeError::Unsupported,
         other => DecodeError::Corrupt(other.to_string()),
     }
 }
 
+/// The PNG without its iCCP chunks, or `None` when it has none. The png crate inflates an ICC
+/// profile as soon as it reads the header, bounded only by the allocation limit meant for
+/// pixels (hundreds of MB from a few hundred KB of input), and nothing here uses the profile:
+/// pixels are never colour-managed. Only chunks before the first IDAT are looked at, as the
+/// decoder refuses an iCCP after it.
+fn png_without_iccp(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut pos = 8; // signature
+    let mut iccp = Vec::new();
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        if kind == b"IDAT" || kind == b"IEND" {
+            break;
+        }
+        // length, type, data, CRC
+        let end = pos.saturating_add(12).saturating_add(len).min(bytes.len());
+        if kind == b"iCCP" {
+            iccp.push(pos..end);
+        }
+        pos = end;
+    }
+    if iccp.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut from = 0;
+    for range in iccp {
+        out.extend_from_slice(&bytes[from..range.start]);
+        from = range.end;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    Some(out)
+}
+
 fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<Image, DecodeError> {
+    let stripped = if format == ImageFormat::Png { png_without_iccp(bytes) } else { None };
+    let bytes = stripped.as_deref().unwrap_or(bytes);
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
@@ -260,13 +297,13 @@ fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Res
     // Room for the widest sample layout (16-bit RGBA) of the largest allowed image.
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 20));
     reader.limits(lim);
-    let decoder = reader.into_decoder().map_err(|e| map_image_error(e, None))?;
+    let decoder = reader.into_decoder().map_err(map_image_error)?;
     let (width, height) = decoder.dimensions();
     check_limits(u64::from(width), u64::from(height), limits)?;
     // Animated GIF/WebP/TIFF decoders read only the first frame through `ImageDecoder`.
     let img = catch_unwind(AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)))
         .map_err(|_| DecodeError::Corrupt("image decoder failed".into()))?
-        .map_err(|e| map_image_error(e, Some((width, height))))?;
+        .map_err(map_image_error)?;
     from_dynamic(img)
 }
 
@@ -295,5 +332,37 @@ fn from_dynamic(img: DynamicImage) -> Result<Image, DecodeError> {
                 .collect(),
         ),
         other => rgb(other.to_rgb8().into_raw()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_png() -> Vec<u8> {
+        let img = image::RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn iccp_chunks_are_dropped_before_decoding() {
+        let png = small_png();
+        assert!(png_without_iccp(&png).is_none());
+        // After the IHDR chunk (8-byte signature + 25-byte chunk): two iCCP chunks.
+        let iccp = |n: u8| [&[0, 0, 0, 3][..], b"iCCP", &[n, 0, 0], &[0xde, 0xad, 0xbe, 0xef]].concat();
+        let with = [&png[..33], &iccp(1), &iccp(2), &png[33..]].concat();
+        assert_eq!(png_without_iccp(&with).unwrap(), png);
+        let a = decode(&png, &DecodeLimits::default()).unwrap();
+        let b = decode(&with, &DecodeLimits::default()).unwrap();
+        assert_eq!((a.width, a.height, a.pixels), (b.width, b.height, b.pixels));
+        // Lengths running past the end, and every truncation, neither panic nor loop.
+        let mut huge = with.clone();
+        huge[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(png_without_iccp(&huge).unwrap(), &with[..33]);
+        for end in 0..with.len() {
+            let _ = png_without_iccp(&with[..end]);
+        }
     }
 }
