@@ -21,7 +21,7 @@ use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
 use crate::hash::{exact, pdq};
 use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
 use crate::media::decode::{self, DecodeLimits};
-use crate::metrics::{Metrics, Readiness};
+use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::pipeline::Worker;
 use crate::screen::Mode;
 
@@ -119,25 +119,9 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let screen = app::build_screen(&settings, banks, &metrics, &readiness, Mode::Worker)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let listen = settings.metrics.listen.parse().expect("validated address");
-    let server = tokio::spawn(crate::metrics::serve(
-        listen,
-        metrics.clone(),
-        readiness.clone(),
-        async move {
-            let _ = metrics_stop_rx.await;
-        },
-        bound_tx,
-    ));
-    let metrics_addr = match bound_rx.await {
-        Ok(addr) => addr,
-        Err(_) => {
-            let err = server.await.ok().and_then(Result::err).unwrap_or_else(|| std::io::Error::other("not started"));
-            return Err(DemoError::Metrics(err));
-        }
-    };
+    let server = MetricsServer::start(listen, metrics.clone(), readiness.clone()).await.map_err(DemoError::Metrics)?;
+    let metrics_addr = server.addr;
     let worker = Worker {
         settings: settings.clone(),
         screen,
@@ -164,8 +148,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     if !options.linger.is_zero() {
         tokio::time::sleep(options.linger).await;
     }
-    let _ = metrics_stop_tx.send(());
-    let _ = server.await;
+    server.shutdown().await;
 
     let rows = events
         .iter()

@@ -13,7 +13,7 @@ use perisai::config::Settings;
 use perisai::event::{MediaRef, UploadEvent, UPLOAD_SCHEMA};
 use perisai::hash::pdq;
 use perisai::media::decode::{self, DecodeLimits};
-use perisai::metrics::{Metrics, Readiness};
+use perisai::metrics::{Metrics, MetricsServer, Readiness};
 use perisai::pipeline::Worker;
 use perisai::screen::Mode;
 use perisai::{app, demo};
@@ -148,29 +148,14 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let banks = BankSet::load(&settings.banks, &metrics).context("loading banks")?;
     let screen = app::build_screen(&settings, banks, &metrics, &readiness, Mode::Worker)?;
 
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let (stop_metrics_tx, stop_metrics_rx) = tokio::sync::oneshot::channel::<()>();
     let listen = settings.metrics.listen.parse().expect("validated address");
-    let server = tokio::spawn(perisai::metrics::serve(
-        listen,
-        metrics.clone(),
-        readiness.clone(),
-        async move {
-            let _ = stop_metrics_rx.await;
-        },
-        bound_tx,
-    ));
-    match bound_rx.await {
-        Ok(addr) => tracing::info!(%addr, "serving /metrics, /healthz, /readyz"),
-        Err(_) => {
-            let err = server.await.ok().and_then(Result::err);
-            anyhow::bail!("cannot serve metrics on {}: {err:?}", settings.metrics.listen);
-        }
-    }
+    let server = MetricsServer::start(listen, metrics.clone(), readiness.clone())
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", settings.metrics.listen))?;
+    tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
     let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
     let summary = worker.run(shutdown_signal()).await?;
-    let _ = stop_metrics_tx.send(());
-    let _ = server.await;
+    server.shutdown().await;
     tracing::info!(events = summary.events, abandoned = summary.abandoned, "bye");
     Ok(ExitCode::SUCCESS)
 }

@@ -177,18 +177,39 @@ impl Readiness {
     }
 }
 
-/// Serve the endpoints until `shutdown` completes. Returns the bound address through `bound`
-/// so that port 0 works in tests and the demo.
-pub async fn serve(
-    listen: SocketAddr,
+/// The HTTP endpoints, running on the runtime until `shutdown`.
+pub struct MetricsServer {
+    /// The bound address (the port is chosen by the OS when the configured one is 0).
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `listen` (a bind failure is returned here, not lost in a task) and starts serving.
+    pub async fn start(listen: SocketAddr, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, metrics, readiness, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, task })
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    bound: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> std::io::Result<()> {
     use axum::{http::StatusCode, routing::get, Router};
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let _ = bound.send(listener.local_addr()?);
     let app = Router::new()
         .route(
             "/metrics",
