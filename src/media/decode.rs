@@ -253,29 +253,39 @@ fn map_image_error(e: ImageError) -> DecodeError {
     }
 }
 
-/// The PNG without its iCCP chunks, or `None` when it has none. The png crate inflates an ICC
-/// profile as soon as it reads the header, bounded only by the allocation limit meant for
-/// pixels (hundreds of MB from a few hundred KB of input), and nothing here uses the profile:
-/// pixels are never colour-managed. Only chunks before the first IDAT are looked at, as the
-/// decoder refuses an iCCP after it.
-fn png_without_iccp(bytes: &[u8]) -> Option<Vec<u8>> {
+/// Checks a PNG's chunks up to the first IDAT and returns the bytes to decode: a copy without
+/// iCCP chunks when there are any, `None` when the input can be decoded as it is.
+///
+/// The png crate inflates an ICC profile as soon as it reads the header, bounded only by the
+/// allocation limit meant for pixels (hundreds of MB from a few hundred KB of input), and
+/// nothing here uses the profile: pixels are never colour-managed. The decoder refuses an
+/// iCCP after IDAT, so only the chunks before it are looked at.
+///
+/// An indexed image whose PLTE length is not a multiple of 3 is invalid (PNG spec 11.2.3) and
+/// makes png 0.18 slice past the palette and panic while expanding it; it is refused here.
+fn png_precheck(bytes: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
     let mut pos = 8; // signature
     let mut iccp = Vec::new();
+    let mut indexed = false;
     while let Some(header) = bytes.get(pos..pos + 8) {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let kind = &header[4..8];
-        if kind == b"IDAT" || kind == b"IEND" {
-            break;
+        let data_start = pos + 8;
+        match kind {
+            b"IDAT" | b"IEND" => break,
+            // Colour type is IHDR's tenth byte; 3 is indexed.
+            b"IHDR" => indexed = bytes.get(data_start + 9) == Some(&3),
+            b"iCCP" => iccp.push(pos..data_start.saturating_add(len).saturating_add(4).min(bytes.len())),
+            b"PLTE" if indexed && len % 3 != 0 => {
+                return Err(DecodeError::Corrupt(format!("PNG palette of {len} bytes, not a multiple of 3")));
+            }
+            _ => {}
         }
         // length, type, data, CRC
-        let end = pos.saturating_add(12).saturating_add(len).min(bytes.len());
-        if kind == b"iCCP" {
-            iccp.push(pos..end);
-        }
-        pos = end;
+        pos = data_start.saturating_add(len).saturating_add(4).min(bytes.len());
     }
     if iccp.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut from = 0;
@@ -284,11 +294,11 @@ fn png_without_iccp(bytes: &[u8]) -> Option<Vec<u8>> {
         from = range.end;
     }
     out.extend_from_slice(&bytes[from..]);
-    Some(out)
+    Ok(Some(out))
 }
 
 fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<Image, DecodeError> {
-    let stripped = if format == ImageFormat::Png { png_without_iccp(bytes) } else { None };
+    let stripped = if format == ImageFormat::Png { png_precheck(bytes)? } else { None };
     let bytes = stripped.as_deref().unwrap_or(bytes);
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
@@ -349,20 +359,63 @@ mod tests {
     #[test]
     fn iccp_chunks_are_dropped_before_decoding() {
         let png = small_png();
-        assert!(png_without_iccp(&png).is_none());
+        assert!(png_precheck(&png).unwrap().is_none());
         // After the IHDR chunk (8-byte signature + 25-byte chunk): two iCCP chunks.
         let iccp = |n: u8| [&[0, 0, 0, 3][..], b"iCCP", &[n, 0, 0], &[0xde, 0xad, 0xbe, 0xef]].concat();
         let with = [&png[..33], &iccp(1), &iccp(2), &png[33..]].concat();
-        assert_eq!(png_without_iccp(&with).unwrap(), png);
+        assert_eq!(png_precheck(&with).unwrap().unwrap(), png);
         let a = decode(&png, &DecodeLimits::default()).unwrap();
         let b = decode(&with, &DecodeLimits::default()).unwrap();
         assert_eq!((a.width, a.height, a.pixels), (b.width, b.height, b.pixels));
         // Lengths running past the end, and every truncation, neither panic nor loop.
         let mut huge = with.clone();
         huge[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(png_without_iccp(&huge).unwrap(), &with[..33]);
+        assert_eq!(png_precheck(&huge).unwrap().unwrap(), &with[..33]);
         for end in 0..with.len() {
-            let _ = png_without_iccp(&with[..end]);
+            let _ = png_precheck(&with[..end]);
+        }
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// A 1×1 indexed PNG (pixel = index 0) with the given PLTE and tRNS chunk data.
+    fn indexed_png(plte: &[u8], trns: Option<&[u8]>) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8; 4], data: &[u8]| {
+            out.extend((data.len() as u32).to_be_bytes());
+            out.extend(kind);
+            out.extend(data);
+            out.extend(crc32(&[&kind[..], data].concat()).to_be_bytes());
+        };
+        chunk(b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 3, 0, 0, 0]);
+        chunk(b"PLTE", plte);
+        if let Some(t) = trns {
+            chunk(b"tRNS", t);
+        }
+        // zlib, one stored block holding the row: filter 0, index 0.
+        chunk(b"IDAT", &[0x78, 0x01, 0x01, 0x02, 0x00, 0xfd, 0xff, 0, 0, 0x00, 0x02, 0x00, 0x01]);
+        chunk(b"IEND", &[]);
+        out
+    }
+
+    #[test]
+    fn malformed_palettes_are_refused_not_panicked_on() {
+        let ok = decode(&indexed_png(&[10, 20, 30, 40, 50, 60], Some(&[255, 0])), &DecodeLimits::default()).unwrap();
+        assert_eq!((ok.width, ok.height, ok.pixels), (1, 1, vec![10, 20, 30]));
+        for png in [indexed_png(&[10, 20, 30, 40], None), indexed_png(&[10, 20, 30, 40, 50], Some(&[255]))] {
+            match decode(&png, &DecodeLimits::default()) {
+                Err(DecodeError::Corrupt(msg)) => assert!(msg.contains("PNG"), "{msg}"),
+                other => panic!("expected a corrupt-image error, got {other:?}"),
+            }
         }
     }
 }
