@@ -119,7 +119,6 @@ impl Screen {
             (Some(classifier), Some(image)) => match self.classify(classifier.as_ref(), image).await {
                 Ok(finding) => findings.classifier = Some(finding),
                 Err(e) => {
-                    self.metrics.media_errors.with_label_values(&["classifier"]).inc();
                     findings.media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: e.to_string() });
                 }
             },
@@ -178,9 +177,7 @@ impl Screen {
             self.metrics.matches.with_label_values(&[&m.bank, m.signal.as_str()]).inc();
         }
         if let Some(e) = &findings.media_error {
-            if e.kind != "classifier" {
-                self.metrics.media_errors.with_label_values(&[&e.kind]).inc();
-            }
+            self.metrics.media_errors.with_label_values(&[&e.kind]).inc();
         }
         if let Some(c) = &findings.classifier {
             self.metrics.classifier_score.with_label_values(&[&c.model]).observe(f64::from(c.score));

@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -242,26 +240,8 @@ fn hostile_builders_make_valid_files() {
 // ------------------------------------------------------------------ Kafka plumbing
 
 async fn create_big_topics(brokers: &str, name: &str) -> Topics {
-    let base = unique(name);
-    let topics = Topics {
-        input: format!("{base}.uploads"),
-        verdicts: format!("{base}.verdicts"),
-        dlq: format!("{base}.dlq"),
-        group: format!("{base}.group"),
-    };
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
     let max = TOPIC_MAX_MESSAGE.to_string();
-    let new = [
-        NewTopic::new(&topics.input, 2, TopicReplication::Fixed(1)).set("max.message.bytes", &max),
-        NewTopic::new(&topics.verdicts, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&topics.dlq, 1, TopicReplication::Fixed(1)),
-    ];
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&new, &opts).await.expect("create topics") {
-        r.expect("topic created");
-    }
-    topics
+    create_topics_with(brokers, name, 2, &[("max.message.bytes", &max)]).await
 }
 
 /// Produces every case (a `None` payload is a tombstone) and waits for the acknowledgements.

@@ -46,6 +46,11 @@ pub struct Topics {
 }
 
 pub async fn create_topics(brokers: &str, name: &str, input_partitions: i32) -> Topics {
+    create_topics_with(brokers, name, input_partitions, &[]).await
+}
+
+/// Like `create_topics`, with topic configs (e.g. `max.message.bytes`) on the input topic.
+pub async fn create_topics_with(brokers: &str, name: &str, input_partitions: i32, input_config: &[(&str, &str)]) -> Topics {
     let base = unique(name);
     let topics = Topics {
         input: format!("{base}.uploads"),
@@ -56,7 +61,9 @@ pub async fn create_topics(brokers: &str, name: &str, input_partitions: i32) -> 
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
     let new = [
-        NewTopic::new(&topics.input, input_partitions, TopicReplication::Fixed(1)),
+        input_config
+            .iter()
+            .fold(NewTopic::new(&topics.input, input_partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v)),
         NewTopic::new(&topics.verdicts, 2, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.dlq, 1, TopicReplication::Fixed(1)),
     ];
