@@ -2,8 +2,9 @@
 //!
 //! Test images come from the fixture photo `tests/fixtures/pdq/images/jpg_crop_1600x1200.jpg`,
 //! decoded once: "1 MP" is its top-left 1024×1024 crop, "12 MP" is 4000×3000 tiled from the
-//! whole photo. The decode+hash case encodes the 1 MP crop as a baseline 4:2:0 JPEG at quality
-//! 90 in memory, then decodes and hashes it (Cli) per iteration.
+//! whole photo. The decode+hash cases encode the 1 MP crop as baseline 4:2:0 JPEGs at qualities
+//! 75, 85 and 90 in memory (entropy decoding, the largest part of a decode, grows with quality),
+//! then decode and hash one (Cli) per iteration.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use perisai::hash::pdq::{hash, Convention};
@@ -29,12 +30,12 @@ fn tiled(src: &Image, w: u32, h: u32) -> Image {
     Image { width: w, height: h, channels: Channels::Rgb, pixels }
 }
 
-fn encode_jpeg(img: &Image) -> Vec<u8> {
+fn encode_jpeg(img: &Image, quality: f32) -> Vec<u8> {
     std::panic::catch_unwind(|| {
         let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
         c.set_size(img.width as usize, img.height as usize);
         c.set_fastest_defaults();
-        c.set_quality(90.0);
+        c.set_quality(quality);
         let mut started = c.start_compress(Vec::new()).expect("start");
         started.write_scanlines(&img.pixels).expect("write");
         started.finish().expect("finish")
@@ -66,19 +67,22 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let jpeg = encode_jpeg(&one);
     let mut g = c.benchmark_group("decode_and_hash");
     g.sample_size(30);
     g.throughput(Throughput::Elements(1));
-    g.bench_function("jpeg_1MP_cli", |b| {
-        b.iter(|| {
-            let img = decode(std::hint::black_box(&jpeg), &DecodeLimits::default()).expect("decode");
-            hash(&img, Convention::Cli)
-        })
-    });
-    g.bench_function("jpeg_1MP_decode_only", |b| {
-        b.iter(|| decode(std::hint::black_box(&jpeg), &DecodeLimits::default()).expect("decode"))
-    });
+    for quality in [75u8, 85, 90] {
+        let jpeg = encode_jpeg(&one, f32::from(quality));
+        eprintln!("jpeg 1MP q{quality}: {} bytes", jpeg.len());
+        g.bench_with_input(BenchmarkId::new("jpeg_1MP_cli", format!("q{quality}")), &jpeg, |b, jpeg| {
+            b.iter(|| {
+                let img = decode(std::hint::black_box(jpeg), &DecodeLimits::default()).expect("decode");
+                hash(&img, Convention::Cli)
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("jpeg_1MP_decode_only", format!("q{quality}")), &jpeg, |b, jpeg| {
+            b.iter(|| decode(std::hint::black_box(jpeg), &DecodeLimits::default()).expect("decode"))
+        });
+    }
     g.finish();
 }
 

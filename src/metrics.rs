@@ -40,6 +40,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub offsets_committed: IntCounter,
     pub produce_errors: IntCounter,
+    /// client: consumer | producer
+    pub kafka_broker_repairs: IntCounterVec,
     /// bank, signal
     pub bank_entries: IntGaugeVec,
     /// bank: unix time of the last successful load or update
@@ -101,6 +103,15 @@ impl Metrics {
         let produce_errors =
             IntCounter::new("perisai_produce_errors_total", "Verdict or DLQ records the broker did not accept.").expect("valid");
         registry.register(Box::new(produce_errors.clone())).expect("unique metric");
+        let kafka_broker_repairs = IntCounterVec::new(
+            Opts::new("perisai_kafka_broker_repairs_total", "Times a Kafka client had lost every broker and got the bootstrap servers again."),
+            &["client"],
+        )
+        .expect("valid");
+        registry.register(Box::new(kafka_broker_repairs.clone())).expect("unique metric");
+        for client in ["consumer", "producer"] {
+            kafka_broker_repairs.with_label_values(&[client]);
+        }
         let bank_entries = gauge_vec("perisai_bank_entries", "Entries loaded per bank and signal.", &["bank", "signal"]);
         let bank_loaded_seconds =
             gauge_vec("perisai_bank_loaded_timestamp_seconds", "Unix time a bank was last loaded or updated.", &["bank"]);
@@ -140,6 +151,7 @@ impl Metrics {
             consumer_lag,
             offsets_committed,
             produce_errors,
+            kafka_broker_repairs,
             bank_entries,
             bank_loaded_seconds,
             bank_rows_skipped,
@@ -164,11 +176,14 @@ impl Metrics {
     }
 }
 
-/// What `/readyz` reports: ready once banks are loaded and the consumer holds an assignment.
+/// What `/readyz` reports: ready once banks are loaded and the consumer holds an assignment;
+/// and what `/healthz` reports: alive unless the consumer group has been stuck out of state `up`
+/// (see `kafka::watchdog`).
 #[derive(Default)]
 pub struct Readiness {
     pub banks_loaded: AtomicBool,
     pub assigned: AtomicBool,
+    pub group_stalled: AtomicBool,
 }
 
 impl Readiness {
@@ -220,7 +235,19 @@ async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get({
+                let readiness = readiness.clone();
+                move || async move {
+                    if readiness.group_stalled.load(Ordering::Acquire) {
+                        (StatusCode::SERVICE_UNAVAILABLE, "consumer group not joined for over two minutes\n")
+                    } else {
+                        (StatusCode::OK, "ok\n")
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || async move {

@@ -60,10 +60,13 @@ async fn worker_rides_out_a_broker_restart() {
     let still_alive = alive(&mut worker);
     let (stall, stall_began) = longest_gap(&seen, restart_began);
     let first_after = seen.iter().map(|s| s.at).filter(|at| *at > broker_back).min();
-    let refusals = worker_log(dir.path(), 0).matches("produce failed, retrying").count();
+    let log = worker_log(dir.path(), 0);
+    let refusals = log.matches("produce failed, retrying").count();
+    // The watchdog's repairs (kafka::watchdog): librdkafka lost every broker handle.
+    let repairs = log.matches("bootstrap servers added again").count();
     println!(
         "broker restart: events={n} verdicts_before_restart={before} restart_took={:.1}s longest_stall={:.1}s (from {:+.1}s of the restart) \
-         first_verdict_after_broker_back_ms={:?} refused_sends={refusals} verdicts={} missing={} duplicates={} wall={:.1}s",
+         first_verdict_after_broker_back_ms={:?} refused_sends={refusals} watchdog_repairs={repairs} verdicts={} missing={} duplicates={} wall={:.1}s",
         (broker_back - restart_began).as_secs_f64(),
         stall.as_secs_f64(),
         (stall_began - restart_began).as_secs_f64(),
@@ -81,4 +84,26 @@ async fn worker_rides_out_a_broker_restart() {
     assert!(status.success(), "worker exit {status:?}\n{}", worker_log(dir.path(), 0));
     let committed: i64 = committed(&brokers, &topics.group, &topics.input, 3).iter().sum();
     assert_eq!(committed, n as i64, "the final drain commits every input record");
+}
+
+/// The watchdog's repair on a real client: a consumer whose only broker is unreachable (as after
+/// librdkafka drops every handle) reaches the cluster once the watchdog adds the bootstrap servers.
+#[test]
+fn watchdog_repair_reconnects_a_client_without_brokers() {
+    use perisai::kafka::watchdog::BrokerWatch;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let brokers = brokers();
+    // Port 1 on loopback: nothing listens, so the client has no usable broker.
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:1")
+        .set("group.id", "watchdog-repair")
+        .create()
+        .expect("consumer");
+    assert!(consumer.fetch_metadata(None, Duration::from_secs(3)).is_err(), "no broker should answer on port 1");
+    let watch = BrokerWatch::new("consumer", &brokers, prometheus::IntCounter::new("repairs", "repairs").unwrap());
+    watch.attach(consumer.client());
+    assert!(watch.repair());
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(20)).expect("metadata after the repair");
+    assert!(!metadata.brokers().is_empty());
 }

@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod sink;
+pub mod watchdog;
 
 use rdkafka::config::ClientConfig;
 
@@ -16,10 +17,13 @@ pub enum KafkaError {
     Embedded(String),
 }
 
-/// librdkafka settings for every client: bootstrap servers, then the `kafka.client` passthrough.
+/// librdkafka settings for every client: bootstrap servers and statistics (the consumer lag
+/// metric and the broker watchdog read them), then the `kafka.client` passthrough.
 fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.brokers);
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("statistics.interval.ms", settings.statistics_interval_ms.to_string());
     for (key, value) in &settings.client {
         config.set(key, value);
     }
@@ -35,8 +39,7 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", settings.statistics_interval_ms.to_string());
+        .set("enable.partition.eof", "false");
     for (key, value) in &settings.consumer {
         config.set(key, value);
     }

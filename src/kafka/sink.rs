@@ -3,12 +3,16 @@
 //! watermark depends on it — and retries without limit while the broker refuses, so a record
 //! is never dropped; a stuck output shows up as lag and `perisai_produce_errors_total`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
 
+use super::watchdog::BrokerWatch;
 use super::{producer_config, KafkaError};
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
@@ -34,17 +38,37 @@ pub const DLQ_MAX_PAYLOAD: usize = 900 * 1024;
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The producer's context: its statistics feed the broker watchdog.
+pub struct SinkContext {
+    brokers: Arc<BrokerWatch>,
+}
+
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        self.brokers.observe(&statistics);
+    }
+}
+
 pub struct Sink {
-    producer: FutureProducer,
+    producer: FutureProducer<SinkContext>,
     verdict_topic: String,
     dlq_topic: String,
     instance: String,
 }
 
 impl Sink {
-    pub fn new(settings: &KafkaSettings, instance: String) -> Result<Self, KafkaError> {
+    pub fn new(settings: &KafkaSettings, instance: String, metrics: &Metrics) -> Result<Self, KafkaError> {
+        let brokers = Arc::new(BrokerWatch::new(
+            "producer",
+            &settings.brokers,
+            metrics.kafka_broker_repairs.with_label_values(&["producer"]),
+        ));
+        // (The future producer wraps its context out of reach, hence the second handle.)
+        let producer: FutureProducer<SinkContext> =
+            producer_config(settings).create_with_context(SinkContext { brokers: brokers.clone() })?;
+        brokers.attach(producer.client());
         Ok(Self {
-            producer: producer_config(settings).create()?,
+            producer,
             verdict_topic: settings.verdict_topic.clone(),
             dlq_topic: settings.dlq_topic.clone(),
             instance,

@@ -12,6 +12,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+use crate::kafka::watchdog::{group_stalled, BrokerWatch};
 use crate::metrics::{Metrics, Readiness};
 use super::watermark::{Tp, Watermarks};
 
@@ -20,10 +21,17 @@ pub struct WorkerContext {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub drain_timeout: Duration,
+    pub brokers: BrokerWatch,
 }
 
 impl ClientContext for WorkerContext {
     fn stats(&self, statistics: Statistics) {
+        self.brokers.observe(&statistics);
+        let stalled = group_stalled(&statistics);
+        if stalled && !self.readiness.group_stalled.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::error!("consumer group not joined for over two minutes; /healthz now fails");
+        }
+        self.readiness.group_stalled.store(stalled, std::sync::atomic::Ordering::Release);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // librdkafka reports -1 for partitions this consumer does not fetch.

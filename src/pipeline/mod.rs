@@ -22,6 +22,7 @@ use crate::config::Settings;
 use crate::event::parse_upload;
 use context::WorkerContext;
 use crate::kafka::sink::{Sink, Source};
+use crate::kafka::watchdog::BrokerWatch;
 use crate::kafka::{consumer_config, KafkaError};
 use crate::metrics::{Metrics, Readiness};
 use crate::screen::Screen;
@@ -74,13 +75,19 @@ impl Worker {
             metrics: self.metrics.clone(),
             readiness: self.readiness.clone(),
             drain_timeout,
+            brokers: BrokerWatch::new(
+                "consumer",
+                &settings.kafka.brokers,
+                self.metrics.kafka_broker_repairs.with_label_values(&["consumer"]),
+            ),
         };
         let consumer: StreamConsumer<WorkerContext> =
             consumer_config(&settings.kafka).create_with_context(context).map_err(KafkaError::from)?;
+        consumer.context().brokers.attach(consumer.client());
         consumer.subscribe(&[settings.kafka.input_topic.as_str()]).map_err(KafkaError::from)?;
         let shared = Arc::new(Shared {
             screen: self.screen.clone(),
-            sink: Sink::new(&settings.kafka, self.instance.clone())?,
+            sink: Sink::new(&settings.kafka, self.instance.clone(), &self.metrics)?,
             watermarks: watermarks.clone(),
             metrics: self.metrics.clone(),
             max_event_bytes: settings.worker.max_event_bytes,
