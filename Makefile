@@ -29,7 +29,7 @@ test: setup
 	  rc=$$?; scripts/kafka stop; exit $$rc
 	scripts/helm-check
 
-# The broker-restart fault test, alone: it restarts the local broker (see docs/reliability.md).
+# The broker-restart fault test alone, with its figures (`make test` runs it too).
 test-faults: setup
 	scripts/kafka start
 	set -o pipefail; $(CARGO) test --release --test broker_restart -- --nocapture; \

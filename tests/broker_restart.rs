@@ -1,8 +1,8 @@
 //! The broker restarts (`scripts/kafka restart`, data kept) while a worker works through a
 //! stream: the same worker process recovers by itself and every event gets a verdict.
 //!
-//! This restarts the broker the tests share, so it is a test binary of its own: run it alone,
-//! never alongside other broker tests (`cargo test --release --test broker_restart`). It
+//! This restarts the broker the tests share, so it is a test binary of its own (cargo runs test
+//! binaries one after another, so `cargo test` never runs it alongside other broker tests). It
 //! refuses to run unless the broker at `PERISAI_TEST_BROKERS` is the one `scripts/kafka`
 //! manages (same port, `PERISAI_KAFKA_STATE`), so it never stops a broker it cannot restart.
 
@@ -64,6 +64,9 @@ async fn worker_rides_out_a_broker_restart() {
     let refusals = log.matches("produce failed, retrying").count();
     // The watchdog's repairs (kafka::watchdog): librdkafka lost every broker handle.
     let repairs = log.matches("bootstrap servers added again").count();
+    for line in log.lines().filter(|l| l.contains("bootstrap servers added again")) {
+        println!("watchdog: {line}");
+    }
     println!(
         "broker restart: events={n} verdicts_before_restart={before} restart_took={:.1}s longest_stall={:.1}s (from {:+.1}s of the restart) \
          first_verdict_after_broker_back_ms={:?} refused_sends={refusals} watchdog_repairs={repairs} verdicts={} missing={} duplicates={} wall={:.1}s",
