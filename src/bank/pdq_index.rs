@@ -82,6 +82,60 @@ impl Words {
     }
 }
 
+/// The hashes by slot, in fixed-size chunks: growing never copies (a `Vec` of 32-byte-aligned
+/// values cannot be grown in place, so at 10M entries its last doubling held 270 MB twice).
+#[derive(Debug, Default)]
+struct Slots {
+    chunks: Vec<Box<[Words]>>,
+    len: usize,
+}
+
+const CHUNK_BITS: u32 = 16;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    #[inline(always)]
+    fn get(&self, slot: u32) -> &Words {
+        &self.chunks[(slot >> CHUNK_BITS) as usize][slot as usize & (CHUNK - 1)]
+    }
+
+    fn push(&mut self, w: Words) {
+        if self.len == self.capacity() {
+            self.chunks.push(vec![Words([0; 4]); CHUNK].into_boxed_slice());
+        }
+        let slot = self.len as u32;
+        self.len += 1;
+        self.chunks[(slot >> CHUNK_BITS) as usize][slot as usize & (CHUNK - 1)] = w;
+    }
+
+    /// Moves the last hash into `slot` and drops the last; frees a chunk left empty.
+    fn swap_remove(&mut self, slot: u32) {
+        let last = (self.len - 1) as u32;
+        let moved = *self.get(last);
+        self.chunks[(slot >> CHUNK_BITS) as usize][slot as usize & (CHUNK - 1)] = moved;
+        self.len -= 1;
+        if self.capacity() - self.len > CHUNK {
+            self.chunks.pop();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Words> {
+        self.chunks.iter().flat_map(|c| c.iter()).take(self.len)
+    }
+}
+
 #[inline(always)]
 fn split(t: usize, sub: u32) -> (usize, u32) {
     let low_bits = LAYOUT[t].1 - PREFIX_BITS;
@@ -99,7 +153,7 @@ pub enum IndexError {
 #[derive(Debug)]
 pub struct PdqIndex {
     /// Entry slots: the hash and id of slot `s` are `hashes[s]`, `ids[s]`.
-    hashes: Vec<Words>,
+    hashes: Slots,
     ids: Vec<u32>,
     /// `slot_of[id]`, or `NO_SLOT`. A flat map rather than a hash map: a third of the memory at
     /// 10M entries, and growing it never holds two copies (large reallocations are remapped).
@@ -118,7 +172,7 @@ impl Default for PdqIndex {
 impl PdqIndex {
     pub fn new() -> Self {
         PdqIndex {
-            hashes: Vec::new(),
+            hashes: Slots::default(),
             ids: Vec::new(),
             slot_of: Vec::new(),
             tables: (0..TABLES).map(|_| vec![Vec::new(); BUCKETS]).collect(),
@@ -163,7 +217,7 @@ impl PdqIndex {
             return false;
         }
         let last = (self.hashes.len() - 1) as u32;
-        let w = self.hashes[slot as usize];
+        let w = *self.hashes.get(slot);
         for (t, table) in self.tables.iter_mut().enumerate() {
             let bucket = &mut table[split(t, w.substring(t)).0];
             if let Some(pos) = bucket.iter().position(|&e| e & SLOT_MASK == slot) {
@@ -173,7 +227,7 @@ impl PdqIndex {
         }
         if slot != last {
             // The last slot moves into the hole.
-            let moved = self.hashes[last as usize];
+            let moved = *self.hashes.get(last);
             for (t, table) in self.tables.iter_mut().enumerate() {
                 let bucket = &mut table[split(t, moved.substring(t)).0];
                 if let Some(e) = bucket.iter_mut().find(|e| **e & SLOT_MASK == last) {
@@ -183,7 +237,7 @@ impl PdqIndex {
             let moved_id = self.ids[last as usize];
             self.slot_of[moved_id as usize] = slot;
         }
-        self.hashes.swap_remove(slot as usize);
+        self.hashes.swap_remove(slot);
         self.ids.swap_remove(slot as usize);
         true
     }
@@ -282,10 +336,10 @@ impl PdqIndex {
         }
         // Phase 4: every candidate's hash, then the full distance.
         for &(_, slot) in &candidates {
-            prefetch(&self.hashes[slot as usize] as *const Words as *const u8);
+            prefetch(self.hashes.get(slot) as *const Words as *const u8);
         }
         for &(t, slot) in &candidates {
-            let w = &self.hashes[slot as usize];
+            let w = self.hashes.get(slot);
             let d = w.distance(&q);
             // An entry near in several substrings is reported by the first table only.
             if d <= max_distance && (0..t as usize).all(|u| (w.substring(u) ^ subs[u]).count_ones() > radius) {
@@ -409,6 +463,35 @@ mod tests {
                     prop_assert_eq!(sorted(index.query(q, r)), brute(&entries, q, r));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn removes_across_a_chunk_boundary_keep_every_hash() {
+        // Deterministic distinct hashes: entry i has its index in the first 4 bytes.
+        let hash = |i: u32| {
+            let mut b = [0x5au8; 32];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            b[31] = (i % 251) as u8;
+            PdqHash(b)
+        };
+        let n = CHUNK as u32 + 10;
+        let mut index = PdqIndex::new();
+        for i in 0..n {
+            index.insert(i, hash(i));
+        }
+        // Remove from both chunks, so slots move from the second chunk into the first and the
+        // second chunk empties.
+        for i in (0..20).chain(n - 15..n) {
+            assert!(index.remove(i));
+        }
+        assert_eq!(index.len(), n as usize - 35);
+        assert_eq!(index.hashes.chunks.len(), 1);
+        for i in [20, 100, CHUNK as u32 - 100, n - 16] {
+            assert_eq!(index.query(&hash(i), 0), vec![(i, 0)], "entry {i}");
+        }
+        for i in [0, 19, CHUNK as u32 - 1, n - 1] {
+            assert!(index.query(&hash(i), 0).is_empty(), "removed entry {i}");
         }
     }
 
