@@ -28,6 +28,7 @@ test: setup
 	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
 	scripts/helm-check
+	FUZZ_SECONDS=10 scripts/fuzz-smoke
 
 # The broker-restart fault test alone, with its figures (`make test` runs it too).
 test-faults: setup
