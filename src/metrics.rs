@@ -40,6 +40,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub offsets_committed: IntCounter,
     pub produce_errors: IntCounter,
+    /// Exactly-once; outcome: committed | aborted
+    pub transactions: IntCounterVec,
+    /// Exactly-once: sending the offsets and committing, per transaction.
+    pub transaction_commit_seconds: Histogram,
     /// bank, signal
     pub bank_entries: IntGaugeVec,
     /// bank: unix time of the last successful load or update
@@ -101,6 +105,16 @@ impl Metrics {
         let produce_errors =
             IntCounter::new("perisai_produce_errors_total", "Verdict or DLQ records the broker did not accept.").expect("valid");
         registry.register(Box::new(produce_errors.clone())).expect("unique metric");
+        let transactions = counter_vec(
+            "perisai_transactions_total",
+            "Exactly-once transactions finished, by outcome (committed | aborted).",
+            &["outcome"],
+        );
+        let transaction_commit_seconds = histogram(
+            "perisai_transaction_commit_duration_seconds",
+            "Exactly-once: time to send a transaction's offsets and commit it.",
+            LATENCY_BUCKETS.to_vec(),
+        );
         let bank_entries = gauge_vec("perisai_bank_entries", "Entries loaded per bank and signal.", &["bank", "signal"]);
         let bank_loaded_seconds =
             gauge_vec("perisai_bank_loaded_timestamp_seconds", "Unix time a bank was last loaded or updated.", &["bank"]);
@@ -140,6 +154,8 @@ impl Metrics {
             consumer_lag,
             offsets_committed,
             produce_errors,
+            transactions,
+            transaction_commit_seconds,
             bank_entries,
             bank_loaded_seconds,
             bank_rows_skipped,
