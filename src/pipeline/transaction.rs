@@ -148,10 +148,7 @@ impl Transactions {
             fatal: Mutex::new(None),
             aborts_in_a_row: AtomicU32::new(0),
         };
-        t.retry("init_transactions", |timeout| t.sink.producer().init_transactions(timeout)).map_err(|e| {
-            let error = if classify(&e) == Class::Fenced { PipelineError::Fenced(e) } else { PipelineError::TransactionFatal(e) };
-            t.stop(error)
-        })?;
+        t.retry("init_transactions", |timeout| t.sink.producer().init_transactions(timeout)).map_err(|e| t.stop_for(e))?;
         t.begin()?;
         Ok(t)
     }
@@ -226,15 +223,15 @@ impl Transactions {
                             // Abort if the producer still may (group fencing), so readers need not
                             // wait for the transaction timeout; a fenced producer cannot.
                             let _ = self.sink.producer().abort_transaction(MIN_CALL_TIMEOUT);
-                            return Err(self.stop(PipelineError::Fenced(e.clone())));
+                            return Err(self.stop_for(e.clone()));
                         }
-                        Class::Fatal => return Err(self.stop(PipelineError::TransactionFatal(e.clone()))),
+                        Class::Fatal => return Err(self.stop_for(e.clone())),
                         Class::Retriable | Class::Abortable => {}
                     }
                 }
                 tracing::warn!(reason = %refusal, "aborting the transaction; its events will be screened again");
                 self.retry("abort_transaction", |timeout| self.sink.producer().abort_transaction(timeout))
-                    .map_err(|e| self.stop(PipelineError::TransactionFatal(e)))?;
+                    .map_err(|e| self.stop_for(e))?;
                 self.metrics.transactions.with_label_values(&["aborted"]).inc();
                 self.aborts_in_a_row.fetch_add(1, Ordering::Relaxed);
                 if then == Then::Continue {
@@ -250,7 +247,10 @@ impl Transactions {
     }
 
     fn begin(&self) -> Result<(), PipelineError> {
-        let epoch = self.sink.begin_transaction().map_err(|e| self.stop(PipelineError::Kafka(e)))?;
+        let epoch = self.sink.begin_transaction().map_err(|e| match e {
+            crate::kafka::KafkaError::Client(c) => self.stop_for(c),
+            other => self.stop(PipelineError::Kafka(other)),
+        })?;
         self.watermarks.lock().expect("watermarks lock").set_epoch(epoch);
         Ok(())
     }
@@ -312,6 +312,12 @@ impl Transactions {
         }
         tracing::info!(partitions = points.len(), "input rewound to the last committed transaction");
         Ok(())
+    }
+
+    /// Stops for a client error that cannot be recovered from, naming fencing as such.
+    fn stop_for(&self, e: ClientError) -> PipelineError {
+        let error = if classify(&e) == Class::Fenced { PipelineError::Fenced(e) } else { PipelineError::TransactionFatal(e) };
+        self.stop(error)
     }
 
     fn stop(&self, error: PipelineError) -> PipelineError {
