@@ -14,8 +14,10 @@ use common::*;
 use fault_support::*;
 
 const WAIT: Duration = Duration::from_secs(120);
-/// Restarts of one replica keep its name, as a Kubernetes container restart keeps its pod's.
-const REPLICA: &str = "eos-replica";
+/// Small enough to refuse any verdict batch (hundreds of bytes), large enough for the
+/// transaction markers the broker writes on commit and abort (under 100 bytes). At 1 byte the
+/// broker cannot write an abort marker and that transactional.id stays stuck until a restart.
+const REFUSE_VERDICTS: &str = "200";
 
 /// The shared test config in exactly-once mode, serving metrics on `port`.
 fn eos_config(dir: &Path, brokers: &str, topics: &Topics, name: &str, port: u16) -> PathBuf {
@@ -62,6 +64,8 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
     let uncommitted_view = Watcher::start_with(&brokers, &topics.verdicts, "read_uncommitted");
     let mut rng = rng("eos-crash");
     let kills = 5;
+    // Restarts of one replica keep its name, as a Kubernetes container restart keeps its pod's.
+    let replica = unique("eos-crash");
     let started = Instant::now();
 
     let mut recoveries = Vec::new();
@@ -73,7 +77,7 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
         let port = free_port();
         let config = eos_config(dir.path(), &brokers, &topics, &format!("gen{generation}"), port);
         let spawned = Instant::now();
-        let mut child = spawn_worker_as(&config, dir.path(), generation, REPLICA);
+        let mut child = spawn_worker_as(&config, dir.path(), generation, &replica);
         let pid = child.id();
         pids.push(pid);
         let first = committed_view.wait_for(WAIT, |s| by_pid(s, pid) > 0);
@@ -145,7 +149,7 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
     assert_eq!(committed, n as i64, "the final transaction commits every input offset");
 }
 
-/// The verdict topic refuses every record (`max.message.bytes` = 1) for 8 s while events keep
+/// The verdict topic refuses every verdict (`max.message.bytes` = 200) for 8 s while events keep
 /// arriving: each transaction that meets a refusal is aborted and the input rewound; once the
 /// topic is writable again every event gets exactly one committed verdict.
 #[tokio::test(flavor = "multi_thread")]
@@ -161,11 +165,11 @@ async fn verdict_refusal_aborts_rewinds_and_stays_exactly_once() {
     let uncommitted_view = Watcher::start_with(&brokers, &topics.verdicts, "read_uncommitted");
     let started = Instant::now();
     let feeder = feed(&brokers, &topics.input, 0..n, 150);
-    let mut worker = spawn_worker_as(&config, dir.path(), 0, "eos-outage");
+    let mut worker = spawn_worker_as(&config, dir.path(), 0, &unique("eos-outage"));
     assert!(committed_view.wait_for(WAIT, |s| s.len() >= 300), "healthy phase\n{}", worker_log(dir.path(), 0));
     let (committed_before, aborted_before) = transactions(port).await;
 
-    set_topic_config(&brokers, &topics.verdicts, &[("max.message.bytes", "1")]).await;
+    set_topic_config(&brokers, &topics.verdicts, &[("max.message.bytes", REFUSE_VERDICTS)]).await;
     let outage_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let during = transactions(port).await;
@@ -228,9 +232,10 @@ async fn same_transactional_id_fences_the_older_worker() {
     let feeder = feed(&brokers, &topics.input, 0..n, 200);
     let config_a = eos_config(dir.path(), &brokers, &topics, "a", free_port());
     let config_b = eos_config(dir.path(), &brokers, &topics, "b", free_port());
-    let mut a = spawn_worker_as(&config_a, dir.path(), 0, "eos-twin");
+    let twin = unique("eos-twin");
+    let mut a = spawn_worker_as(&config_a, dir.path(), 0, &twin);
     assert!(committed_view.wait_for(WAIT, |s| s.len() >= 300), "worker a\n{}", worker_log(dir.path(), 0));
-    let mut b = spawn_worker_as(&config_b, dir.path(), 1, "eos-twin");
+    let mut b = spawn_worker_as(&config_b, dir.path(), 1, &twin);
     let (pid_a, pid_b) = (a.id(), b.id());
     let fenced_at = Instant::now();
     let status_a = wait_exit(&mut a, Duration::from_secs(60));
