@@ -23,7 +23,8 @@ const REFUSE_VERDICTS: &str = "200";
 fn eos_config(dir: &Path, brokers: &str, topics: &Topics, name: &str, port: u16) -> PathBuf {
     let text = std::fs::read_to_string(write_config(dir, brokers, topics, "")).expect("config");
     let text = text
-        .replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ndelivery = \"exactly_once\"\n")
+        // A shorter transaction timeout than the default bounds how long a wedged abort can take.
+        .replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ndelivery = \"exactly_once\"\ntransaction_timeout_ms = 20000\n")
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
     assert!(text.contains("exactly_once") && text.contains(&port.to_string()), "config template changed:\n{text}");
     let path = dir.join(format!("{name}.toml"));
@@ -46,6 +47,13 @@ async fn transactions(port: u16) -> (u64, u64) {
     let m = scrape_metrics(port).await;
     let get = |outcome: &str| m.get(&format!("perisai_transactions_total{{outcome=\"{outcome}\"}}")).copied().unwrap_or(0.0) as u64;
     (get("committed"), get("aborted"))
+}
+
+/// Mean commit duration in ms from a worker's /metrics (NaN when there was none).
+async fn mean_commit_ms(port: u16) -> f64 {
+    let m = scrape_metrics(port).await;
+    let get = |name: &str| m.get(&format!("perisai_transaction_commit_duration_seconds_{name}")).copied().unwrap_or(0.0);
+    get("sum") / get("count") * 1000.0
 }
 
 /// 10,000 events; the worker is SIGKILLed five times, each after a random number of its own
@@ -111,6 +119,7 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
     let all_done = started.elapsed();
     let (c, a) = transactions(port).await;
     txns = (txns.0 + c, txns.1 + a);
+    let commit_ms = mean_commit_ms(port).await;
     sigterm(&worker);
     let status = wait_exit(&mut worker, Duration::from_secs(30));
     let seen = committed_view.settle(Duration::from_secs(3), WAIT);
@@ -130,7 +139,8 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
     println!(
         "eos crash: events={n} kills={kills} read_committed: verdicts={} missing={} duplicates={}; read_uncommitted: records={} duplicates={} \
          (verdicts of transactions aborted or cut off by a kill); transactions committed>={} aborted>={} (scraped before each kill) \
-         recovery_ms(spawn→first committed verdict; first is cold start)={recovery_ms:?} all_verdicts_at={:.1}s throughput={:.0} events/s incl. kills",
+         recovery_ms(spawn→first committed verdict; first is cold start)={recovery_ms:?} all_verdicts_at={:.1}s throughput={:.0} events/s incl. kills \
+         last worker's mean commit={commit_ms:.1}ms",
         t.verdicts,
         t.missing.len(),
         t.duplicates,
@@ -180,6 +190,7 @@ async fn verdict_refusal_aborts_rewinds_and_stays_exactly_once() {
     let done = committed_view.wait_for(WAIT, all_seen(n));
     feeder.join().expect("feeder");
     let (committed_txns, aborted_txns) = transactions(port).await;
+    let commit_ms = mean_commit_ms(port).await;
     sigterm(&worker);
     let status = wait_exit(&mut worker, Duration::from_secs(30));
     let seen = committed_view.settle(Duration::from_secs(3), WAIT);
@@ -193,7 +204,7 @@ async fn verdict_refusal_aborts_rewinds_and_stays_exactly_once() {
     let leaked = seen.iter().filter(|s| s.at > outage_start + grace && s.at < restored).count();
     println!(
         "eos outage: events={n} outage={:.1}s transactions before: committed={committed_before} aborted={aborted_before}; \
-         at restore: committed={} aborted={}; at the end: committed={committed_txns} aborted={aborted_txns}; rewinds={rewinds} \
+         at restore: committed={} aborted={}; at the end: committed={committed_txns} aborted={aborted_txns} mean_commit={commit_ms:.1}ms; rewinds={rewinds} \
          verdicts_committed_during_outage(after {}s grace)={leaked} verdicts_at_restore={at_restore} recovery_after_restore_ms={:?} \
          read_committed: verdicts={} missing={} duplicates={}; read_uncommitted: records={} duplicates={} wall={:.1}s",
         restored.duration_since(outage_start).as_secs_f64(),

@@ -209,16 +209,18 @@ impl Sink {
         };
         match delivery.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => {
-                // Records purged by an abort were not refused by the broker.
-                let purged = matches!(
+            // Purged by an abort: the transaction ended; the broker refused nothing.
+            Ok(Err((e, _)))
+                if matches!(
                     e.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-                );
-                if !purged {
-                    metrics.produce_errors.inc();
-                    tracing::warn!(topic, error = %e, "produce failed inside a transaction; it will be aborted");
-                }
+                ) =>
+            {
+                Err(KafkaError::TransactionEnded)
+            }
+            Ok(Err((e, _))) => {
+                metrics.produce_errors.inc();
+                tracing::warn!(topic, error = %e, "produce failed inside a transaction; it will be aborted");
                 Err(e.into())
             }
             Err(_canceled) => Err(KafkaError::TransactionEnded),

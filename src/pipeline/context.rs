@@ -54,7 +54,8 @@ impl ConsumerContext for WorkerContext {
             // tasks (the ones finishing these events) off it while we wait.
             blocking(|| {
                 let all = self.watermarks.lock().expect("watermarks lock").partitions();
-                let drained = self.drain(&all);
+                // A doomed transaction's records are held until the abort purges them: no wait.
+                let drained = transactions.has_failed() || self.drain(&all);
                 if let Err(e) = transactions.finish(consumer, drained, &tps, Then::Continue) {
                     transactions.keep_fatal(e);
                 }

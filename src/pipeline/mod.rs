@@ -93,7 +93,8 @@ impl Worker {
             Delivery::AtLeastOnce => None,
             Delivery::ExactlyOnce => {
                 let (sink, watermarks, metrics) = (sink.clone(), watermarks.clone(), self.metrics.clone());
-                Some(Arc::new(blocking(|| Transactions::start(sink, watermarks, metrics, drain_timeout))?))
+                let abort_bound = Duration::from_millis(settings.kafka.transaction_timeout_ms);
+                Some(Arc::new(blocking(|| Transactions::start(sink, watermarks, metrics, drain_timeout, abort_bound))?))
             }
         };
         let context = WorkerContext {
@@ -210,7 +211,12 @@ impl Worker {
             return Err(e);
         }
         tracing::info!("shutting down: draining in-flight events");
-        summary.abandoned = drain(&watermarks, &shared.finished, drain_timeout).await;
+        summary.abandoned = if transactions.as_ref().is_some_and(|t| t.has_failed()) {
+            // Its records are held until the abort purges them; waiting would only run the bound out.
+            watermarks.lock().expect("watermarks lock").in_flight()
+        } else {
+            drain(&watermarks, &shared.finished, drain_timeout).await
+        };
         if summary.abandoned > 0 {
             tracing::warn!(abandoned = summary.abandoned, "drain bound reached; unfinished events will be re-delivered");
         }
@@ -240,11 +246,16 @@ impl Worker {
         drain_timeout: Duration,
     ) -> Result<(), PipelineError> {
         let Some(t) = &shared.transactions else { return Ok(()) };
-        let left = drain(&shared.watermarks, &shared.finished, drain_timeout).await;
-        if left > 0 {
-            tracing::warn!(in_flight = left, "drain bound reached before a commit; aborting the transaction");
-        }
-        let outcome = blocking(|| t.finish(consumer, left == 0, &[], Then::Continue))?;
+        // A doomed transaction is aborted at once: its queued records would only be purged, and
+        // its other events are ignored once the epoch moves on.
+        let drained = t.has_failed() || {
+            let left = drain(&shared.watermarks, &shared.finished, drain_timeout).await;
+            if left > 0 {
+                tracing::warn!(in_flight = left, "drain bound reached before a commit; aborting the transaction");
+            }
+            left == 0
+        };
+        let outcome = blocking(|| t.finish(consumer, drained, &[], Then::Continue))?;
         if outcome == Outcome::Aborted {
             tokio::time::sleep(t.backoff()).await;
         }
@@ -305,7 +316,7 @@ async fn handle(
     match (sent, &shared.transactions) {
         (Ok(()), _) => {}
         (Err(KafkaError::TransactionEnded), _) => {}
-        (Err(_), Some(t)) => t.send_failed(),
+        (Err(_), Some(t)) => t.send_failed(epoch),
         (Err(_), None) => {}
     }
     metrics.event_seconds.observe(received.elapsed().as_secs_f64());

@@ -14,7 +14,7 @@
 //! `transactional.id`, or a consumer group generation that moved on) and fatal producer errors
 //! stop the worker: that producer never produces again.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// No single blocking transaction call waits less than this, however little of the bound is left.
 const MIN_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Nor more than this, so that a long bound still logs each retry.
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const ABORT_BACKOFF_START: Duration = Duration::from_millis(100);
 const ABORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -115,10 +117,15 @@ pub struct Transactions {
     sink: Arc<Sink>,
     watermarks: Arc<Mutex<Watermarks>>,
     metrics: Arc<Metrics>,
-    /// Bound on retrying a commit or an abort.
+    /// Bound on retrying a commit (the drain bound).
     bound: Duration,
-    /// A record of the open transaction was refused: it can only be aborted.
-    failed: AtomicBool,
+    /// Bound on retrying an abort: the transaction timeout. librdkafka's abort waits for records
+    /// already sent, and those may take until `message.timeout.ms` (= `transaction.timeout.ms`)
+    /// to fail; by then the broker has aborted the transaction anyway.
+    abort_bound: Duration,
+    /// The epoch of a transaction one of whose records was refused (0: none): it can only be
+    /// aborted. An epoch, not a flag, so that a late refusal cannot doom the next transaction.
+    failed: AtomicU64,
     /// Wakes the main loop when `failed` is set, so the doomed transaction is not carried on.
     pub failure: Notify,
     /// Set once the worker must stop; no transaction call is made after it.
@@ -136,31 +143,35 @@ impl Transactions {
         watermarks: Arc<Mutex<Watermarks>>,
         metrics: Arc<Metrics>,
         bound: Duration,
+        abort_bound: Duration,
     ) -> Result<Self, PipelineError> {
         let t = Self {
             sink,
             watermarks,
             metrics,
             bound,
-            failed: AtomicBool::new(false),
+            abort_bound,
+            failed: AtomicU64::new(0),
             failure: Notify::new(),
             stopped: AtomicBool::new(false),
             fatal: Mutex::new(None),
             aborts_in_a_row: AtomicU32::new(0),
         };
-        t.retry("init_transactions", |timeout| t.sink.producer().init_transactions(timeout)).map_err(|e| t.stop_for(e))?;
+        t.retry("init_transactions", t.bound, |timeout| t.sink.producer().init_transactions(timeout)).map_err(|e| t.stop_for(e))?;
         t.begin()?;
         Ok(t)
     }
 
-    /// An event task's record was refused: the open transaction is doomed.
-    pub fn send_failed(&self) {
-        self.failed.store(true, Ordering::Release);
+    /// A record of the transaction `epoch` was refused: that transaction is doomed.
+    pub fn send_failed(&self, epoch: u64) {
+        self.failed.store(epoch, Ordering::Release);
         self.failure.notify_one();
     }
 
+    /// The open transaction is doomed: abort it without waiting for its events (librdkafka holds
+    /// the records of a failed transaction until the abort purges them).
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.failed.load(Ordering::Acquire) == self.sink.epoch()
     }
 
     /// A stop decided where it could not be returned (the rebalance callback).
@@ -192,7 +203,7 @@ impl Transactions {
             return Err(PipelineError::Stopped);
         }
         let offsets = self.watermarks.lock().expect("watermarks lock").to_commit();
-        let failed = self.failed.swap(false, Ordering::AcqRel);
+        let failed = self.has_failed();
         if drained && !failed && offsets.is_empty() {
             return Ok(Outcome::Idle);
         }
@@ -230,7 +241,7 @@ impl Transactions {
                     }
                 }
                 tracing::warn!(reason = %refusal, "aborting the transaction; its events will be screened again");
-                self.retry("abort_transaction", |timeout| self.sink.producer().abort_transaction(timeout))
+                self.retry("abort_transaction", self.abort_bound, |timeout| self.sink.producer().abort_transaction(timeout))
                     .map_err(|e| self.stop_for(e))?;
                 self.metrics.transactions.with_label_values(&["aborted"]).inc();
                 self.aborts_in_a_row.fetch_add(1, Ordering::Relaxed);
@@ -263,18 +274,25 @@ impl Transactions {
         }
         let group = consumer.group_metadata().ok_or(Refusal::NoGroup)?;
         let producer = self.sink.producer();
-        self.retry("send_offsets_to_transaction", |timeout| producer.send_offsets_to_transaction(&tpl, &group, timeout))
+        self.retry("send_offsets_to_transaction", self.bound, |timeout| producer.send_offsets_to_transaction(&tpl, &group, timeout))
             .map_err(Refusal::Client)?;
-        self.retry("commit_transaction", |timeout| producer.commit_transaction(timeout)).map_err(Refusal::Client)?;
-        self.metrics.transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.retry("commit_transaction", self.bound, |timeout| producer.commit_transaction(timeout)).map_err(Refusal::Client)?;
+        let took = started.elapsed();
+        self.metrics.transaction_commit_seconds.observe(took.as_secs_f64());
+        tracing::debug!(partitions = offsets.len(), ms = took.as_millis() as u64, "transaction committed");
         Ok(())
     }
 
     /// Runs a transaction call, again while it fails with a retriable error and the bound allows.
-    fn retry(&self, what: &str, mut call: impl FnMut(Duration) -> Result<(), ClientError>) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.bound;
+    fn retry(
+        &self,
+        what: &str,
+        bound: Duration,
+        mut call: impl FnMut(Duration) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + bound;
         loop {
-            let timeout = deadline.saturating_duration_since(Instant::now()).max(MIN_CALL_TIMEOUT);
+            let timeout = deadline.saturating_duration_since(Instant::now()).clamp(MIN_CALL_TIMEOUT, MAX_CALL_TIMEOUT);
             match call(timeout) {
                 Ok(()) => return Ok(()),
                 Err(e) if classify(&e) == Class::Retriable && Instant::now() + RETRY_PAUSE < deadline => {
