@@ -17,10 +17,16 @@
 //! `rdk:*` threads vs the rest) and its peak RSS (VmHWM), and the
 //! `perisai_stage_duration_seconds` sums from its `/metrics`, all just before SIGTERM.
 //!
+//! `--delivery at_least_once,exactly_once` runs each configuration in both modes. Exactly-once
+//! runs count as done when the group's committed offsets cover every event: the offsets are
+//! committed in the same transactions as the verdicts, so that is when a read_committed reader
+//! has them all (the verdict topic's high watermarks also count transaction markers).
+//!
 //! ```text
 //! scripts/kafka start
 //! cargo bench --bench pipeline -- [--events 100000] [--media png,octet] [--in-flight 256,1024]
 //!                                 [--runs 3] [--image-side 57] [--jpeg-side 192] [--keep-topics]
+//!                                 [--delivery at_least_once,exactly_once]
 //! ```
 //! `PERISAI_BENCH_BIN` overrides the worker binary (default: the release `perisai` cargo built).
 //! `PERISAI_TEST_BROKERS` names the broker (default 127.0.0.1:19092); `PERISAI_BENCH_BROKER_PID`,
@@ -82,6 +88,7 @@ struct Options {
     image_side: u32,
     jpeg_side: u32,
     keep_topics: bool,
+    delivery: Vec<&'static str>,
 }
 
 fn parse_args() -> Options {
@@ -93,6 +100,7 @@ fn parse_args() -> Options {
         image_side: 57,
         jpeg_side: 192,
         keep_topics: false,
+        delivery: vec!["at_least_once"],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -120,6 +128,16 @@ fn parse_args() -> Options {
                     .collect()
             }
             "--keep-topics" => o.keep_topics = true,
+            "--delivery" => {
+                o.delivery = value()
+                    .split(',')
+                    .map(|v| match v {
+                        "at_least_once" => "at_least_once",
+                        "exactly_once" => "exactly_once",
+                        _ => die("--delivery: at_least_once and/or exactly_once"),
+                    })
+                    .collect()
+            }
             // `cargo bench` passes --bench; a filter word may follow it.
             a if a.starts_with("--bench") => {}
             a => die(&format!("unknown argument {a}")),
@@ -454,11 +472,25 @@ struct Verdicts {
     latency_ms: Vec<f64>,
 }
 
+/// The group's committed offsets on `topic`, summed.
+fn committed_sum(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .map(|c| c.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum())
+        .unwrap_or(0)
+}
+
 fn read_verdicts(brokers: &str, topic: &str, partitions: i32, expected: usize) -> Verdicts {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}.reader"))
         .set("enable.auto.commit", "false")
+        // Exactly-once runs: records of aborted transactions are not verdicts.
+        .set("isolation.level", "read_committed")
         .create()
         .expect("reader");
     let mut tpl = TopicPartitionList::new();
@@ -504,6 +536,7 @@ fn median(values: &mut [f64]) -> f64 {
 struct RunResult {
     kind: MediaKind,
     in_flight: usize,
+    delivery: &'static str,
     /// From spawn to all verdicts acknowledged.
     wall: f64,
     /// From the first verdict to the last.
@@ -538,7 +571,7 @@ fn spawn_worker(config: &Path, log: &Path) -> Child {
         .expect("spawn perisai run")
 }
 
-async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, ticks: f64) -> RunResult {
+async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, delivery: &'static str, ticks: f64) -> RunResult {
     let base = format!("{}.{}-{in_flight}-{}", input.topic, input.kind.name(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000);
     let verdict_topic = format!("{base}.verdicts");
     let dlq_topic = format!("{base}.dlq");
@@ -552,7 +585,7 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, t
         &config,
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{base}.group\"\ninput_topic = \"{input_topic}\"\n\
-             verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\n\n\
+             verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\ndelivery = \"{delivery}\"\n\n\
              [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = false\n\n[classifier]\nenabled = false\n\n\
              [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{banks}",
             input_topic = input.topic,
@@ -560,7 +593,12 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, t
     )
     .expect("write config");
 
-    let watcher: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("watcher");
+    let watcher: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{base}.group"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("watcher");
     let broker_pid: Option<u32> = std::env::var("PERISAI_BENCH_BROKER_PID").ok().and_then(|p| p.trim().parse().ok());
     let broker_cpu_start = broker_pid.and_then(|p| cpu_seconds_of(p, ticks));
     let load_start = load_average();
@@ -571,7 +609,11 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, t
     let mut first: Option<(Instant, i64)> = None;
     let deadline = started + Duration::from_secs(1800);
     loop {
-        let done = high_watermarks(&watcher, &verdict_topic, PARTITIONS);
+        let done = if delivery == "exactly_once" {
+            committed_sum(&watcher, &input.topic, PARTITIONS)
+        } else {
+            high_watermarks(&watcher, &verdict_topic, PARTITIONS)
+        };
         if done > 0 && first.is_none() {
             first = Some((Instant::now(), done));
         }
@@ -627,6 +669,7 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, t
     RunResult {
         kind: input.kind,
         in_flight,
+        delivery,
         wall,
         steady,
         events_per_s: f64::from(events) / wall,
@@ -649,13 +692,14 @@ fn print_run(r: &RunResult, events: u32) {
     let per_event_us = |s: f64| s / f64::from(events) * 1e6;
     let stage = |name: &str| r.stages.get(name).copied().unwrap_or(0.0);
     println!(
-        "run media={} in_flight={}: {:.0} ev/s from spawn ({:.1} s), {:.0} ev/s first→last verdict ({:.1} s); \
+        "run media={} in_flight={} delivery={}: {:.0} ev/s from spawn ({:.1} s), {:.0} ev/s first→last verdict ({:.1} s); \
          latency_ms p50 {:.2} p99 {:.2}; peak RSS {:.0} MiB; CPU {:.1} s = {:.0} µs/event \
          (librdkafka threads {:.1} s = {:.0} µs/event, other {:.0} µs/event); \
          stage sums µs/event: fetch {:.0} exact_hash {:.0} decode {:.0} match {:.1} produce-wait {:.0}; \
          verdicts {:?} duplicates {}{}; load {}",
         r.kind.name(),
         r.in_flight,
+        r.delivery,
         r.events_per_s,
         r.wall,
         r.steady_per_s,
@@ -704,21 +748,24 @@ async fn main() {
     for _ in 0..opts.runs {
         for input in &inputs {
             for &in_flight in &opts.in_flight {
-                let r = run_once(&brokers, input, opts.events, in_flight, ticks).await;
-                print_run(&r, opts.events);
-                results.push(r);
+                for &delivery in &opts.delivery {
+                    let r = run_once(&brokers, input, opts.events, in_flight, delivery, ticks).await;
+                    print_run(&r, opts.events);
+                    results.push(r);
+                }
             }
         }
     }
 
     println!("\nAll runs, in the order run:");
-    println!("| media | max_in_flight | events/s (from spawn) | events/s (first→last verdict) | latency_ms p50 | p99 | peak RSS MiB | worker CPU s | librdkafka threads CPU s | broker CPU s | load average (1/5/15 min) before → after |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| media | max_in_flight | delivery | events/s (from spawn) | events/s (first→last verdict) | latency_ms p50 | p99 | peak RSS MiB | worker CPU s | librdkafka threads CPU s | broker CPU s | load average (1/5/15 min) before → after |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &results {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} |",
             r.kind.name(),
             r.in_flight,
+            r.delivery,
             r.events_per_s,
             r.steady_per_s,
             r.p50,
@@ -732,27 +779,31 @@ async fn main() {
     }
 
     println!("\nMedians over {} runs of {} events each (2 shared cores; other processes were running):", opts.runs, opts.events);
-    println!("| media | max_in_flight | events/s (from spawn) | events/s (first→last verdict) | latency_ms p50 | latency_ms p99 | peak RSS MiB | worker CPU µs/event | librdkafka threads µs/event | other threads µs/event | decode stage µs/event |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| media | max_in_flight | delivery | events/s (from spawn) | events/s (first→last verdict) | latency_ms p50 | latency_ms p99 | peak RSS MiB | worker CPU µs/event | librdkafka threads µs/event | other threads µs/event | decode stage µs/event |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for input in &inputs {
         for &in_flight in &opts.in_flight {
-            let rs: Vec<&RunResult> = results.iter().filter(|r| r.kind == input.kind && r.in_flight == in_flight).collect();
-            let med = |f: &dyn Fn(&RunResult) -> f64| median(&mut rs.iter().map(|r| f(r)).collect::<Vec<_>>());
-            let us = |s: f64| s / f64::from(opts.events) * 1e6;
-            println!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                input.kind.name(),
-                in_flight,
-                med(&|r| r.events_per_s),
-                med(&|r| r.steady_per_s),
-                med(&|r| r.p50),
-                med(&|r| r.p99),
-                med(&|r| r.rss_mib),
-                us(med(&|r| r.cpu)),
-                us(med(&|r| r.rdkafka_cpu)),
-                us(med(&|r| r.cpu - r.rdkafka_cpu)),
-                us(med(&|r| r.stages.get("decode").copied().unwrap_or(0.0))),
-            );
+            for &delivery in &opts.delivery {
+                let rs: Vec<&RunResult> =
+                    results.iter().filter(|r| r.kind == input.kind && r.in_flight == in_flight && r.delivery == delivery).collect();
+                let med = |f: &dyn Fn(&RunResult) -> f64| median(&mut rs.iter().map(|r| f(r)).collect::<Vec<_>>());
+                let us = |s: f64| s / f64::from(opts.events) * 1e6;
+                println!(
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    input.kind.name(),
+                    in_flight,
+                    delivery,
+                    med(&|r| r.events_per_s),
+                    med(&|r| r.steady_per_s),
+                    med(&|r| r.p50),
+                    med(&|r| r.p99),
+                    med(&|r| r.rss_mib),
+                    us(med(&|r| r.cpu)),
+                    us(med(&|r| r.rdkafka_cpu)),
+                    us(med(&|r| r.cpu - r.rdkafka_cpu)),
+                    us(med(&|r| r.stages.get("decode").copied().unwrap_or(0.0))),
+                );
+            }
         }
     }
     cleanup_topics();

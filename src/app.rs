@@ -47,9 +47,5 @@ pub fn build_screen(
 
 /// Names this process in verdict headers: `POD_NAME`/`HOSTNAME` plus the process id.
 pub fn instance_name() -> String {
-    let host = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()))
-        .unwrap_or_else(|_| "perisai".into());
-    format!("{host}-{}", std::process::id())
+    format!("{}-{}", crate::config::replica_name(), std::process::id())
 }

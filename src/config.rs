@@ -64,7 +64,34 @@ pub struct KafkaSettings {
     pub producer: BTreeMap<String, String>,
     /// librdkafka statistics interval; consumer lag is read from the statistics.
     pub statistics_interval_ms: u64,
+    /// At-least-once: how often acknowledged offsets are committed. Exactly-once: how often
+    /// the open transaction is committed (with the offsets inside it).
     pub commit_interval_ms: u64,
+    /// Exactly-once only: `transactional.id` = this prefix + the replica name ([`replica_name`]).
+    pub transactional_id_prefix: String,
+    /// Exactly-once only: librdkafka/broker `transaction.timeout.ms`. The broker aborts a
+    /// transaction left open this long (a crashed worker's), so it bounds how long read_committed
+    /// readers can be held up by one.
+    pub transaction_timeout_ms: u64,
+}
+
+impl KafkaSettings {
+    /// The producer's `transactional.id` in exactly-once mode. Stable across restarts of the same
+    /// replica (no process id in it): a restarted worker's `init_transactions` then aborts the
+    /// transaction its predecessor left open at once, instead of readers waiting for the timeout.
+    pub fn transactional_id(&self) -> String {
+        format!("{}{}", self.transactional_id_prefix, replica_name())
+    }
+}
+
+/// This replica's name: `POD_NAME`, else `HOSTNAME`, else /etc/hostname, else `perisai`.
+pub fn replica_name() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "perisai".into())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,11 +322,28 @@ impl Settings {
         }
         check(k.input_topic != k.verdict_topic, "kafka.verdict_topic: must differ from kafka.input_topic".into());
         check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
-        check(
-            k.delivery == Delivery::AtLeastOnce,
-            "kafka.delivery: \"exactly_once\" is not available yet; use \"at_least_once\"".into(),
-        );
         let w = &self.worker;
+        if k.delivery == Delivery::ExactlyOnce {
+            // A transaction lives through one commit interval plus, at its end, the drain bound;
+            // the broker must not time it out meanwhile.
+            let needed = k.commit_interval_ms.saturating_add(w.drain_timeout_ms);
+            check(
+                k.transaction_timeout_ms > needed,
+                format!(
+                    "kafka.transaction_timeout_ms: must exceed kafka.commit_interval_ms + worker.drain_timeout_ms ({needed}) in exactly_once mode"
+                ),
+            );
+            // The broker's default transaction.max.timeout.ms; a larger value is refused at start.
+            check(k.transaction_timeout_ms <= 900_000, "kafka.transaction_timeout_ms: must be <= 900000".into());
+            for (map, options) in [("client", &k.client), ("producer", &k.producer), ("consumer", &k.consumer)] {
+                for key in ["transactional.id", "isolation.level", "enable.idempotence", "enable.auto.commit"] {
+                    check(
+                        !options.contains_key(key),
+                        format!("kafka.{map}.\"{key}\": set by kafka.delivery = \"exactly_once\"; remove it"),
+                    );
+                }
+            }
+        }
         check(w.max_in_flight > 0, "worker.max_in_flight: must be > 0 (it bounds memory and backpressure)".into());
         check(w.max_in_flight <= 100_000, "worker.max_in_flight: must be <= 100000".into());
         check(w.drain_timeout_ms > 0, "worker.drain_timeout_ms: must be > 0".into());
@@ -430,6 +474,27 @@ mod tests {
         for key in ["worker.max_in_flight", "media.http.allow_hosts[0]", "metrics.listen"] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn exactly_once_is_accepted_and_its_bounds_checked() {
+        let s = Settings::load_with_env(None, env(&[("PERISAI__KAFKA__DELIVERY", "exactly_once")])).unwrap();
+        assert_eq!(s.kafka.delivery, Delivery::ExactlyOnce);
+        let err = Settings::load_with_env(
+            None,
+            env(&[
+                ("PERISAI__KAFKA__DELIVERY", "exactly_once"),
+                ("PERISAI__KAFKA__TRANSACTION_TIMEOUT_MS", "5000"),
+                ("PERISAI__KAFKA__PRODUCER__TRANSACTIONAL.ID", "mine"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["kafka.transaction_timeout_ms", "kafka.producer.\"transactional.id\""] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        // The same values mean nothing in at-least-once mode and are not refused there.
+        Settings::load_with_env(None, env(&[("PERISAI__KAFKA__TRANSACTION_TIMEOUT_MS", "5000")])).unwrap();
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     /// client: consumer | producer
     pub kafka_broker_repairs: IntCounterVec,
+    /// Exactly-once; outcome: committed | aborted
+    pub transactions: IntCounterVec,
+    /// Exactly-once: sending the offsets and committing, per transaction.
+    pub transaction_commit_seconds: Histogram,
     /// bank, signal
     pub bank_entries: IntGaugeVec,
     /// bank: unix time of the last successful load or update
@@ -103,15 +107,24 @@ impl Metrics {
         let produce_errors =
             IntCounter::new("perisai_produce_errors_total", "Verdict or DLQ records the broker did not accept.").expect("valid");
         registry.register(Box::new(produce_errors.clone())).expect("unique metric");
-        let kafka_broker_repairs = IntCounterVec::new(
-            Opts::new("perisai_kafka_broker_repairs_total", "Times a Kafka client had lost every broker and got the bootstrap servers again."),
+        let kafka_broker_repairs = counter_vec(
+            "perisai_kafka_broker_repairs_total",
+            "Times a Kafka client had lost every broker and got the bootstrap servers again.",
             &["client"],
-        )
-        .expect("valid");
-        registry.register(Box::new(kafka_broker_repairs.clone())).expect("unique metric");
+        );
         for client in ["consumer", "producer"] {
             kafka_broker_repairs.with_label_values(&[client]);
         }
+        let transactions = counter_vec(
+            "perisai_transactions_total",
+            "Exactly-once transactions finished, by outcome (committed | aborted).",
+            &["outcome"],
+        );
+        let transaction_commit_seconds = histogram(
+            "perisai_transaction_commit_duration_seconds",
+            "Exactly-once: time to send a transaction's offsets and commit it.",
+            LATENCY_BUCKETS.to_vec(),
+        );
         let bank_entries = gauge_vec("perisai_bank_entries", "Entries loaded per bank and signal.", &["bank", "signal"]);
         let bank_loaded_seconds =
             gauge_vec("perisai_bank_loaded_timestamp_seconds", "Unix time a bank was last loaded or updated.", &["bank"]);
@@ -152,6 +165,8 @@ impl Metrics {
             offsets_committed,
             produce_errors,
             kafka_broker_repairs,
+            transactions,
+            transaction_commit_seconds,
             bank_entries,
             bank_loaded_seconds,
             bank_rows_skipped,

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fault_support::*;
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -165,20 +162,6 @@ async fn scale_one_three_one_while_producing() {
     assert!(status.success(), "worker 0 exit {status:?}\n{}", worker_log(dir.path(), 0));
     let committed: i64 = committed(&brokers, &topics.group, &topics.input, partitions).iter().sum();
     assert_eq!(committed, n as i64, "the final drain commits every input record");
-}
-
-async fn set_topic_config(brokers: &str, topic: &str, entries: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
-    // AlterConfigs replaces the topic's whole override set: no entries restores the defaults.
-    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
-    for (k, v) in entries {
-        alter = alter.set(k, v);
-    }
-    let results = admin.alter_configs([&alter], &AdminOptions::new()).await.expect("alter configs");
-    for r in results {
-        r.expect("topic config altered");
-    }
 }
 
 /// Input offsets `< committed[p]` that have no verdict in `answered`: must always be empty.

@@ -7,7 +7,7 @@ pub mod watchdog;
 
 use rdkafka::config::ClientConfig;
 
-use crate::config::KafkaSettings;
+use crate::config::{Delivery, KafkaSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -15,6 +15,10 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("embedded broker: {0}")]
     Embedded(String),
+    /// Exactly-once: the transaction a record belonged to ended (aborted, or the worker is
+    /// stopping) before the record was handed to the producer, so it was not produced.
+    #[error("the record's transaction has ended; it was not produced")]
+    TransactionEnded,
 }
 
 /// librdkafka settings for every client: bootstrap servers and statistics (the consumer lag
@@ -43,16 +47,29 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
     for (key, value) in &settings.consumer {
         config.set(key, value);
     }
+    if settings.delivery == Delivery::ExactlyOnce {
+        // Input written by transactional producers is read only once committed; aborted
+        // records never get a verdict. (The config check refuses an override of it.)
+        config.set("isolation.level", "read_committed");
+    }
     config
 }
 
 /// Producer settings: acks from all in-sync replicas and idempotence, so retries neither lose
-/// nor reorder verdicts.
+/// nor reorder verdicts. In exactly-once mode the producer is transactional.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = base_config(settings);
     config.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5");
     for (key, value) in &settings.producer {
         config.set(key, value);
+    }
+    if settings.delivery == Delivery::ExactlyOnce {
+        // One id per worker, not per input partition: the consumer group metadata sent with the
+        // offsets (KIP-447) lets the broker fence a zombie that lost its partitions, whatever its
+        // transactional.id. The id only fences an earlier incarnation of the same replica.
+        config
+            .set("transactional.id", settings.transactional_id())
+            .set("transaction.timeout.ms", settings.transaction_timeout_ms.to_string());
     }
     config
 }

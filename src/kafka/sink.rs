@@ -1,11 +1,19 @@
 //! The output side: verdicts and DLQ records, produced with acks=all and idempotence.
-//! `send` returns only once the broker has acknowledged the record — the worker's commit
-//! watermark depends on it — and retries without limit while the broker refuses, so a record
-//! is never dropped; a stuck output shows up as lag and `perisai_produce_errors_total`.
+//!
+//! At-least-once: `send` returns only once the broker has acknowledged the record — the worker's
+//! commit watermark depends on it — and retries without limit while the broker refuses, so a
+//! record is never dropped; a stuck output shows up as lag and `perisai_produce_errors_total`.
+//!
+//! Exactly-once: the producer is transactional and each record is sent once, inside the
+//! transaction open when its input record was taken (its *epoch*). A refusal is returned, not
+//! retried: it leaves the transaction abortable, and the worker aborts and re-reads the input.
+//! Once a transaction ends no record of it is handed to the producer any more, so a late event
+//! task can never slip its verdict into the next transaction.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
@@ -14,7 +22,7 @@ use rdkafka::ClientContext;
 
 use super::watchdog::BrokerWatch;
 use super::{producer_config, KafkaError};
-use crate::config::KafkaSettings;
+use crate::config::{Delivery, KafkaSettings};
 use crate::metrics::Metrics;
 
 /// Where an input record came from, for DLQ headers and tracing.
@@ -54,9 +62,21 @@ pub struct Sink {
     verdict_topic: String,
     dlq_topic: String,
     instance: String,
+    transactional: bool,
+    gate: Mutex<Gate>,
+}
+
+/// Which transaction records may join now (exactly-once only).
+#[derive(Debug, Default)]
+struct Gate {
+    epoch: u64,
+    open: bool,
 }
 
 impl Sink {
+    /// A plain idempotent producer, or a transactional one when `delivery = "exactly_once"`
+    /// (then call `init_transactions` on [`Sink::producer`] and [`Sink::begin_transaction`]
+    /// before sending).
     pub fn new(settings: &KafkaSettings, instance: String, metrics: &Metrics) -> Result<Self, KafkaError> {
         let brokers = Arc::new(BrokerWatch::new(
             "producer",
@@ -72,22 +92,66 @@ impl Sink {
             verdict_topic: settings.verdict_topic.clone(),
             dlq_topic: settings.dlq_topic.clone(),
             instance,
+            transactional: settings.delivery == Delivery::ExactlyOnce,
+            gate: Mutex::new(Gate::default()),
         })
     }
 
+    /// The producer, for the transaction calls (offsets, commit, abort). Blocking calls.
+    pub fn producer(&self) -> &FutureProducer<SinkContext> {
+        &self.producer
+    }
+
+    /// Begins a transaction and lets records of the new epoch (returned) into it.
+    pub fn begin_transaction(&self) -> Result<u64, KafkaError> {
+        self.producer.begin_transaction()?;
+        let mut gate = self.gate.lock().expect("gate lock");
+        gate.epoch += 1;
+        gate.open = true;
+        Ok(gate.epoch)
+    }
+
+    /// No record is handed to the producer from now until the next `begin_transaction`; call it
+    /// before committing or aborting.
+    pub fn close_transaction(&self) {
+        self.gate.lock().expect("gate lock").open = false;
+    }
+
+    /// The epoch records taken now belong to (0 when not transactional).
+    pub fn epoch(&self) -> u64 {
+        self.gate.lock().expect("gate lock").epoch
+    }
+
     /// Produces a verdict keyed by media_id and waits for the broker's acknowledgement.
-    pub async fn send_verdict(&self, media_id: &str, event_id: &str, json: &[u8], source: &Source, metrics: &Metrics) {
+    /// `epoch`: the transaction its input record was taken in (ignored at-least-once, where
+    /// this never fails).
+    pub async fn send_verdict(
+        &self,
+        media_id: &str,
+        event_id: &str,
+        json: &[u8],
+        source: &Source,
+        metrics: &Metrics,
+        epoch: u64,
+    ) -> Result<(), KafkaError> {
         let headers = OwnedHeaders::new()
             .insert(Header { key: "perisai.schema", value: Some(crate::event::VERDICT_SCHEMA) })
             .insert(Header { key: "perisai.event_id", value: Some(event_id) })
             .insert(Header { key: "perisai.worker", value: Some(self.instance.as_str()) })
             .insert(Header { key: "perisai.source", value: Some(&source_text(source)) });
-        self.send_acked(&self.verdict_topic, Some(media_id.as_bytes()), json, headers, metrics).await
+        self.send(&self.verdict_topic, Some(media_id.as_bytes()), json, headers, metrics, epoch).await
     }
 
     /// Produces the original record to the DLQ — key, bytes and headers — with headers naming
     /// the error and where the record came from.
-    pub async fn send_dlq(&self, original: &OwnedMessage, error_class: &str, error: &str, metrics: &Metrics) {
+    pub async fn send_dlq(
+        &self,
+        original: &OwnedMessage,
+        error_class: &str,
+        error: &str,
+        metrics: &Metrics,
+        epoch: u64,
+    ) -> Result<(), KafkaError> {
         let source = Source::of(original);
         let payload = original.payload().unwrap_or_default();
         let mut headers = OwnedHeaders::new();
@@ -112,7 +176,78 @@ impl Sink {
             headers = headers.insert(Header { key: "perisai.truncated", value: Some("true") });
         }
         let body = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-        self.send_acked(&self.dlq_topic, original.key(), body, headers, metrics).await
+        self.send(&self.dlq_topic, original.key(), body, headers, metrics, epoch).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        metrics: &Metrics,
+        epoch: u64,
+    ) -> Result<(), KafkaError> {
+        if self.transactional {
+            self.send_in_transaction(topic, key, payload, headers, metrics, epoch).await
+        } else {
+            self.send_acked(topic, key, payload, headers, metrics).await;
+            Ok(())
+        }
+    }
+
+    async fn send_in_transaction(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        metrics: &Metrics,
+        epoch: u64,
+    ) -> Result<(), KafkaError> {
+        let delivery = loop {
+            // The gate is held while the record is enqueued, so a record either joins its own
+            // transaction or is never produced.
+            let enqueued = {
+                let gate = self.gate.lock().expect("gate lock");
+                if !gate.open || gate.epoch != epoch {
+                    return Err(KafkaError::TransactionEnded);
+                }
+                let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
+                self.producer.send_result(record).map_err(|(e, _)| e)
+            };
+            match enqueued {
+                Ok(delivery) => break delivery,
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    metrics.produce_errors.inc();
+                    return Err(e.into());
+                }
+            }
+        };
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            // Purged by an abort: the transaction ended; the broker refused nothing.
+            Ok(Err((e, _)))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) =>
+            {
+                Err(KafkaError::TransactionEnded)
+            }
+            Ok(Err((e, _))) => {
+                metrics.produce_errors.inc();
+                tracing::warn!(topic, error = %e, "produce failed inside a transaction; it will be aborted");
+                Err(e.into())
+            }
+            Err(_canceled) => Err(KafkaError::TransactionEnded),
+        }
     }
 
     async fn send_acked(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders, metrics: &Metrics) {

@@ -4,8 +4,12 @@
 //! Backpressure: at most `worker.max_in_flight` events are in flight; at the bound the consumer
 //! pauses its partitions and resumes once half the bound is free. Shutdown: stop fetching, let in-flight
 //! events finish within `worker.drain_timeout_ms`, commit, leave the group.
+//!
+//! The delivery mode is decided once, in [`Worker::run`]: at-least-once commits watermarks,
+//! exactly-once ([`transaction`]) commits transactions; reading and screening are the same.
 
 pub mod context;
+pub mod transaction;
 pub mod watermark;
 
 use std::future::Future;
@@ -18,9 +22,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::Settings;
+use crate::config::{Delivery, Settings};
 use crate::event::parse_upload;
 use context::WorkerContext;
+use transaction::{blocking, Outcome, Then, Transactions};
 use crate::kafka::sink::{Sink, Source};
 use crate::kafka::watchdog::BrokerWatch;
 use crate::kafka::{consumer_config, KafkaError};
@@ -34,6 +39,17 @@ pub enum PipelineError {
     Kafka(#[from] KafkaError),
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "fenced: {0}. Another worker owns this work now (a newer instance with the same transactional.id, \
+         or a newer consumer group generation); this one stops and never produces again"
+    )]
+    Fenced(rdkafka::error::KafkaError),
+    #[error("transactional producer failed: {0}")]
+    TransactionFatal(rdkafka::error::KafkaError),
+    #[error("could not rewind the input after an abort ({0}); stopping so a restart resumes from the committed offsets")]
+    Rewind(String),
+    #[error("the transactional producer was stopped by an earlier error")]
+    Stopped,
 }
 
 /// What a worker did before it stopped.
@@ -57,7 +73,8 @@ pub struct Worker {
 /// Shared by the event tasks.
 struct Shared {
     screen: Arc<Screen>,
-    sink: Sink,
+    sink: Arc<Sink>,
+    transactions: Option<Arc<Transactions>>,
     watermarks: Arc<Mutex<Watermarks>>,
     metrics: Arc<Metrics>,
     max_event_bytes: usize,
@@ -65,11 +82,22 @@ struct Shared {
 }
 
 impl Worker {
-    /// Runs until `shutdown` completes, then drains and commits.
+    /// Runs until `shutdown` completes, then drains and commits. Exactly-once: returns an error
+    /// (and never produces again) when fenced or when the producer fails fatally.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerSummary, PipelineError> {
         let settings = &self.settings;
         let drain_timeout = Duration::from_millis(settings.worker.drain_timeout_ms);
         let watermarks = Arc::new(Mutex::new(Watermarks::default()));
+        let sink = Arc::new(Sink::new(&settings.kafka, self.instance.clone(), &self.metrics)?);
+        // The one place the delivery mode is decided; below, `transactions` is Some in exactly-once mode.
+        let transactions = match settings.kafka.delivery {
+            Delivery::AtLeastOnce => None,
+            Delivery::ExactlyOnce => {
+                let (sink, watermarks, metrics) = (sink.clone(), watermarks.clone(), self.metrics.clone());
+                let abort_bound = Duration::from_millis(settings.kafka.transaction_timeout_ms);
+                Some(Arc::new(blocking(|| Transactions::start(sink, watermarks, metrics, drain_timeout, abort_bound))?))
+            }
+        };
         let context = WorkerContext {
             watermarks: watermarks.clone(),
             metrics: self.metrics.clone(),
@@ -80,6 +108,7 @@ impl Worker {
                 &settings.kafka.brokers,
                 self.metrics.kafka_broker_repairs.with_label_values(&["consumer"]),
             ),
+            transactions: transactions.clone(),
         };
         let consumer: StreamConsumer<WorkerContext> =
             consumer_config(&settings.kafka).create_with_context(context).map_err(KafkaError::from)?;
@@ -87,7 +116,8 @@ impl Worker {
         consumer.subscribe(&[settings.kafka.input_topic.as_str()]).map_err(KafkaError::from)?;
         let shared = Arc::new(Shared {
             screen: self.screen.clone(),
-            sink: Sink::new(&settings.kafka, self.instance.clone(), &self.metrics)?,
+            sink: sink.clone(),
+            transactions: transactions.clone(),
             watermarks: watermarks.clone(),
             metrics: self.metrics.clone(),
             max_event_bytes: settings.worker.max_event_bytes,
@@ -100,14 +130,20 @@ impl Worker {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paused = false;
         let mut summary = WorkerSummary::default();
+        let mut failure: Option<PipelineError> = None;
         tokio::pin!(shutdown);
-        tracing::info!(topic = %settings.kafka.input_topic, group = %settings.kafka.group_id, "worker started");
+        tracing::info!(topic = %settings.kafka.input_topic, group = %settings.kafka.group_id,
+            delivery = ?settings.kafka.delivery, "worker started");
 
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "event task failed");
                 }
+            }
+            if let Some(e) = transactions.as_ref().and_then(|t| t.take_fatal()) {
+                failure = Some(e);
+                break;
             }
             // Pause at the bound, resume only once half the bound is free again: librdkafka drops
             // prefetched records on pause and re-fetches them on resume, so toggling at every
@@ -120,10 +156,32 @@ impl Worker {
                 set_paused(&consumer, false);
                 paused = false;
             }
+            let doomed = async {
+                match &transactions {
+                    Some(t) if !t.has_failed() => t.failure.notified().await,
+                    Some(_) => {}
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                _ = commit_tick.tick() => commit(&consumer, &watermarks, &self.metrics, CommitMode::Async),
+                // A refused record dooms the open transaction: end it now rather than at the tick.
+                _ = doomed => {
+                    if let Err(e) = self.end_transaction(&consumer, &shared, drain_timeout).await {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                _ = commit_tick.tick() => match &transactions {
+                    None => commit(&consumer, &watermarks, &self.metrics, CommitMode::Async),
+                    Some(_) => {
+                        if let Err(e) = self.end_transaction(&consumer, &shared, drain_timeout).await {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                },
                 _ = shared.finished.notified(), if paused => {}
                 received = consumer.recv() => match received {
                     Err(e) => {
@@ -137,6 +195,7 @@ impl Worker {
                         // pause is still taken (without a permit) rather than dropped.
                         let permit = capacity.clone().try_acquire_owned().ok();
                         let tp = (message.topic().to_string(), message.partition());
+                        let epoch = sink.epoch();
                         let in_flight = {
                             let mut w = watermarks.lock().expect("watermarks lock");
                             w.started(&tp, message.offset());
@@ -144,64 +203,133 @@ impl Worker {
                         };
                         self.metrics.in_flight.set(in_flight as i64);
                         summary.events += 1;
-                        tasks.spawn(handle(shared.clone(), message, permit, Instant::now()));
+                        tasks.spawn(handle(shared.clone(), message, permit, Instant::now(), epoch));
                     }
                 },
             }
         }
 
-        tracing::info!("shutting down: draining in-flight events");
         set_paused(&consumer, true);
-        let deadline = Instant::now() + drain_timeout;
-        loop {
-            let in_flight = watermarks.lock().expect("watermarks lock").in_flight();
-            if in_flight == 0 || Instant::now() >= deadline {
-                summary.abandoned = in_flight;
-                break;
-            }
-            tokio::select! {
-                _ = shared.finished.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
+        if let Some(e) = failure {
+            // Fenced or failed: nothing more is committed or produced; the broker (or this
+            // replica's next incarnation) aborts the open transaction.
+            tasks.abort_all();
+            self.readiness.assigned.store(false, std::sync::atomic::Ordering::Release);
+            return Err(e);
         }
+        tracing::info!("shutting down: draining in-flight events");
+        summary.abandoned = if transactions.as_ref().is_some_and(|t| t.has_failed()) {
+            // Its records are held until the abort purges them; waiting would only run the bound out.
+            watermarks.lock().expect("watermarks lock").in_flight()
+        } else {
+            drain(&watermarks, &shared.finished, drain_timeout).await
+        };
         if summary.abandoned > 0 {
             tracing::warn!(abandoned = summary.abandoned, "drain bound reached; unfinished events will be re-delivered");
         }
         tasks.abort_all();
-        commit(&consumer, &watermarks, &self.metrics, CommitMode::Sync);
-        shared.sink.flush(Duration::from_secs(1));
+        match &transactions {
+            None => {
+                commit(&consumer, &watermarks, &self.metrics, CommitMode::Sync);
+                sink.flush(Duration::from_secs(1));
+            }
+            Some(t) => {
+                let drained = summary.abandoned == 0;
+                blocking(|| t.finish(&consumer, drained, &[], Then::Stop))?;
+            }
+        }
         self.readiness.assigned.store(false, std::sync::atomic::Ordering::Release);
         drop(consumer);
         tracing::info!(events = summary.events, "worker stopped");
         Ok(summary)
     }
+
+    /// Exactly-once: stop taking records, let the in-flight ones finish, commit (or abort and
+    /// rewind), begin the next transaction. After an abort, waits a growing backoff.
+    async fn end_transaction(
+        &self,
+        consumer: &StreamConsumer<WorkerContext>,
+        shared: &Shared,
+        drain_timeout: Duration,
+    ) -> Result<(), PipelineError> {
+        let Some(t) = &shared.transactions else { return Ok(()) };
+        // A doomed transaction is aborted at once: its queued records would only be purged, and
+        // its other events are ignored once the epoch moves on.
+        let drained = t.has_failed() || {
+            let left = drain(&shared.watermarks, &shared.finished, drain_timeout).await;
+            if left > 0 {
+                tracing::warn!(in_flight = left, "drain bound reached before a commit; aborting the transaction");
+            }
+            left == 0
+        };
+        let outcome = blocking(|| t.finish(consumer, drained, &[], Then::Continue))?;
+        if outcome == Outcome::Aborted {
+            tokio::time::sleep(t.backoff()).await;
+        }
+        Ok(())
+    }
 }
 
-async fn handle(shared: Arc<Shared>, message: OwnedMessage, permit: Option<OwnedSemaphorePermit>, received: Instant) {
+/// Waits until no event is in flight or `bound` passes; returns how many are still in flight.
+async fn drain(watermarks: &Mutex<Watermarks>, finished: &Notify, bound: Duration) -> usize {
+    let deadline = Instant::now() + bound;
+    loop {
+        let in_flight = watermarks.lock().expect("watermarks lock").in_flight();
+        if in_flight == 0 || Instant::now() >= deadline {
+            return in_flight;
+        }
+        tokio::select! {
+            _ = finished.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    message: OwnedMessage,
+    permit: Option<OwnedSemaphorePermit>,
+    received: Instant,
+    epoch: u64,
+) {
     let source = Source::of(&message);
     let metrics = &shared.metrics;
-    match parse_upload(message.payload(), shared.max_event_bytes) {
+    let sent = match parse_upload(message.payload(), shared.max_event_bytes) {
         Ok(event) => {
             let verdict = shared.screen.screen(&event, received).await;
             let json = serde_json::to_vec(&verdict).expect("verdicts always serialize");
             let started = Instant::now();
-            shared.sink.send_verdict(&event.media_id, &event.event_id, &json, &source, metrics).await;
+            let sent = shared.sink.send_verdict(&event.media_id, &event.event_id, &json, &source, metrics, epoch).await;
             metrics.observe_stage("produce", started.elapsed().as_secs_f64());
-            metrics.verdicts.with_label_values(&[verdict.action.as_str()]).inc();
-            metrics.events.with_label_values(&["verdict"]).inc();
+            if sent.is_ok() {
+                metrics.verdicts.with_label_values(&[verdict.action.as_str()]).inc();
+                metrics.events.with_label_values(&["verdict"]).inc();
+            }
+            sent
         }
         Err(error) => {
             tracing::info!(topic = %source.topic, partition = source.partition, offset = source.offset,
                 class = error.class(), "unparseable event sent to the DLQ");
-            shared.sink.send_dlq(&message, error.class(), &error.to_string(), metrics).await;
-            metrics.dlq_records.with_label_values(&[error.class()]).inc();
-            metrics.events.with_label_values(&["dlq"]).inc();
+            let sent = shared.sink.send_dlq(&message, error.class(), &error.to_string(), metrics, epoch).await;
+            if sent.is_ok() {
+                metrics.dlq_records.with_label_values(&[error.class()]).inc();
+                metrics.events.with_label_values(&["dlq"]).inc();
+            }
+            sent
         }
+    };
+    // Only exactly-once sends fail; the transaction must be aborted before the event counts as
+    // finished, or a drain could see it finished and commit the doomed transaction.
+    match (sent, &shared.transactions) {
+        (Ok(()), _) => {}
+        (Err(KafkaError::TransactionEnded), _) => {}
+        (Err(_), Some(t)) => t.send_failed(epoch),
+        (Err(_), None) => {}
     }
     metrics.event_seconds.observe(received.elapsed().as_secs_f64());
     let in_flight = {
         let mut w = shared.watermarks.lock().expect("watermarks lock");
-        w.finished(&(source.topic, source.partition), source.offset);
+        w.finished(epoch, &(source.topic, source.partition), source.offset);
         w.in_flight()
     };
     metrics.in_flight.set(in_flight as i64);

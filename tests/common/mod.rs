@@ -113,11 +113,17 @@ level = "info"
 
 /// Starts `perisai run` with its log in `dir/worker-N.log`.
 pub fn spawn_worker(config: &Path, dir: &Path, n: usize) -> Child {
+    spawn_worker_as(config, dir, n, &format!("worker{n}"))
+}
+
+/// Like `spawn_worker`, under the given HOSTNAME: restarts of one replica share it (its
+/// exactly-once transactional.id is derived from it).
+pub fn spawn_worker_as(config: &Path, dir: &Path, n: usize, hostname: &str) -> Child {
     let log = std::fs::File::create(dir.join(format!("worker-{n}.log"))).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_perisai"))
         .args(["run", "--config"])
         .arg(config)
-        .env("HOSTNAME", format!("worker{n}"))
+        .env("HOSTNAME", hostname)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

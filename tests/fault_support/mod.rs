@@ -11,6 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -45,12 +47,19 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// A read_committed watcher: what downstream consumers see.
     pub fn start(brokers: &str, topic: &str) -> Self {
+        Self::start_with(brokers, topic, "read_committed")
+    }
+
+    /// `isolation` = `read_committed` or `read_uncommitted` (which also sees records of
+    /// aborted and still open transactions).
+    pub fn start_with(brokers: &str, topic: &str, isolation: &str) -> Self {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", unique("watcher"))
             .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             // Arrival times are the measurement: do not let the broker hold fetches back.
             .set("fetch.wait.max.ms", "20")
             .create()
@@ -110,6 +119,24 @@ impl Watcher {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until nothing new has arrived for `quiet` (at most `timeout`) and returns what was
+    /// seen. For transactional topics, whose end offsets count commit markers, this is how to
+    /// know a reader has everything once the writers have stopped.
+    pub fn settle(&self, quiet: Duration, timeout: Duration) -> Vec<Seen> {
+        let deadline = Instant::now() + timeout;
+        let mut last = (self.len(), Instant::now());
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.len();
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                break;
+            }
+        }
+        self.snapshot()
     }
 
     /// Waits until the watcher has read everything the verdict topic held when this was
@@ -259,4 +286,29 @@ pub fn longest_gap(seen: &[Seen], from: Instant) -> (Duration, Instant) {
         last = t;
     }
     best
+}
+
+/// Sets a topic's config overrides (e.g. `max.message.bytes` = 1 makes it refuse every record).
+pub async fn set_topic_config(brokers: &str, topic: &str, entries: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    // AlterConfigs replaces the topic's whole override set: no entries restores the defaults.
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in entries {
+        alter = alter.set(k, v);
+    }
+    let results = admin.alter_configs([&alter], &AdminOptions::new()).await.expect("alter configs");
+    for r in results {
+        r.expect("topic config altered");
+    }
+}
+
+/// Scrapes a worker's `/metrics`: every sample (`name{labels}` → value).
+pub async fn scrape_metrics(port: u16) -> BTreeMap<String, f64> {
+    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return BTreeMap::new() };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect()
 }
