@@ -18,6 +18,9 @@ use fault_support::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// The restart takes the broker away from every test in this binary: they run one at a time.
+static BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn kafka_script(port: &str, command: &str) -> Command {
     let mut cmd = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"));
     cmd.arg(command).env("PERISAI_KAFKA_PORT", port);
@@ -26,6 +29,7 @@ fn kafka_script(port: &str, command: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_rides_out_a_broker_restart() {
+    let _alone = BROKER.lock().unwrap_or_else(|e| e.into_inner());
     let brokers = brokers();
     assert!(!brokers.contains(','), "one broker expected, got {brokers}");
     let port = brokers.rsplit(':').next().expect("host:port").to_string();
@@ -93,6 +97,7 @@ async fn worker_rides_out_a_broker_restart() {
 /// librdkafka drops every handle) reaches the cluster once the watchdog adds the bootstrap servers.
 #[test]
 fn watchdog_repair_reconnects_a_client_without_brokers() {
+    let _alone = BROKER.lock().unwrap_or_else(|e| e.into_inner());
     use perisai::kafka::watchdog::BrokerWatch;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
