@@ -151,12 +151,10 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
         all_done.as_secs_f64(),
         f64::from(n) / all_done.as_secs_f64()
     );
-    assert!(done && t.missing.is_empty(), "missing verdicts for {:?}\n{}", &t.missing[..t.missing.len().min(20)], worker_log(dir.path(), kills));
-    assert_eq!(t.duplicates, 0, "a read_committed reader saw verdicts twice");
+    assert_exactly_once(done, &t, &worker_log(dir.path(), kills));
     assert_eq!(t.verdicts, n as usize);
     assert!(status.success(), "final worker exit {status:?}\n{}", worker_log(dir.path(), kills));
-    let committed: i64 = committed(&brokers, &topics.group, &topics.input, partitions).iter().sum();
-    assert_eq!(committed, n as i64, "the final transaction commits every input offset");
+    assert_all_committed(&brokers, &topics, partitions, n);
 }
 
 /// The verdict topic refuses every verdict (`max.message.bytes` = 200) for 8 s while events keep
@@ -222,11 +220,9 @@ async fn verdict_refusal_aborts_rewinds_and_stays_exactly_once() {
     assert_eq!(leaked, 0, "verdicts were committed while the topic refused every record: the fault was not injected");
     assert!(during.1 > aborted_before, "the refusals aborted transactions\n{log}");
     assert!(rewinds > 0, "the aborts rewound the input\n{log}");
-    assert!(done && t.missing.is_empty(), "missing verdicts for {:?}\n{log}", &t.missing[..t.missing.len().min(20)]);
-    assert_eq!(t.duplicates, 0, "a read_committed reader saw verdicts twice");
+    assert_exactly_once(done, &t, &log);
     assert!(status.success(), "worker exit {status:?}\n{log}");
-    let committed: i64 = committed(&brokers, &topics.group, &topics.input, partitions).iter().sum();
-    assert_eq!(committed, n as i64, "the final transaction commits every input offset");
+    assert_all_committed(&brokers, &topics, partitions, n);
 }
 
 /// A second worker under the same replica name (same transactional.id) fences the first: the
@@ -272,7 +268,18 @@ async fn same_transactional_id_fences_the_older_worker() {
     );
     assert!(!status_a.success(), "the fenced worker exits non-zero\n{log_a}");
     assert!(log_a.contains("fenced"), "the fenced worker says so\n{log_a}");
-    assert!(done && t.missing.is_empty(), "missing verdicts for {:?}\n{}", &t.missing[..t.missing.len().min(20)], worker_log(dir.path(), 1));
-    assert_eq!(t.duplicates, 0, "a read_committed reader saw verdicts twice");
+    assert_exactly_once(done, &t, &worker_log(dir.path(), 1));
     assert!(status_b.success(), "worker b exit {status_b:?}\n{}", worker_log(dir.path(), 1));
+}
+
+/// Every event has a verdict, and no event has two, as the read_committed reader saw them.
+fn assert_exactly_once(done: bool, t: &Tally, log: &str) {
+    assert!(done && t.missing.is_empty(), "missing verdicts for {:?}\n{log}", &t.missing[..t.missing.len().min(20)]);
+    assert_eq!(t.duplicates, 0, "a read_committed reader saw verdicts twice");
+}
+
+/// The group's committed offsets cover every input record: the last transaction was committed.
+fn assert_all_committed(brokers: &str, topics: &Topics, partitions: i32, n: u32) {
+    let committed: i64 = committed(brokers, &topics.group, &topics.input, partitions).iter().sum();
+    assert_eq!(committed, n as i64, "the final transaction commits every input offset");
 }
