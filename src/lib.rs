@@ -13,8 +13,9 @@
 //! - [`classify`]: the classifier trait, ONNX model, preprocessing, micro-batching.
 //! - [`policy`]: the pure decision from signals to a verdict.
 //! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
-//! - [`kafka`]: consumer, producer, embedded broker for the demo.
-//! - [`pipeline`]: the worker: wiring, offset watermarks, backpressure, shutdown.
+//! - [`kafka`]: client settings, the verdict/DLQ sink, the broker watchdog, the demo's embedded broker.
+//! - [`pipeline`]: the worker: wiring, offset watermarks, backpressure, shutdown, and the
+//!   exactly-once transaction cycle.
 //! - [`metrics`]: Prometheus registry and the HTTP endpoints.
 //! - [`app`]: assembling banks, classifier and screen from settings (shared by `run`, `demo`, `scan`).
 //! - [`demo`]: the embedded demo: mock broker, sample media, a table of verdicts.
