@@ -78,7 +78,8 @@ impl ConsumerContext for WorkerContext {
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
         }
         if tpl.count() > 0 {
-            match consumer.commit(&tpl, CommitMode::Sync) {
+            // Off the runtime too: with the coordinator gone it waits up to the session timeout.
+            match blocking(|| consumer.commit(&tpl, CommitMode::Sync)) {
                 Ok(()) => self.metrics.offsets_committed.inc(),
                 Err(e) => tracing::warn!(error = %e, "commit on revoke failed; uncommitted events will be re-delivered"),
             }
