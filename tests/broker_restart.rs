@@ -44,8 +44,7 @@ async fn worker_rides_out_a_broker_restart() {
     let dir = temp_dir();
     let config = write_config(dir.path(), &brokers, &topics, "");
     let n = 10_000u32;
-    let records: Vec<_> = (0..n).map(event).collect();
-    produce_all(&producer(&brokers), &topics.input, &records).await;
+    produce_events(&brokers, &topics.input, n).await;
     let watcher = Watcher::start(&brokers, &topics.verdicts);
     let started = Instant::now();
     let mut worker = spawn_worker(&config, dir.path(), 0);

@@ -66,8 +66,7 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
     let topics = create_topics(&brokers, "eos-crash", partitions).await;
     let dir = temp_dir();
     let n = 10_000u32;
-    let records: Vec<_> = (0..n).map(event).collect();
-    produce_all(&producer(&brokers), &topics.input, &records).await;
+    produce_events(&brokers, &topics.input, n).await;
     let committed_view = Watcher::start(&brokers, &topics.verdicts);
     let uncommitted_view = Watcher::start_with(&brokers, &topics.verdicts, "read_uncommitted");
     let mut rng = rng("eos-crash");

@@ -23,8 +23,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let dir = temp_dir();
     let config = write_config(dir.path(), &brokers, &topics, "");
     let n = 10_000u32;
-    let records: Vec<_> = (0..n).map(event).collect();
-    produce_all(&producer(&brokers), &topics.input, &records).await;
+    produce_events(&brokers, &topics.input, n).await;
     let watcher = Watcher::start(&brokers, &topics.verdicts);
     let mut rng = rng("crash");
     let kills = 5;

@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::common::{event_json, png, unique};
+use super::common::{event_json, png, produce_all, producer, unique};
 
 /// One verdict as the watcher saw it.
 #[derive(Debug, Clone)]
@@ -188,6 +188,12 @@ pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
 /// Event `i` of a run: id `e-{i}`, a small distinct PNG inline.
 pub fn event(i: u32) -> (String, Vec<u8>) {
     (format!("m-{i}"), event_json(&format!("e-{i}"), &png(i % 64, 16), "image/png"))
+}
+
+/// Events `0..n` of a run, produced to `topic` and acknowledged before the worker starts.
+pub async fn produce_events(brokers: &str, topic: &str, n: u32) {
+    let records: Vec<_> = (0..n).map(event).collect();
+    produce_all(&producer(brokers), topic, &records).await;
 }
 
 /// Counts of a finished run.
