@@ -585,7 +585,8 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, d
         &config,
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{base}.group\"\ninput_topic = \"{input_topic}\"\n\
-             verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\ndelivery = \"{delivery}\"\n\n\
+             verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\nbanks_topic = \"\"\n\
+             delivery = \"{delivery}\"\n\n\
              [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = false\n\n[classifier]\nenabled = false\n\n\
              [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{banks}",
             input_topic = input.topic,

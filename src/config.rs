@@ -52,6 +52,8 @@ pub struct KafkaSettings {
     pub input_topic: String,
     pub verdict_topic: String,
     pub dlq_topic: String,
+    /// Live bank entries (compacted); empty = bank files only.
+    pub banks_topic: String,
     pub delivery: Delivery,
     /// librdkafka options applied to every client (TLS, SASL, client.id, ...).
     #[serde(default)]
@@ -157,7 +159,10 @@ pub enum OnBadRow {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BankSettings {
+    /// Part of the bank topic's record keys (`BANK/SIGNAL/HASH`): see [`valid_bank_name`].
     pub name: String,
+    /// Seed entries (CSV); empty = the bank is fed by the bank topic alone.
+    #[serde(default)]
     pub file: String,
     pub action: Action,
     #[serde(default = "default_on_bad_row")]
@@ -168,6 +173,12 @@ pub struct BankSettings {
     pub pdq_quality_floor: u8,
     #[serde(default)]
     pub dihedral: bool,
+}
+
+/// Bank names appear in the bank topic's keys (`BANK/SIGNAL/HASH`) and in metric labels, so
+/// they keep to a small alphabet: no `/`, nothing a label or a shell would need to quote.
+pub fn valid_bank_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn default_on_bad_row() -> OnBadRow {
@@ -321,6 +332,12 @@ impl Settings {
             check(!value.trim().is_empty(), format!("{key}: must not be empty"));
         }
         check(k.input_topic != k.verdict_topic, "kafka.verdict_topic: must differ from kafka.input_topic".into());
+        for (key, value) in [("kafka.input_topic", &k.input_topic), ("kafka.verdict_topic", &k.verdict_topic), ("kafka.dlq_topic", &k.dlq_topic)] {
+            check(
+                k.banks_topic.is_empty() || &k.banks_topic != value,
+                format!("kafka.banks_topic: must differ from {key}"),
+            );
+        }
         check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
         let w = &self.worker;
         if k.delivery == Delivery::ExactlyOnce {
@@ -369,9 +386,15 @@ impl Settings {
         check(self.decode.max_side > 0, "decode.max_side: must be > 0".into());
         let mut names = std::collections::HashSet::new();
         for (i, bank) in self.banks.iter().enumerate() {
-            check(!bank.name.trim().is_empty(), format!("banks[{i}].name: must not be empty"));
+            check(
+                valid_bank_name(&bank.name),
+                format!("banks[{i}].name: {:?} must be 1-64 letters, digits, '.', '_' or '-'", bank.name),
+            );
             check(names.insert(bank.name.clone()), format!("banks[{i}].name: {:?} is used twice", bank.name));
-            check(!bank.file.trim().is_empty(), format!("banks[{i}].file: must not be empty"));
+            check(
+                !bank.file.trim().is_empty() || !k.banks_topic.trim().is_empty(),
+                format!("banks[{i}].file: must name a file when kafka.banks_topic is empty (the bank would stay empty)"),
+            );
             check(bank.pdq_threshold <= 128, format!("banks[{i}].pdq_threshold: must be <= 128"));
             check(bank.pdq_quality_floor <= 100, format!("banks[{i}].pdq_quality_floor: must be <= 100"));
         }
@@ -495,6 +518,23 @@ mod tests {
         }
         // The same values mean nothing in at-least-once mode and are not refused there.
         Settings::load_with_env(None, env(&[("PERISAI__KAFKA__TRANSACTION_TIMEOUT_MS", "5000")])).unwrap();
+    }
+
+    #[test]
+    fn bank_names_keep_to_the_key_alphabet_and_files_are_optional_with_a_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[[banks]]\nname = \"ncii\"\naction = \"block\"\n").unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.banks[0].file, "");
+        let err = Settings::load_with_env(Some(&file), env(&[("PERISAI__KAFKA__BANKS_TOPIC", "")])).unwrap_err().to_string();
+        assert!(err.contains("banks[0].file"), "{err}");
+        std::fs::write(&file, "[[banks]]\nname = \"a/b\"\naction = \"block\"\n").unwrap();
+        let err = Settings::load_with_env(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("banks[0].name"), "{err}");
+        for (name, ok) in [("ncii", true), ("NCMEC.csam_v2-1", true), ("", false), ("a b", false), ("a/b", false), (&"x".repeat(65), false)] {
+            assert_eq!(valid_bank_name(name), ok, "{name:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `perisai demo`: the whole path on one machine with nothing installed — an embedded
 //! Kafka-protocol broker, a demo bank built from the sample media, a few dozen upload events
-//! (banked, near-copies, clean, broken), one real worker, and a table of the verdicts.
+//! (banked, near-copies, clean, broken), one real worker, and a table of the verdicts. Midway a
+//! victim's report arrives as a live bank record: the next upload of that media is blocked; the
+//! hash is withdrawn, and the upload after that is allowed again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +17,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::app;
-use crate::bank::{load_bank_bytes, BankSet};
+use crate::bank::record::{record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
+use crate::bank::{load_bank_bytes, BankSet, Signal};
+use crate::kafka::bank_feed::{self, BankFeed};
 use crate::config::{BankSettings, OnBadRow, Settings};
 use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
 use crate::hash::{exact, pdq};
@@ -56,6 +60,8 @@ pub enum DemoError {
     Timeout { got: usize, want: usize, secs: u64 },
     #[error("metrics endpoint: {0}")]
     Metrics(std::io::Error),
+    #[error(transparent)]
+    BankFeed(#[from] bank_feed::BankFeedError),
 }
 
 pub struct DemoOptions {
@@ -110,13 +116,17 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     broker.create_topic(&settings.kafka.input_topic, 3)?;
     broker.create_topic(&settings.kafka.verdict_topic, 1)?;
     broker.create_topic(&settings.kafka.dlq_topic, 1)?;
+    broker.create_topic(&settings.kafka.banks_topic, 1)?;
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let banks = demo_banks(&settings, &metrics)?;
-    settings.banks = banks.banks.iter().map(|b| b.settings.clone()).collect();
+    settings.banks = banks.settings();
     let settings = Arc::new(settings);
-    let screen = app::build_screen(&settings, banks, &metrics, &readiness, Mode::Worker)?;
+    let banks = Arc::new(banks);
+    let (feed, _) = BankFeed::start(&settings.kafka, banks.clone(), metrics.clone(), readiness.clone()).await?;
+    readiness.banks_loaded.store(true, std::sync::atomic::Ordering::Release);
+    let screen = app::build_screen(&settings, banks.clone(), &metrics, Mode::Worker)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let listen = settings.metrics.listen.parse().expect("validated address");
@@ -133,18 +143,23 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         let _ = stop_rx.await;
     }));
 
-    let events = demo_events();
+    let mut events = demo_events();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &settings.kafka.brokers).create()?;
     for e in &events {
-        let record = FutureRecord::to(&settings.kafka.input_topic).key(&e.key).payload(&e.payload);
-        producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e)?;
+        send_event(&producer, &settings, e).await?;
     }
-
-    let outputs = collect_outputs(&settings, events.len(), Duration::from_secs(60)).await;
+    let mut reader = OutputReader::new(&settings)?;
+    let outputs = async {
+        reader.wait_for(events.len(), Duration::from_secs(60)).await?;
+        live_bank_story(&settings, &producer, &banks, &mut reader, &mut events).await
+    }
+    .await;
     let _ = stop_tx.send(());
     let summary = worker.await.expect("worker task")?;
     tracing::debug!(?summary, "demo worker stopped");
-    let outputs = outputs?;
+    feed.stop();
+    outputs?;
+    let outputs = reader.outputs;
     if !options.linger.is_zero() {
         tokio::time::sleep(options.linger).await;
     }
@@ -195,8 +210,36 @@ fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoErr
         bank("demo-block", Action::Block, false, block_csv)?,
         bank("demo-review", Action::Review, true, review_csv)?,
         bank("demo-allowlist", Action::Allow, false, allow_csv)?,
+        // No file: fed by the bank topic alone, like a StopNCII bank.
+        bank("demo-ncii", Action::Block, false, "signal,hash,entry\n".into())?,
     ];
     Ok(BankSet::from_loaded(loaded, metrics))
+}
+
+/// Bytes that no image decoder takes: exact hashes only, as for video.
+fn demo_video() -> Vec<u8> {
+    (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+}
+
+/// Upload event number `n` with inline media.
+fn demo_event(n: usize, label: String, tenant: &str, surface: &str, content_type: &str, bytes: &[u8]) -> DemoEvent {
+    let media = serde_json::json!({"inline": base64::engine::general_purpose::STANDARD.encode(bytes)});
+    demo_event_with(n, label, tenant, surface, content_type, media)
+}
+
+fn demo_event_with(n: usize, label: String, tenant: &str, surface: &str, content_type: &str, media: serde_json::Value) -> DemoEvent {
+    let event = serde_json::json!({
+        "schema": UPLOAD_SCHEMA, "event_id": format!("e-{n:03}"), "media_id": format!("m-{n:03}"),
+        "tenant": tenant, "surface": surface, "content_type": content_type, "media": media,
+        "uploaded_at": chrono::Utc::now().to_rfc3339(), "attributes": {"uploader": format!("u-{}", n % 7)}
+    });
+    DemoEvent {
+        event_id: format!("e-{n:03}"),
+        label,
+        tenant: tenant.into(),
+        payload: serde_json::to_vec(&event).expect("json"),
+        key: format!("m-{n:03}"),
+    }
 }
 
 fn demo_events() -> Vec<DemoEvent> {
@@ -204,18 +247,7 @@ fn demo_events() -> Vec<DemoEvent> {
     let mut events = Vec::new();
     let mut push = |label: String, tenant: &str, surface: &str, content_type: &str, media: serde_json::Value| {
         let n = events.len() + 1;
-        let event = serde_json::json!({
-            "schema": UPLOAD_SCHEMA, "event_id": format!("e-{n:03}"), "media_id": format!("m-{n:03}"),
-            "tenant": tenant, "surface": surface, "content_type": content_type, "media": media,
-            "uploaded_at": chrono::Utc::now().to_rfc3339(), "attributes": {"uploader": format!("u-{}", n % 7)}
-        });
-        events.push(DemoEvent {
-            event_id: format!("e-{n:03}"),
-            label,
-            tenant: tenant.into(),
-            payload: serde_json::to_vec(&event).expect("json"),
-            key: format!("m-{n:03}"),
-        });
+        events.push(demo_event_with(n, label, tenant, surface, content_type, media));
     };
     for (i, (name, bytes)) in SAMPLES.iter().cycle().take(SAMPLES.len() * TENANTS.len()).enumerate() {
         let (tenant, surface) = TENANTS[i / SAMPLES.len()];
@@ -224,7 +256,7 @@ fn demo_events() -> Vec<DemoEvent> {
     let coffee = SAMPLES.iter().find(|(n, _)| *n == "coffee.jpg").expect("sample").1;
     push("truncated JPEG".into(), "acme", "post", "image/jpeg", serde_json::json!({"inline": b64(&coffee[..coffee.len() / 3])}));
     push("not base64".into(), "acme", "post", "image/jpeg", serde_json::json!({"inline": "@@not-base64@@"}));
-    let video: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let video = demo_video();
     push("video (exact hash only)".into(), "globex", "post", "video/mp4", serde_json::json!({"inline": b64(&video)}));
     push("URL media (none allowlisted)".into(), "globex", "post", "image/jpeg", serde_json::json!({"url": "https://media.example/x.jpg"}));
     // Records that are not upload events at all: the DLQ keeps them.
@@ -245,34 +277,107 @@ fn demo_events() -> Vec<DemoEvent> {
 
 type Outputs = BTreeMap<String, (String, String, Option<f64>)>;
 
-/// Reads verdicts and DLQ records until every event has one.
-async fn collect_outputs(settings: &Settings, want: usize, timeout: Duration) -> Result<Outputs, DemoError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", "perisai-demo-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    consumer.subscribe(&[&settings.kafka.verdict_topic, &settings.kafka.dlq_topic])?;
-    let mut outputs = Outputs::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while outputs.len() < want {
-        let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Err(_) => return Err(DemoError::Timeout { got: outputs.len(), want, secs: timeout.as_secs() }),
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(m)) => m,
-        };
-        if message.topic() == settings.kafka.dlq_topic {
-            let header = |name: &str| {
-                message.headers().and_then(|h| h.iter().find(|x| x.key == name)).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string())
-            };
-            let id = message.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
-            outputs.insert(id, ("dlq".into(), format!("DLQ: {}", header("perisai.error.class").unwrap_or_default()), None));
-        } else if let Some(Ok(verdict)) = message.payload().map(serde_json::from_slice::<Verdict>) {
-            outputs.insert(verdict.event_id.clone(), (verdict.action.as_str().into(), explain(&verdict), Some(verdict.latency_ms)));
-        }
+/// Reads verdicts and DLQ records as they arrive.
+struct OutputReader {
+    consumer: StreamConsumer,
+    verdict_topic: String,
+    dlq_topic: String,
+    outputs: Outputs,
+}
+
+impl OutputReader {
+    fn new(settings: &Settings) -> Result<Self, DemoError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka.brokers)
+            .set("group.id", "perisai-demo-reader")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "5")
+            .create()?;
+        consumer.subscribe(&[&settings.kafka.verdict_topic, &settings.kafka.dlq_topic])?;
+        Ok(Self {
+            consumer,
+            verdict_topic: settings.kafka.verdict_topic.clone(),
+            dlq_topic: settings.kafka.dlq_topic.clone(),
+            outputs: Outputs::new(),
+        })
     }
-    Ok(outputs)
+
+    /// Reads until `want` events have an output.
+    async fn wait_for(&mut self, want: usize, timeout: Duration) -> Result<(), DemoError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.outputs.len() < want {
+            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => return Err(DemoError::Timeout { got: self.outputs.len(), want, secs: timeout.as_secs() }),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(m)) => m,
+            };
+            if message.topic() == self.dlq_topic {
+                let header = |name: &str| {
+                    message.headers().and_then(|h| h.iter().find(|x| x.key == name)).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string())
+                };
+                let id = message.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
+                self.outputs.insert(id, ("dlq".into(), format!("DLQ: {}", header("perisai.error.class").unwrap_or_default()), None));
+            } else if message.topic() == self.verdict_topic {
+                if let Some(Ok(verdict)) = message.payload().map(serde_json::from_slice::<Verdict>) {
+                    self.outputs.insert(verdict.event_id.clone(), (verdict.action.as_str().into(), explain(&verdict), Some(verdict.latency_ms)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn send_event(producer: &FutureProducer, settings: &Settings, e: &DemoEvent) -> Result<(), DemoError> {
+    let record = FutureRecord::to(&settings.kafka.input_topic).key(&e.key).payload(&e.payload);
+    producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+/// The live bank part: a victim reports the demo's video (StopNCII shares MD5s for video); its
+/// hash arrives on the bank topic and the next upload is blocked; withdrawn, the one after is
+/// allowed. Each upload is sent only once the worker's banks show the change, and the next
+/// change waits for its verdict, so the table shows cause and effect.
+async fn live_bank_story(
+    settings: &Settings,
+    producer: &FutureProducer,
+    banks: &BankSet,
+    reader: &mut OutputReader,
+    events: &mut Vec<DemoEvent>,
+) -> Result<(), DemoError> {
+    let video = demo_video();
+    let md5 = exact::exact_hashes(&video).md5;
+    let key = record_key("demo-ncii", Signal::Md5, &md5);
+    let value = BankEntryRecord {
+        schema: BANK_ENTRY_SCHEMA.into(),
+        bank: "demo-ncii".into(),
+        signal: "md5".into(),
+        hash: md5.clone(),
+        entry: "stopncii-case-314".into(),
+        source: "stopncii".into(),
+        added_at: chrono::Utc::now().to_rfc3339(),
+        tags: vec![],
+    };
+    let steps: [(Option<Vec<u8>>, usize, &str); 2] = [
+        (Some(serde_json::to_vec(&value).expect("json")), 1, "video after victim's report"),
+        (None, 0, "video after withdrawal"),
+    ];
+    for (value, want, label) in steps {
+        let published = Instant::now();
+        bank_feed::publish(&settings.kafka, vec![(key.clone(), value)]).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while banks.counts().iter().find(|c| c.0 == "demo-ncii").map(|c| c.2) != Some(want) {
+            if Instant::now() > deadline {
+                return Err(DemoError::Bank("the live bank update was not applied within 10 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let applied_ms = published.elapsed().as_secs_f64() * 1000.0;
+        let event = demo_event(events.len() + 1, format!("{label} (+{applied_ms:.0} ms)"), "acme", "post", "video/mp4", &video);
+        send_event(producer, settings, &event).await?;
+        events.push(event);
+        reader.wait_for(events.len(), Duration::from_secs(30)).await?;
+    }
+    Ok(())
 }
 
 /// A short, human reading of a verdict's reasons.
@@ -306,13 +411,13 @@ pub fn explain(verdict: &Verdict) -> String {
 /// Renders the report as a table and a summary.
 pub fn render(report: &DemoReport) -> String {
     let mut out = String::new();
-    out.push_str(&format!("{:<6} {:<30} {:<8} {:<7} {:>8}  {}\n", "event", "media", "tenant", "verdict", "ms", "why"));
+    out.push_str(&format!("{:<6} {:<36} {:<8} {:<7} {:>8}  {}\n", "event", "media", "tenant", "verdict", "ms", "why"));
     out.push_str(&format!("{}\n", "-".repeat(100)));
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &report.rows {
         *counts.entry(r.outcome.as_str()).or_default() += 1;
         let ms = r.latency_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
-        out.push_str(&format!("{:<6} {:<30} {:<8} {:<7} {:>8}  {}\n", r.event_id, r.label, r.tenant, r.outcome, ms, r.why));
+        out.push_str(&format!("{:<6} {:<36} {:<8} {:<7} {:>8}  {}\n", r.event_id, r.label, r.tenant, r.outcome, ms, r.why));
     }
     out.push_str(&format!("{}\n", "-".repeat(100)));
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();

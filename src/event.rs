@@ -107,6 +107,10 @@ pub struct Verdict {
     pub reasons: Vec<Reason>,
     pub signals: Signals,
     pub policy: String,
+    /// The bank state that decided it: the bank topic's next offset per partition
+    /// (`PARTITION:OFFSET,...`). Absent when banks come from files only. Optional in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banks_version: Option<String>,
     pub decided_at: String,
     pub latency_ms: f64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

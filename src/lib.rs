@@ -9,21 +9,26 @@
 //! - [`event`]: wire types (upload events, verdicts, reasons). Plain data.
 //! - [`media`]: getting media bytes (inline, path, guarded URL fetch) and decoding them under limits.
 //! - [`hash`]: exact hashes and PDQ. Knows no banks.
-//! - [`bank`]: hash banks, their file format and the PDQ index.
+//! - [`bank`]: hash banks, their file and import formats, the bank topic's records, the PDQ
+//!   index, and the live bank set every screening thread shares.
 //! - [`classify`]: the classifier trait, ONNX model, preprocessing, micro-batching.
 //! - [`policy`]: the pure decision from signals to a verdict.
 //! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
-//! - [`kafka`]: client settings, the verdict/DLQ sink, the broker watchdog, the demo's embedded broker.
+//! - [`kafka`]: client settings, the verdict/DLQ sink, the bank topic's reader (start-up load, then
+//!   live tail) and writer, the broker watchdog, the demo's embedded broker.
 //! - [`pipeline`]: the worker: wiring, offset watermarks, backpressure, shutdown, and the
 //!   exactly-once transaction cycle.
 //! - [`metrics`]: Prometheus registry and the HTTP endpoints.
 //! - [`app`]: assembling banks, classifier and screen from settings (shared by `run`, `demo`, `scan`).
+//! - [`admin`]: the `perisai bank` commands: import partner lists, withdraw, export.
 //! - [`demo`]: the embedded demo: mock broker, sample media, a table of verdicts.
 //!
-//! Dependencies point one way: app/demo → pipeline → kafka, and pipeline → screen → media, hash,
-//! bank, classify, policy → event. `screen`, `media`, `hash`, `bank`, `classify` and `policy` never
+//! Dependencies point one way: app/demo/admin → pipeline, kafka, and pipeline → screen → media,
+//! hash, bank, classify, policy → event. Bank updates reach the bank set as plain records
+//! ([`bank::TopicRecord`]) handed over by `kafka::bank_feed`. `screen`, `media`, `hash`, `bank`, `classify` and `policy` never
 //! import `kafka` or `pipeline`; `hash` knows no banks; `policy` sees scores, not models.
 
+pub mod admin;
 pub mod app;
 pub mod bank;
 pub mod classify;

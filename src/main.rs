@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use perisai::bank::BankSet;
+use perisai::admin::{self, ExportFormat};
+use perisai::bank::formats::Format;
+use perisai::bank::{BankSet, Signal};
 use perisai::config::Settings;
 use perisai::event::{MediaRef, UploadEvent, UPLOAD_SCHEMA};
 use perisai::hash::pdq;
@@ -16,7 +18,8 @@ use perisai::media::decode::{self, DecodeLimits};
 use perisai::metrics::{Metrics, MetricsServer, Readiness};
 use perisai::pipeline::Worker;
 use perisai::screen::Mode;
-use perisai::{app, demo};
+use perisai::app;
+use perisai::demo;
 
 #[derive(Parser)]
 #[command(name = "perisai", version, about = "Screens uploaded images: hash banks and a classifier, Kafka in, verdicts out")]
@@ -72,11 +75,72 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BankCommand {
-    /// Load every configured bank and print its entry counts (errors name file and line).
+    /// Load every configured bank (files, then the bank topic) and print its entry counts
+    /// (errors name file and line).
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Publish a partner's hash list to the bank topic (a second run publishes nothing new).
+    /// Bad rows are reported by line and make the exit code 1; the good rows are published.
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A bank declared in the configuration.
+        #[arg(long)]
+        bank: String,
+        /// csv (signal,hash,entry), te (ThreatExchange lines or CLI export), stopncii (JSON lines).
+        #[arg(long, default_value = "csv", value_parser = parse_format)]
+        format: Format,
+        /// Recorded as each entry's source (default: manual, threatexchange or stopncii).
+        #[arg(long)]
+        source: Option<String>,
+        /// Entry id for rows that carry none (default: the source).
+        #[arg(long)]
+        entry: Option<String>,
+        /// The list; `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Withdraw hashes from a bank: a tombstone each on the bank topic.
+    Withdraw {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        bank: String,
+        /// md5, sha256 or pdq.
+        #[arg(long, value_parser = parse_signal)]
+        signal: Signal,
+        /// A file with one hash per line (blank lines and `#` comments ignored).
+        #[arg(long, conflicts_with = "hashes")]
+        file: Option<PathBuf>,
+        hashes: Vec<String>,
+    },
+    /// Print a bank's live entries (its file, then the bank topic read to its end).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        bank: String,
+        /// csv (signal,hash,entry) or te (ThreatExchange `<signal_type> <hash>` lines).
+        #[arg(long, default_value = "csv", value_parser = parse_export_format)]
+        format: ExportFormat,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("{s:?}: expected csv, te or stopncii"))
+}
+
+fn parse_export_format(s: &str) -> Result<ExportFormat, String> {
+    match s {
+        "csv" => Ok(ExportFormat::Csv),
+        "te" => Ok(ExportFormat::Te),
+        _ => Err(format!("{s:?}: expected csv or te")),
+    }
+}
+
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    Signal::parse(s).ok_or_else(|| format!("{s:?}: expected md5, sha256 or pdq"))
 }
 
 fn main() -> ExitCode {
@@ -108,21 +172,77 @@ async fn async_main(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Scan { config, files } => scan(config, files).await,
-        Command::Bank { command: BankCommand::Check { config } } => {
+        Command::Bank { command } => bank_command(command).await,
+        Command::CheckConfig { .. } | Command::Hash { .. } => unreachable!("handled synchronously"),
+    }
+}
+
+async fn bank_command(command: BankCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BankCommand::Check { config } => {
             let settings = load_settings(config.as_deref())?;
+            init_logging("warn", "text");
             let metrics = Metrics::new();
             let banks = BankSet::load(&settings.banks, &metrics)?;
-            for bank in &banks.banks {
-                let counts: Vec<String> = [perisai::bank::Signal::Md5, perisai::bank::Signal::Sha256, perisai::bank::Signal::Pdq]
-                    .iter()
-                    .map(|s| format!("{}={}", s.as_str(), bank.count(*s)))
-                    .collect();
-                println!("{} ({}): {}", bank.name(), bank.settings.action.as_str(), counts.join(" "));
+            if !settings.kafka.banks_topic.is_empty() {
+                let records = perisai::kafka::bank_feed::read_into(&settings.kafka, &banks, &metrics)?;
+                println!("bank topic {}: {records} records read, version {}", settings.kafka.banks_topic, banks.version().unwrap_or_default());
+            }
+            for (name, action, md5, sha256, pdq) in banks.counts() {
+                println!("{name} ({}): md5={md5} sha256={sha256} pdq={pdq}", action.as_str());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { .. } | Command::Hash { .. } => unreachable!("handled synchronously"),
+        BankCommand::Import { config, bank, format, source, entry, file } => {
+            let settings = load_settings(config.as_deref())?;
+            init_logging("warn", "text");
+            let bytes = read_input(&file)?;
+            let options = admin::ImportOptions { bank, format, source, entry };
+            let summary = admin::import(&settings, &options, &bytes).await?;
+            let name = file.display();
+            for e in &summary.rejected {
+                eprintln!("perisai: {name}:{}: {}", e.line, e.problem);
+            }
+            println!("{summary}");
+            Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        BankCommand::Withdraw { config, bank, signal, file, hashes } => {
+            let settings = load_settings(config.as_deref())?;
+            init_logging("warn", "text");
+            let hashes = match &file {
+                Some(file) => String::from_utf8_lossy(&read_input(file)?)
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string)
+                    .collect(),
+                None => hashes,
+            };
+            anyhow::ensure!(!hashes.is_empty(), "no hashes given (arguments or --file)");
+            let (published, refused) = admin::withdraw(&settings, &bank, signal, &hashes).await?;
+            for e in &refused {
+                eprintln!("perisai: hash #{}: {}", e.line, e.problem);
+            }
+            println!("{published} withdrawn from {bank}, {} refused", refused.len());
+            Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        BankCommand::Export { config, bank, format } => {
+            let settings = load_settings(config.as_deref())?;
+            init_logging("warn", "text");
+            print!("{}", admin::export(&settings, &bank, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// A file's bytes, or standard input's for `-`.
+fn read_input(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).context("reading standard input")?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
 }
 
 fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Settings> {
@@ -145,16 +265,19 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     init_logging(&settings.log.level, &settings.log.format);
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let banks = BankSet::load(&settings.banks, &metrics).context("loading banks")?;
-    let screen = app::build_screen(&settings, banks, &metrics, &readiness, Mode::Worker)?;
-
+    // Metrics first: /readyz says what is loading while the banks are read.
     let listen = settings.metrics.listen.parse().expect("validated address");
     let server = MetricsServer::start(listen, metrics.clone(), readiness.clone())
         .await
         .with_context(|| format!("cannot serve metrics on {}", settings.metrics.listen))?;
     tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+    let (banks, feed) = app::load_live_banks(&settings, &metrics, &readiness).await.context("loading banks")?;
+    let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker)?;
     let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
     let summary = worker.run(shutdown_signal()).await?;
+    if let Some(feed) = feed {
+        tokio::task::spawn_blocking(move || feed.stop()).await.ok();
+    }
     server.shutdown().await;
     tracing::info!(events = summary.events, abandoned = summary.abandoned, "bye");
     Ok(ExitCode::SUCCESS)
@@ -175,9 +298,9 @@ async fn scan(config: Option<PathBuf>, files: Vec<PathBuf>) -> anyhow::Result<Ex
     let settings = Arc::new(load_settings(config.as_deref())?);
     init_logging("warn", "text");
     let metrics = Metrics::new();
-    let readiness = Readiness::default();
-    let banks = BankSet::load(&settings.banks, &metrics).context("loading banks")?;
-    let screen = app::build_screen(&settings, banks, &metrics, &readiness, Mode::ScoreAll)?;
+    // Bank files only: `scan` needs no broker.
+    let banks = Arc::new(BankSet::load(&settings.banks, &metrics).context("loading banks")?);
+    let screen = app::build_screen(&settings, banks, &metrics, Mode::ScoreAll)?;
     let mut failed = false;
     for file in files {
         let name = file.display().to_string();

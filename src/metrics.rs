@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
@@ -40,7 +40,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub offsets_committed: IntCounter,
     pub produce_errors: IntCounter,
-    /// client: consumer | producer
+    /// client: consumer | producer | banks
     pub kafka_broker_repairs: IntCounterVec,
     /// Exactly-once; outcome: committed | aborted
     pub transactions: IntCounterVec,
@@ -52,6 +52,14 @@ pub struct Metrics {
     pub bank_loaded_seconds: IntGaugeVec,
     /// bank: rows skipped under `on_bad_row = "skip"`
     pub bank_rows_skipped: IntCounterVec,
+    /// bank ("-" when the key names no declared bank), reason: bad_key | undeclared_bank | ...
+    pub bank_records_rejected: IntCounterVec,
+    /// bank, change: added | replaced | unchanged | withdrawn | absent
+    pub bank_updates: IntCounterVec,
+    /// Applying a live bank record minus its timestamp (records read at start-up are not observed).
+    pub bank_update_lag_seconds: Histogram,
+    /// partition: offset of the last bank topic record applied
+    pub bank_topic_offset: IntGaugeVec,
     pub classifier_up: IntGauge,
     pub classifier_batch_size: Histogram,
     pub classifier_inference_seconds: Histogram,
@@ -112,7 +120,7 @@ impl Metrics {
             "Times a Kafka client had lost every broker and got the bootstrap servers again.",
             &["client"],
         );
-        for client in ["consumer", "producer"] {
+        for client in ["consumer", "producer", "banks"] {
             kafka_broker_repairs.with_label_values(&[client]);
         }
         let transactions = counter_vec(
@@ -130,6 +138,23 @@ impl Metrics {
             gauge_vec("perisai_bank_loaded_timestamp_seconds", "Unix time a bank was last loaded or updated.", &["bank"]);
         let bank_rows_skipped =
             counter_vec("perisai_bank_rows_skipped_total", "Bad bank rows skipped (on_bad_row = skip).", &["bank"]);
+        let bank_records_rejected = counter_vec(
+            "perisai_bank_records_rejected_total",
+            "Bank topic records not applied, by bank and reason.",
+            &["bank", "reason"],
+        );
+        let bank_updates = counter_vec(
+            "perisai_bank_updates_total",
+            "Bank topic records applied, by bank and what they changed.",
+            &["bank", "change"],
+        );
+        let bank_update_lag_seconds = histogram(
+            "perisai_bank_update_lag_seconds",
+            "From a live bank record's timestamp to this worker applying it.",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        let bank_topic_offset =
+            gauge_vec("perisai_bank_topic_offset", "Offset of the last bank topic record applied, per partition.", &["partition"]);
         let classifier_up = IntGauge::new("perisai_classifier_up", "1 when the classifier model is loaded.").expect("valid");
         registry.register(Box::new(classifier_up.clone())).expect("unique metric");
         let classifier_batch_size = histogram(
@@ -170,6 +195,10 @@ impl Metrics {
             bank_entries,
             bank_loaded_seconds,
             bank_rows_skipped,
+            bank_records_rejected,
+            bank_updates,
+            bank_update_lag_seconds,
+            bank_topic_offset,
             classifier_up,
             classifier_batch_size,
             classifier_inference_seconds,
@@ -191,19 +220,37 @@ impl Metrics {
     }
 }
 
-/// What `/readyz` reports: ready once banks are loaded and the consumer holds an assignment;
-/// and what `/healthz` reports: alive unless the consumer group has been stuck out of state `up`
-/// (see `kafka::watchdog`).
+/// What `/readyz` reports: ready once banks are loaded (files and the whole bank topic) and the
+/// consumer holds an assignment; and what `/healthz` reports: alive unless the consumer group has
+/// been stuck out of state `up` (see `kafka::watchdog`).
 #[derive(Default)]
 pub struct Readiness {
     pub banks_loaded: AtomicBool,
+    /// Bank topic records read so far at start-up, and how many there were at most when it began.
+    pub bank_records_read: AtomicU64,
+    pub bank_records_expected: AtomicU64,
     pub assigned: AtomicBool,
     pub group_stalled: AtomicBool,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.banks_loaded.load(Ordering::Acquire) && self.assigned.load(Ordering::Acquire)
+        self.not_ready_because().is_none()
+    }
+
+    /// Why `/readyz` says no, in words for the person reading the probe's output.
+    pub fn not_ready_because(&self) -> Option<String> {
+        if !self.banks_loaded.load(Ordering::Acquire) {
+            return Some(format!(
+                "loading banks: {} of at most {} bank topic records read",
+                self.bank_records_read.load(Ordering::Relaxed),
+                self.bank_records_expected.load(Ordering::Relaxed)
+            ));
+        }
+        if !self.assigned.load(Ordering::Acquire) {
+            return Some("banks loaded; no input partitions assigned yet".into());
+        }
+        None
     }
 }
 
@@ -266,10 +313,9 @@ async fn serve(
         .route(
             "/readyz",
             get(move || async move {
-                if readiness.is_ready() {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                match readiness.not_ready_because() {
+                    None => (StatusCode::OK, "ready\n".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
                 }
             }),
         );

@@ -95,15 +95,16 @@ impl Screen {
     /// Screens media bytes already in hand (the `scan` command, tests).
     pub async fn screen_bytes(&self, event: &UploadEvent, bytes: Vec<u8>, received: Instant) -> Verdict {
         let examined = self.examine(bytes, event.content_type.clone()).await;
-        let mut findings = Findings { media_error: examined.media_error, ..Default::default() };
         let started = Instant::now();
-        findings.matches = self.banks.match_exact(&exact_of(&examined.signals));
-        if let Some(pdq) = &examined.pdq {
-            let (matches, low) = self.banks.match_pdq(pdq);
-            findings.matches.extend(matches);
-            findings.low_quality = low;
-        }
+        let banks = self.banks.match_media(&exact_of(&examined.signals), examined.pdq.as_ref());
         self.metrics.observe_stage("match", started.elapsed().as_secs_f64());
+        let mut findings = Findings {
+            matches: banks.matches,
+            low_quality: banks.low_quality,
+            media_error: examined.media_error,
+            ..Default::default()
+        };
+        let banks_version = banks.version;
 
         let blocked = findings.matches.iter().any(|m| m.action == Action::Block);
         match (&self.classifier, examined.image) {
@@ -123,7 +124,9 @@ impl Screen {
                 }
             },
         }
-        self.finish(event, findings, examined.signals, received)
+        let mut verdict = self.finish(event, findings, examined.signals, received);
+        verdict.banks_version = banks_version;
+        verdict
     }
 
     async fn classify(&self, classifier: &dyn ImageScorer, image: Image) -> Result<ClassifierFinding, ClassifyError> {
@@ -191,6 +194,7 @@ impl Screen {
             reasons,
             signals,
             policy: policy.version.clone(),
+            banks_version: None,
             decided_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             latency_ms: (received.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             attributes: event.attributes.clone(),

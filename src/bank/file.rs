@@ -1,11 +1,13 @@
-//! Bank files: CSV with a header holding at least `signal,hash,entry` (other columns ignored).
+//! Bank files: CSV with a header holding at least `signal,hash,entry` (other columns ignored),
+//! read by the same parser as `perisai bank import --format csv` ([`super::formats`]).
 //!
 //! A bad row fails the load with file and line, or — when the bank says `on_bad_row = "skip"` —
 //! is skipped and counted. Hash values never appear in errors or logs: a bank is sensitive.
 
 use std::path::Path;
 
-use super::{Bank, ParsedHash, Signal};
+use super::formats::{self, Format, RowError};
+use super::{Applied, Bank, ParsedHash, Signal};
 use crate::config::{BankSettings, OnBadRow};
 use crate::hash::pdq::PdqHash;
 
@@ -13,23 +15,28 @@ use crate::hash::pdq::PdqHash;
 pub enum BankFileError {
     #[error("bank {bank:?}: cannot read {file}: {source}")]
     Io { bank: String, file: String, source: std::io::Error },
-    #[error("bank {bank:?}: {file}: header must contain columns signal, hash, entry (found: {found})")]
-    Header { bank: String, file: String, found: String },
+    #[error("bank {bank:?}: {file}: {problem}")]
+    Header { bank: String, file: String, problem: String },
     #[error("bank {bank:?}: {file}:{line}: {problem}")]
     Row { bank: String, file: String, line: u64, problem: String },
 }
 
-/// What a load did: kept entries per signal and skipped rows.
+/// What a load did: kept entries per signal, skipped rows, and rows for a hash listed before.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
     pub md5: usize,
     pub sha256: usize,
     pub pdq: usize,
     pub skipped: usize,
+    pub duplicates: usize,
 }
 
-/// Loads a bank from its CSV file. Relative paths resolve against the working directory.
+/// Loads a bank from its CSV file; a bank without a file starts empty (the bank topic feeds it).
+/// Relative paths resolve against the working directory.
 pub fn load_bank_file(settings: &BankSettings) -> Result<(Bank, LoadReport), BankFileError> {
+    if settings.file.trim().is_empty() {
+        return Ok((Bank::new(settings.clone()), LoadReport::default()));
+    }
     let file = settings.file.clone();
     let bytes = std::fs::read(Path::new(&file))
         .map_err(|source| BankFileError::Io { bank: settings.name.clone(), file: file.clone(), source })?;
@@ -39,75 +46,46 @@ pub fn load_bank_file(settings: &BankSettings) -> Result<(Bank, LoadReport), Ban
 pub fn load_bank_bytes(settings: &BankSettings, bytes: &[u8]) -> Result<(Bank, LoadReport), BankFileError> {
     let name = settings.name.clone();
     let file = settings.file.clone();
-    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).comment(Some(b'#')).from_reader(bytes);
-    let header_err = |found: String| BankFileError::Header { bank: name.clone(), file: file.clone(), found };
-    let headers = reader.headers().map_err(|e| header_err(e.to_string()))?.clone();
-    let column = |want: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(want));
-    let (Some(signal_col), Some(hash_col), Some(entry_col)) = (column("signal"), column("hash"), column("entry")) else {
-        return Err(header_err(headers.iter().collect::<Vec<_>>().join(",")));
-    };
-    let mut bank = Bank::new(settings.clone());
-    let mut report = LoadReport::default();
-    for record in reader.records() {
-        let parsed = match record {
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                Err((line, format!("unreadable row: {}", e.kind_summary())))
-            }
-            Ok(record) => {
-                let line = record.position().map_or(0, |p| p.line());
-                parse_row(&record, signal_col, hash_col, entry_col).map_err(|problem| (line, problem))
-            }
-        };
-        match parsed {
-            Ok((hash, entry)) => {
-                if let Err(full) = bank.add(&hash, entry) {
-                    let line = reader.position().line();
-                    return Err(BankFileError::Row { bank: name, file, line, problem: full.to_string() });
-                }
-                match hash {
-                    ParsedHash::Md5(_) => report.md5 += 1,
-                    ParsedHash::Sha256(_) => report.sha256 += 1,
-                    ParsedHash::Pdq(_) => report.pdq += 1,
-                }
-            }
-            Err((line, problem)) => match settings.on_bad_row {
-                OnBadRow::Fail => return Err(BankFileError::Row { bank: name, file, line, problem }),
-                OnBadRow::Skip => report.skipped += 1,
-            },
+    // The same reader as `perisai bank import --format csv`: one set of rules for our CSV.
+    let (rows, mut bad) = formats::parse(Format::Csv, bytes)
+        .map_err(|e| BankFileError::Header { bank: name.clone(), file: file.clone(), problem: e.to_string() })?;
+    let mut good = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.entry {
+            Some(entry) if !row.withdraw => good.push((row.line, row.signal, row.hash, entry)),
+            _ => bad.push(RowError { line: row.line, problem: "missing entry".into() }),
         }
     }
+    if let (OnBadRow::Fail, Some(first)) = (settings.on_bad_row, bad.iter().min_by_key(|e| e.line)) {
+        return Err(BankFileError::Row { bank: name, file, line: first.line, problem: first.problem.clone() });
+    }
+    let mut bank = Bank::new(settings.clone());
+    bank.begin_bulk();
+    let mut report = LoadReport { skipped: bad.len(), ..Default::default() };
+    for (line, signal, hash, entry) in good {
+        let hash = parse_hash(signal, &hash).map_err(|problem| BankFileError::Row { bank: name.clone(), file: file.clone(), line, problem })?;
+        match bank.upsert(&hash, &entry) {
+            Err(full) => return Err(BankFileError::Row { bank: name, file, line, problem: full.to_string() }),
+            // A hash listed twice keeps its last row's entry id: one entry per hash and bank.
+            Ok(Applied::Replaced | Applied::Unchanged) => report.duplicates += 1,
+            Ok(_) => {}
+        }
+    }
+    bank.end_bulk();
+    report.md5 = bank.count(Signal::Md5);
+    report.sha256 = bank.count(Signal::Sha256);
+    report.pdq = bank.count(Signal::Pdq);
     Ok((bank, report))
 }
 
-trait KindSummary {
-    fn kind_summary(&self) -> String;
-}
-
-impl KindSummary for csv::Error {
-    /// The csv error without the offending bytes (they may be hashes).
-    fn kind_summary(&self) -> String {
-        match self.kind() {
-            csv::ErrorKind::Utf8 { .. } => "invalid UTF-8".into(),
-            csv::ErrorKind::UnequalLengths { .. } => "wrong number of fields".into(),
-            _ => "malformed CSV".into(),
-        }
-    }
-}
-
-fn parse_row(
-    record: &csv::StringRecord,
-    signal_col: usize,
-    hash_col: usize,
-    entry_col: usize,
-) -> Result<(ParsedHash, String), String> {
-    let field = |i: usize, what: &str| record.get(i).filter(|v| !v.is_empty()).ok_or_else(|| format!("missing {what}"));
-    let signal_text = field(signal_col, "signal")?;
-    let signal = Signal::parse(signal_text)
-        .ok_or_else(|| format!("unknown signal {signal_text:?} (expected md5, sha256 or pdq)"))?;
-    let hash = parse_hash(signal, field(hash_col, "hash")?)?;
-    let entry = field(entry_col, "entry")?.to_string();
-    Ok((hash, entry))
+/// Validates a hash for its signal and returns it as lowercase hex. Errors describe the
+/// problem, never the value.
+pub fn normalize_hash(signal: Signal, text: &str) -> Result<String, String> {
+    parse_hash(signal, text).map(|h| match h {
+        ParsedHash::Md5(b) => hex::encode(b),
+        ParsedHash::Sha256(b) => hex::encode(b),
+        ParsedHash::Pdq(h) => h.to_string(),
+    })
 }
 
 /// Validates a hash for its signal. Errors describe the problem, never the value.
@@ -166,7 +144,7 @@ mod tests {
     fn loads_rows_and_ignores_extra_columns() {
         let csv = format!("signal,hash,entry,note\nmd5,{GOOD_MD5},case-1,x\nSHA256,{},case-2,\n", "ab".repeat(32));
         let (bank, report) = load_bank_bytes(&settings(OnBadRow::Fail), csv.as_bytes()).unwrap();
-        assert_eq!(report, LoadReport { md5: 1, sha256: 1, pdq: 0, skipped: 0 });
+        assert_eq!(report, LoadReport { md5: 1, sha256: 1, pdq: 0, skipped: 0, duplicates: 0 });
         assert_eq!(bank.count(Signal::Md5), 1);
     }
 
@@ -183,6 +161,18 @@ mod tests {
         let csv = format!("signal,hash,entry\nmd5,{GOOD_MD5},ok\nmd4,{GOOD_MD5},bad\npdq,{},zero\n", "0".repeat(64));
         let (_, report) = load_bank_bytes(&settings(OnBadRow::Skip), csv.as_bytes()).unwrap();
         assert_eq!((report.md5, report.skipped), (1, 2));
+    }
+
+    #[test]
+    fn a_hash_listed_twice_keeps_its_last_entry() {
+        let pdq = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22";
+        let csv = format!("signal,hash,entry\npdq,{pdq},first\nmd5,{GOOD_MD5},a\nPDQ,{},second\nmd5,{GOOD_MD5},b\n", pdq.to_uppercase());
+        let (bank, report) = load_bank_bytes(&settings(OnBadRow::Fail), csv.as_bytes()).unwrap();
+        assert_eq!((report.pdq, report.md5, report.duplicates), (1, 1, 2));
+        let entries = bank.entries();
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().any(|(s, h, e)| *s == Signal::Pdq && h == pdq && *e == "second"), "{entries:?}");
+        assert!(entries.iter().any(|(s, _, e)| *s == Signal::Md5 && *e == "b"));
     }
 
     #[test]

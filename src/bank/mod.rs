@@ -1,23 +1,32 @@
-//! Hash banks: entries loaded from files, matched by exact hash or PDQ distance.
+//! Hash banks: entries from files and from the bank topic, matched by exact hash or PDQ distance.
 //!
 //! A bank is a named list of known hashes with one action (block, review, or allow for
-//! allowlists). Bank contents are sensitive: hashes and entry ids are never logged.
+//! allowlists), holding one entry per hash. Its settings come from config; its entries from its
+//! file (seed), from the bank topic's records ([`record`]), or both. The [`BankSet`] is shared by
+//! every screening thread and changed in place as records arrive: the exact maps and the PDQ
+//! index add and remove entries without a rebuild. Bank contents are sensitive: hashes are never
+//! logged, and entry ids only appear in verdicts.
 
 pub mod file;
+pub mod formats;
 pub mod pdq_index;
+pub mod record;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::RwLock;
 
 use crate::config::BankSettings;
 use crate::event::Action;
 use crate::hash::exact::ExactHashes;
 use crate::hash::pdq::PdqHash;
+use crate::metrics::Metrics;
 use pdq_index::PdqIndex;
+use record::{BankUpdate, Change, Rejection};
 
 pub use file::{load_bank_bytes, load_bank_file, BankFileError, LoadReport};
 
 /// Which hash of the media an entry holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Signal {
     Md5,
     Sha256,
@@ -77,48 +86,166 @@ pub struct PdqSignal {
 pub const DIHEDRAL_NAMES: [&str; 8] =
     ["original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1", "flip_minus1"];
 
+/// What one change did to a bank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Added,
+    /// The hash was there under another entry id; the new id replaces it.
+    Replaced,
+    /// The same hash and entry id again (a re-import, or a re-read of the topic).
+    Unchanged,
+    Withdrawn,
+    /// A withdrawal of a hash the bank does not hold.
+    Absent,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Added => "added",
+            Applied::Replaced => "replaced",
+            Applied::Unchanged => "unchanged",
+            Applied::Withdrawn => "withdrawn",
+            Applied::Absent => "absent",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Bank {
     pub settings: BankSettings,
-    md5: HashMap<[u8; 16], Vec<u32>>,
-    sha256: HashMap<[u8; 32], Vec<u32>>,
+    md5: HashMap<[u8; 16], u32>,
+    sha256: HashMap<[u8; 32], u32>,
     pdq: PdqIndex,
-    /// Entry names by internal id; ids are stable for the life of the bank so the index can remove them.
-    entries: Vec<String>,
+    /// PDQ hash → id while a bulk load defers the index (the index finds them afterwards).
+    pdq_staging: Option<HashMap<PdqHash, u32>>,
+    /// Entry ids by internal id; `None` for a freed id. Ids are reused, so the index's flat
+    /// id → slot map stays as small as the bank.
+    entries: Vec<Option<Box<str>>>,
+    free: Vec<u32>,
 }
 
 impl Bank {
     pub fn new(settings: BankSettings) -> Self {
-        Self { settings, md5: HashMap::new(), sha256: HashMap::new(), pdq: PdqIndex::new(), entries: Vec::new() }
+        Self {
+            settings,
+            md5: HashMap::new(),
+            sha256: HashMap::new(),
+            pdq: PdqIndex::new(),
+            pdq_staging: None,
+            entries: Vec::new(),
+            free: Vec::new(),
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.settings.name
     }
 
-    /// Adds one entry. `hash` must already be validated for its signal (see `file::parse_hash`).
-    /// Fails only when the PDQ index is at its capacity.
-    pub fn add(&mut self, hash: &ParsedHash, entry: String) -> Result<(), pdq_index::IndexError> {
-        let id = u32::try_from(self.entries.len()).map_err(|_| pdq_index::IndexError::Full)?;
+    fn id_of(&self, hash: &ParsedHash) -> Option<u32> {
         match hash {
-            ParsedHash::Md5(h) => self.md5.entry(*h).or_default().push(id),
-            ParsedHash::Sha256(h) => self.sha256.entry(*h).or_default().push(id),
-            ParsedHash::Pdq(h) => self.pdq.try_insert(id, *h)?,
+            ParsedHash::Md5(h) => self.md5.get(h).copied(),
+            ParsedHash::Sha256(h) => self.sha256.get(h).copied(),
+            ParsedHash::Pdq(h) => match &self.pdq_staging {
+                Some(staging) => staging.get(h).copied(),
+                None => self.pdq.find(h),
+            },
         }
-        self.entries.push(entry);
-        Ok(())
+    }
+
+    /// Adds an entry, or gives the hash's entry a new id. `hash` must already be validated
+    /// (see `file::parse_hash`). Fails only when the PDQ index is at its capacity.
+    pub fn upsert(&mut self, hash: &ParsedHash, entry: &str) -> Result<Applied, pdq_index::IndexError> {
+        if let Some(id) = self.id_of(hash) {
+            let slot = &mut self.entries[id as usize];
+            if slot.as_deref() == Some(entry) {
+                return Ok(Applied::Unchanged);
+            }
+            *slot = Some(entry.into());
+            return Ok(Applied::Replaced);
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => u32::try_from(self.entries.len()).map_err(|_| pdq_index::IndexError::Full)?,
+        };
+        let inserted = match hash {
+            ParsedHash::Md5(h) => {
+                self.md5.insert(*h, id);
+                Ok(())
+            }
+            ParsedHash::Sha256(h) => {
+                self.sha256.insert(*h, id);
+                Ok(())
+            }
+            ParsedHash::Pdq(h) => self.pdq.try_insert(id, *h).map(|()| {
+                if let Some(staging) = &mut self.pdq_staging {
+                    staging.insert(*h, id);
+                }
+            }),
+        };
+        if let Err(e) = inserted {
+            self.free.push(id);
+            return Err(e);
+        }
+        match self.entries.get_mut(id as usize) {
+            Some(slot) => *slot = Some(entry.into()),
+            None => self.entries.push(Some(entry.into())),
+        }
+        Ok(Applied::Added)
+    }
+
+    pub fn withdraw(&mut self, hash: &ParsedHash) -> Applied {
+        let Some(id) = self.id_of(hash) else { return Applied::Absent };
+        match hash {
+            ParsedHash::Md5(h) => {
+                self.md5.remove(h);
+            }
+            ParsedHash::Sha256(h) => {
+                self.sha256.remove(h);
+            }
+            ParsedHash::Pdq(h) => {
+                self.pdq.remove(id);
+                if let Some(staging) = &mut self.pdq_staging {
+                    staging.remove(h);
+                }
+            }
+        }
+        self.entries[id as usize] = None;
+        self.free.push(id);
+        Applied::Withdrawn
     }
 
     pub fn count(&self, signal: Signal) -> usize {
         match signal {
-            Signal::Md5 => self.md5.values().map(Vec::len).sum(),
-            Signal::Sha256 => self.sha256.values().map(Vec::len).sum(),
+            Signal::Md5 => self.md5.len(),
+            Signal::Sha256 => self.sha256.len(),
             Signal::Pdq => self.pdq.len(),
         }
     }
 
-    pub fn wants_pdq(&self) -> bool {
-        !self.pdq.is_empty()
+    /// Many changes ahead (start-up): stop maintaining the PDQ index until [`Bank::end_bulk`].
+    fn begin_bulk(&mut self) {
+        if self.pdq_staging.is_none() {
+            self.pdq_staging = Some(self.pdq.iter().map(|(id, h)| (h, id)).collect());
+            self.pdq.defer_index();
+        }
+    }
+
+    fn end_bulk(&mut self) {
+        if self.pdq_staging.take().is_some() {
+            self.pdq.build_index();
+        }
+    }
+
+    /// Every live entry: (signal, lowercase hex hash, entry id).
+    pub fn entries(&self) -> Vec<(Signal, String, &str)> {
+        let name = |id: u32| self.entries[id as usize].as_deref().unwrap_or_default();
+        let mut out: Vec<(Signal, String, &str)> = Vec::with_capacity(self.md5.len() + self.sha256.len() + self.pdq.len());
+        out.extend(self.md5.iter().map(|(h, &id)| (Signal::Md5, hex::encode(h), name(id))));
+        out.extend(self.sha256.iter().map(|(h, &id)| (Signal::Sha256, hex::encode(h), name(id))));
+        out.extend(self.pdq.iter().map(|(id, h)| (Signal::Pdq, h.to_string(), name(id))));
+        out.sort_unstable();
+        out
     }
 
     fn hit(&self, signal: Signal, id: u32) -> BankMatch {
@@ -126,7 +253,7 @@ impl Bank {
             bank: self.settings.name.clone(),
             action: self.settings.action,
             signal,
-            entry: self.entries[id as usize].clone(),
+            entry: self.entries[id as usize].as_deref().unwrap_or_default().to_string(),
             distance: None,
             quality: None,
             transform: None,
@@ -134,11 +261,11 @@ impl Bank {
     }
 
     pub fn match_exact(&self, hashes: &ExactHashes, out: &mut Vec<BankMatch>) {
-        if let Some(ids) = decode_hex::<16>(&hashes.md5).and_then(|h| self.md5.get(&h)) {
-            out.extend(ids.iter().map(|&id| self.hit(Signal::Md5, id)));
+        if let Some(&id) = decode_hex::<16>(&hashes.md5).and_then(|h| self.md5.get(&h)) {
+            out.push(self.hit(Signal::Md5, id));
         }
-        if let Some(ids) = decode_hex::<32>(&hashes.sha256).and_then(|h| self.sha256.get(&h)) {
-            out.extend(ids.iter().map(|&id| self.hit(Signal::Sha256, id)));
+        if let Some(&id) = decode_hex::<32>(&hashes.sha256).and_then(|h| self.sha256.get(&h)) {
+            out.push(self.hit(Signal::Sha256, id));
         }
     }
 
@@ -196,62 +323,254 @@ fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// Every configured bank, loaded. Shared read-only by the screen.
+/// One record of the bank topic, as the Kafka side hands it over (no Kafka types here).
+#[derive(Debug, Clone, Copy)]
+pub struct TopicRecord<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp (ms since the epoch), for the update-lag metric.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    /// `None`: a tombstone.
+    pub value: Option<&'a [u8]>,
+}
+
+/// What the banks found for one upload.
+#[derive(Debug, Default, Clone)]
+pub struct Findings {
+    pub matches: Vec<BankMatch>,
+    pub low_quality: Vec<LowQuality>,
+    /// The bank state that decided them (see [`BankSet::version`]); `None` without a bank topic.
+    pub version: Option<String>,
+}
+
+/// Counts of one [`BankSet::apply`] call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub replaced: usize,
+    pub unchanged: usize,
+    pub withdrawn: usize,
+    pub absent: usize,
+    pub rejected: usize,
+}
+
+/// Every configured bank, shared by the screening threads and updated in place by the bank feed.
+///
+/// One lock for all banks and the topic positions, so a verdict's `banks_version` names exactly
+/// the state its matches came from. Readers hold it for one upload's lookups (well under a
+/// millisecond per bank); the feed holds it to apply one batch of records.
 #[derive(Debug, Default)]
 pub struct BankSet {
-    pub banks: Vec<Bank>,
+    state: RwLock<BankState>,
+}
+
+#[derive(Debug, Default)]
+struct BankState {
+    banks: Vec<Bank>,
+    /// Bank topic: the next offset to apply, per partition.
+    positions: BTreeMap<i32, i64>,
+    /// (bank, reason) pairs already logged: each is logged once, then only counted.
+    logged: HashSet<(String, &'static str)>,
 }
 
 impl BankSet {
-    pub fn any_pdq(&self) -> bool {
-        self.banks.iter().any(Bank::wants_pdq)
+    pub fn new(banks: Vec<Bank>) -> Self {
+        Self { state: RwLock::new(BankState { banks, ..Default::default() }) }
     }
 
-    pub fn any_dihedral(&self) -> bool {
-        self.banks.iter().any(|b| b.wants_pdq() && b.settings.dihedral)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BankState> {
+        // A panic while holding the lock leaves the banks as they were between two records.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn match_exact(&self, hashes: &ExactHashes) -> Vec<BankMatch> {
-        let mut out = Vec::new();
-        for bank in &self.banks {
-            bank.match_exact(hashes, &mut out);
-        }
-        out
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BankState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn match_pdq(&self, pdq: &PdqSignal) -> (Vec<BankMatch>, Vec<LowQuality>) {
-        let (mut out, mut low) = (Vec::new(), Vec::new());
-        for bank in &self.banks {
-            bank.match_pdq(pdq, &mut out, &mut low);
-        }
-        (out, low)
-    }
-}
-
-impl BankSet {
-    /// Loads every configured bank from its file; the first bad file stops the load (unless the
-    /// bank skips bad rows).
-    pub fn load(settings: &[crate::config::BankSettings], metrics: &crate::metrics::Metrics) -> Result<Self, BankFileError> {
+    /// Loads every configured bank's file (a bank without one starts empty); the first bad
+    /// file stops the load (unless the bank skips bad rows).
+    pub fn load(settings: &[BankSettings], metrics: &Metrics) -> Result<Self, BankFileError> {
         let loaded = settings.iter().map(load_bank_file).collect::<Result<Vec<_>, _>>()?;
         Ok(Self::from_loaded(loaded, metrics))
     }
 
     /// Assembles loaded banks and publishes their sizes.
-    pub fn from_loaded(loaded: Vec<(Bank, LoadReport)>, metrics: &crate::metrics::Metrics) -> Self {
+    pub fn from_loaded(loaded: Vec<(Bank, LoadReport)>, metrics: &Metrics) -> Self {
         let mut banks = Vec::with_capacity(loaded.len());
         for (bank, report) in loaded {
             let name = bank.name().to_string();
-            for (signal, count) in [("md5", report.md5), ("sha256", report.sha256), ("pdq", report.pdq)] {
-                metrics.bank_entries.with_label_values(&[&name, signal]).set(count as i64);
-            }
             metrics.bank_rows_skipped.with_label_values(&[&name]).inc_by(report.skipped as u64);
-            metrics.bank_loaded_seconds.with_label_values(&[&name]).set(chrono::Utc::now().timestamp());
             if report.skipped > 0 {
                 tracing::warn!(bank = %name, skipped = report.skipped, "bad bank rows skipped");
             }
-            tracing::info!(bank = %name, md5 = report.md5, sha256 = report.sha256, pdq = report.pdq, "bank loaded");
+            if !bank.settings.file.is_empty() {
+                tracing::info!(bank = %name, md5 = report.md5, sha256 = report.sha256, pdq = report.pdq, "bank file loaded");
+            }
             banks.push(bank);
         }
-        Self { banks }
+        let set = Self::new(banks);
+        set.publish_sizes(&set.read(), metrics, true);
+        set
     }
+
+    pub fn settings(&self) -> Vec<BankSettings> {
+        self.read().banks.iter().map(|b| b.settings.clone()).collect()
+    }
+
+    /// Whether uploads need their 8 dihedral PDQ hashes: some bank matches rotations and flips.
+    /// Decided by settings, not contents: a bank empty now may receive entries any moment.
+    pub fn any_dihedral(&self) -> bool {
+        self.read().banks.iter().any(|b| b.settings.dihedral)
+    }
+
+    /// Every bank's matches for one upload, and the bank state they came from.
+    pub fn match_media(&self, exact: &ExactHashes, pdq: Option<&PdqSignal>) -> Findings {
+        let state = self.read();
+        let mut findings = Findings { version: version_of(&state.positions), ..Default::default() };
+        for bank in &state.banks {
+            bank.match_exact(exact, &mut findings.matches);
+        }
+        if let Some(pdq) = pdq {
+            for bank in &state.banks {
+                bank.match_pdq(pdq, &mut findings.matches, &mut findings.low_quality);
+            }
+        }
+        findings
+    }
+
+    /// The bank topic position this state reflects: `PARTITION:NEXT_OFFSET` per partition, comma
+    /// separated (e.g. `0:1235,1:88`). A record at partition p, offset o was applied iff the
+    /// version's next offset for p is greater than o. `None` when no bank topic is read.
+    pub fn version(&self) -> Option<String> {
+        version_of(&self.read().positions)
+    }
+
+    /// Entry counts per bank: (name, action, md5, sha256, pdq).
+    pub fn counts(&self) -> Vec<(String, Action, usize, usize, usize)> {
+        self.read()
+            .banks
+            .iter()
+            .map(|b| (b.name().to_string(), b.settings.action, b.count(Signal::Md5), b.count(Signal::Sha256), b.count(Signal::Pdq)))
+            .collect()
+    }
+
+    /// One bank's live entries (signal, lowercase hex, entry id), sorted; `None` for an unknown bank.
+    pub fn entries_of(&self, bank: &str) -> Option<Vec<(Signal, String, String)>> {
+        let state = self.read();
+        let bank = state.banks.iter().find(|b| b.name() == bank)?;
+        Some(bank.entries().into_iter().map(|(s, h, e)| (s, h, e.to_string())).collect())
+    }
+
+    /// Before reading the whole topic: defer the PDQ indexes (built once by [`BankSet::end_bulk`]).
+    pub fn begin_bulk(&self) {
+        for bank in &mut self.write().banks {
+            bank.begin_bulk();
+        }
+    }
+
+    /// Builds the deferred PDQ indexes; `positions` are where the topic was read up to (every
+    /// partition, empty ones too), so that verdicts name the state from their first one.
+    pub fn end_bulk(&self, positions: &BTreeMap<i32, i64>, metrics: &Metrics) {
+        let mut state = self.write();
+        for bank in &mut state.banks {
+            bank.end_bulk();
+        }
+        for (&partition, &next) in positions {
+            let position = state.positions.entry(partition).or_insert(next);
+            *position = (*position).max(next);
+        }
+        self.publish_sizes(&state, metrics, true);
+    }
+
+    /// Applies bank topic records in order. Bad records are rejected, counted
+    /// (`perisai_bank_records_rejected_total`) and logged once per bank and reason, never with the
+    /// hash; the others apply regardless. `live`: records arriving after start-up, whose lag from
+    /// their timestamp is measured.
+    pub fn apply(&self, records: &[TopicRecord<'_>], metrics: &Metrics, live: bool) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        if records.is_empty() {
+            return report;
+        }
+        let mut state = self.write();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut touched: HashSet<usize> = HashSet::new();
+        for r in records {
+            let result = record::decode(r.key, r.value).and_then(|update| apply_one(&mut state.banks, &update));
+            match result {
+                Ok((bank, applied)) => {
+                    touched.insert(bank);
+                    let name = state.banks[bank].name().to_string();
+                    metrics.bank_updates.with_label_values(&[&name, applied.as_str()]).inc();
+                    match applied {
+                        Applied::Added => report.added += 1,
+                        Applied::Replaced => report.replaced += 1,
+                        Applied::Unchanged => report.unchanged += 1,
+                        Applied::Withdrawn => report.withdrawn += 1,
+                        Applied::Absent => report.absent += 1,
+                    }
+                }
+                Err(rejection) => {
+                    report.rejected += 1;
+                    // Only declared banks label the metric: a flood of made-up names must not
+                    // create unbounded label values.
+                    let declared = r.key.and_then(record::bank_of_key).filter(|b| state.banks.iter().any(|x| x.name() == *b));
+                    let label = declared.unwrap_or("-").to_string();
+                    metrics.bank_records_rejected.with_label_values(&[&label, rejection.reason()]).inc();
+                    if state.logged.insert((label.clone(), rejection.reason())) {
+                        tracing::warn!(bank = %label, reason = rejection.reason(), partition = r.partition, offset = r.offset,
+                            error = %rejection, "bank record rejected (further ones for this bank and reason are only counted)");
+                    }
+                }
+            }
+            let next = state.positions.entry(r.partition).or_insert(0);
+            *next = (*next).max(r.offset + 1);
+            metrics.bank_topic_offset.with_label_values(&[&r.partition.to_string()]).set(r.offset);
+            if let (true, Some(ts)) = (live, r.timestamp_ms) {
+                metrics.bank_update_lag_seconds.observe((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        let now = chrono::Utc::now().timestamp();
+        for &bank in &touched {
+            metrics.bank_loaded_seconds.with_label_values(&[state.banks[bank].name()]).set(now);
+        }
+        if !touched.is_empty() {
+            self.publish_sizes(&state, metrics, false);
+        }
+        report
+    }
+
+    /// Entry counts per bank and signal; `loaded`: also stamp every bank as loaded now.
+    fn publish_sizes(&self, state: &BankState, metrics: &Metrics, loaded: bool) {
+        let now = chrono::Utc::now().timestamp();
+        for bank in &state.banks {
+            if loaded {
+                metrics.bank_loaded_seconds.with_label_values(&[bank.name()]).set(now);
+            }
+            for signal in [Signal::Md5, Signal::Sha256, Signal::Pdq] {
+                metrics.bank_entries.with_label_values(&[bank.name(), signal.as_str()]).set(bank.count(signal) as i64);
+            }
+        }
+    }
+}
+
+/// Applies one decoded record to its bank: (the bank's index, what happened).
+fn apply_one(banks: &mut [Bank], update: &BankUpdate) -> Result<(usize, Applied), Rejection> {
+    let index = banks
+        .iter()
+        .position(|b| b.name() == update.bank)
+        .ok_or_else(|| Rejection::UndeclaredBank(update.bank.clone()))?;
+    let bank = &mut banks[index];
+    let applied = match &update.change {
+        Change::Upsert { entry } => bank.upsert(&update.hash, entry).map_err(|e| Rejection::IndexFull(e.to_string()))?,
+        Change::Withdraw => bank.withdraw(&update.hash),
+    };
+    Ok((index, applied))
+}
+
+fn version_of(positions: &BTreeMap<i32, i64>) -> Option<String> {
+    if positions.is_empty() {
+        return None;
+    }
+    Some(positions.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","))
 }

@@ -1,6 +1,7 @@
-//! Kafka glue: client configuration, the verdict/DLQ producer, and the
-//! embedded broker used by `perisai demo`. Kept thin: no screening logic here.
+//! Kafka glue: client configuration, the verdict/DLQ producer, the bank topic reader and writer,
+//! and the embedded broker used by `perisai demo`. Kept thin: no screening logic here.
 
+pub mod bank_feed;
 pub mod embedded;
 pub mod sink;
 pub mod watchdog;

@@ -42,6 +42,8 @@ pub struct Topics {
     pub input: String,
     pub verdicts: String,
     pub dlq: String,
+    /// The bank topic (compacted, 1 partition), empty at first.
+    pub banks: String,
     pub group: String,
 }
 
@@ -56,6 +58,7 @@ pub async fn create_topics_with(brokers: &str, name: &str, input_partitions: i32
         input: format!("{base}.uploads"),
         verdicts: format!("{base}.verdicts"),
         dlq: format!("{base}.dlq"),
+        banks: format!("{base}.banks"),
         group: format!("{base}.group"),
     };
     let admin: AdminClient<DefaultClientContext> =
@@ -66,6 +69,7 @@ pub async fn create_topics_with(brokers: &str, name: &str, input_partitions: i32
             .fold(NewTopic::new(&topics.input, input_partitions, TopicReplication::Fixed(1)), |t, (k, v)| t.set(k, v)),
         NewTopic::new(&topics.verdicts, 2, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.dlq, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&topics.banks, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
     ];
     let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await.expect("create topics");
     for r in results {
@@ -85,6 +89,7 @@ group_id = "{group}"
 input_topic = "{input}"
 verdict_topic = "{verdicts}"
 dlq_topic = "{dlq}"
+banks_topic = "{banks}"
 commit_interval_ms = 100
 statistics_interval_ms = 1000
 
@@ -106,6 +111,7 @@ level = "info"
         input = topics.input,
         verdicts = topics.verdicts,
         dlq = topics.dlq,
+        banks = topics.banks,
     );
     std::fs::write(&path, text).expect("write config");
     path

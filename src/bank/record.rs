@@ -1,0 +1,283 @@
+//! The bank topic's records (`perisai.bank_entry/v1`): one live entry per key `BANK/SIGNAL/HASH`,
+//! a null value (tombstone) withdraws it. The topic is log-compacted, so the last record per key
+//! is the entry's state; docs/schemas/bank_entry.schema.json is the value's JSON Schema.
+//!
+//! Records come from partners' lists, so each one is checked on its own: a bad record is
+//! rejected with a reason ([`Rejection`]) and never stops the others. Rejections, like every
+//! other bank error, never carry the hash.
+
+use serde::{Deserialize, Serialize};
+
+use super::file::parse_hash;
+use super::{ParsedHash, Signal};
+use crate::config::valid_bank_name;
+
+pub const BANK_ENTRY_SCHEMA: &str = "perisai.bank_entry/v1";
+
+/// Longest entry id kept (the partner's or case id): ids are echoed in every verdict.
+pub const MAX_ENTRY_BYTES: usize = 256;
+
+/// The record value. Readers ignore fields they do not know, so a later writer can add some.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BankEntryRecord {
+    pub schema: String,
+    pub bank: String,
+    /// md5 | sha256 | pdq
+    pub signal: String,
+    /// Lowercase hex.
+    pub hash: String,
+    /// The partner's or case id; verdicts name it.
+    pub entry: String,
+    /// Who supplied it, e.g. stopncii, ncmec, threatexchange, manual.
+    pub source: String,
+    /// RFC 3339.
+    pub added_at: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// The record key of one entry: `BANK/SIGNAL/HASH`, hash in lowercase hex.
+pub fn record_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
+    format!("{bank}/{}/{}", signal.as_str(), hash_hex.to_ascii_lowercase())
+}
+
+/// What a record asks of one bank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankUpdate {
+    pub bank: String,
+    pub hash: ParsedHash,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Add the entry, or replace the one this hash has.
+    Upsert { entry: String },
+    Withdraw,
+}
+
+/// Why a record was not applied; `reason()` is the metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("record key is not BANK/SIGNAL/HASH")]
+    BadKey,
+    #[error("bank {0:?} is not declared in the configuration")]
+    UndeclaredBank(String),
+    #[error("value is not a perisai.bank_entry/v1 JSON object: {0}")]
+    MalformedValue(String),
+    #[error("unsupported schema (expected {BANK_ENTRY_SCHEMA})")]
+    SchemaVersion,
+    #[error("value's bank, signal or hash differs from its key")]
+    KeyMismatch,
+    #[error("{0}")]
+    BadHash(String),
+    #[error("pdq hash is all zeros (a blank image would match every flat upload)")]
+    ZeroPdq,
+    #[error("entry id: {0}")]
+    BadEntry(&'static str),
+    #[error("{0}")]
+    IndexFull(String),
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadKey => "bad_key",
+            Rejection::UndeclaredBank(_) => "undeclared_bank",
+            Rejection::MalformedValue(_) => "malformed_value",
+            Rejection::SchemaVersion => "schema_version",
+            Rejection::KeyMismatch => "key_mismatch",
+            Rejection::BadHash(_) => "bad_hash",
+            Rejection::ZeroPdq => "zero_pdq",
+            Rejection::BadEntry(_) => "bad_entry",
+            Rejection::IndexFull(_) => "index_full",
+        }
+    }
+}
+
+/// The bank a record key names, when the key has the right shape (for metric labels).
+pub fn bank_of_key(key: &[u8]) -> Option<&str> {
+    let key = std::str::from_utf8(key).ok()?;
+    let (bank, _) = key.split_once('/')?;
+    valid_bank_name(bank).then_some(bank)
+}
+
+/// Decodes one record of the bank topic. `value` is `None` for a tombstone.
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<BankUpdate, Rejection> {
+    let key = key.and_then(|k| std::str::from_utf8(k).ok()).ok_or(Rejection::BadKey)?;
+    let mut parts = key.splitn(3, '/');
+    let (Some(bank), Some(signal), Some(hash_text)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Rejection::BadKey);
+    };
+    let signal = Signal::parse(signal).filter(|s| s.as_str() == signal).ok_or(Rejection::BadKey)?;
+    if !valid_bank_name(bank) {
+        return Err(Rejection::BadKey);
+    }
+    let hash = checked_hash(signal, hash_text)?;
+    let Some(value) = value else {
+        return Ok(BankUpdate { bank: bank.to_string(), hash, change: Change::Withdraw });
+    };
+    // The schema field first, so a newer version is named as such rather than as malformed.
+    let json: serde_json::Value =
+        serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
+    match json.get("schema").and_then(|s| s.as_str()) {
+        Some(BANK_ENTRY_SCHEMA) => {}
+        Some(_) => return Err(Rejection::SchemaVersion),
+        None => return Err(Rejection::MalformedValue("missing string field `schema`".into())),
+    }
+    let record: BankEntryRecord =
+        serde_json::from_value(json).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
+    if record.bank != bank || record.signal != signal.as_str() || checked_hash(signal, &record.hash)? != hash {
+        return Err(Rejection::KeyMismatch);
+    }
+    let entry = check_entry(&record.entry)?;
+    Ok(BankUpdate { bank: bank.to_string(), hash, change: Change::Upsert { entry: entry.to_string() } })
+}
+
+/// Keys hold lowercase hex only: an uppercase key would be a second key for the same hash,
+/// which compaction would keep apart (and a tombstone of one would not withdraw the other).
+fn checked_hash(signal: Signal, text: &str) -> Result<ParsedHash, Rejection> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(Rejection::BadHash(format!("{} hash must be lowercase hex", signal.as_str())));
+    }
+    parse_hash(signal, text).map_err(|problem| {
+        if problem.contains("all zeros") {
+            Rejection::ZeroPdq
+        } else {
+            Rejection::BadHash(problem)
+        }
+    })
+}
+
+/// Entry ids are echoed in verdicts and logs' readers' terminals: bounded, no control characters.
+pub fn check_entry(entry: &str) -> Result<&str, Rejection> {
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return Err(Rejection::BadEntry("empty"));
+    }
+    if entry.len() > MAX_ENTRY_BYTES {
+        return Err(Rejection::BadEntry("longer than 256 bytes"));
+    }
+    if entry.chars().any(char::is_control) {
+        return Err(Rejection::BadEntry("contains control characters"));
+    }
+    Ok(entry)
+}
+
+/// serde_json's message without the offending input (it could be a hash).
+fn without_input(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "unreadable".into(),
+        Category::Syntax => format!("invalid JSON at line {} column {}", e.line(), e.column()),
+        Category::Eof => "truncated JSON".into(),
+        // Data errors name fields and types ("missing field `entry`"), not values.
+        Category::Data => {
+            let text = e.to_string();
+            text.split(" at line ").next().unwrap_or("wrong field types").to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PDQ: &str = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22";
+    const MD5: &str = "900150983cd24fb0d6963f7d28e17f72";
+
+    fn value(bank: &str, signal: &str, hash: &str, entry: &str) -> Vec<u8> {
+        serde_json::to_vec(&BankEntryRecord {
+            schema: BANK_ENTRY_SCHEMA.into(),
+            bank: bank.into(),
+            signal: signal.into(),
+            hash: hash.into(),
+            entry: entry.into(),
+            source: "manual".into(),
+            added_at: "2026-11-29T12:00:00Z".into(),
+            tags: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn upserts_and_tombstones() {
+        let key = record_key("ncii", Signal::Pdq, PDQ);
+        assert_eq!(key, format!("ncii/pdq/{PDQ}"));
+        let up = decode(Some(key.as_bytes()), Some(&value("ncii", "pdq", PDQ, "case-1"))).unwrap();
+        assert_eq!(up.bank, "ncii");
+        assert_eq!(up.change, Change::Upsert { entry: "case-1".into() });
+        let down = decode(Some(key.as_bytes()), None).unwrap();
+        assert_eq!(down.change, Change::Withdraw);
+        assert_eq!(down.hash, up.hash);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_later_writers() {
+        let mut v: serde_json::Value = serde_json::from_slice(&value("b", "md5", MD5, "e")).unwrap();
+        v["status"] = "quarantined".into();
+        let key = record_key("b", Signal::Md5, MD5);
+        assert!(decode(Some(key.as_bytes()), Some(&serde_json::to_vec(&v).unwrap())).is_ok());
+    }
+
+    #[test]
+    fn each_class_of_bad_record_is_rejected_with_its_reason_and_without_the_hash() {
+        let good_key = record_key("b", Signal::Md5, MD5);
+        let secret = "deadbeefdeadbeefdeadbeefdeadbee"; // 31 characters: a bad md5
+        let cases: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, &str)> = vec![
+            (None, None, "bad_key"),
+            (Some(b"no-slashes".to_vec()), None, "bad_key"),
+            (Some(format!("b/sha1/{MD5}").into_bytes()), None, "bad_key"),
+            (Some(format!("b/MD5/{MD5}").into_bytes()), None, "bad_key"),
+            (Some(format!("a b/md5/{MD5}").into_bytes()), None, "bad_key"),
+            (Some(format!("b/md5/{secret}").into_bytes()), None, "bad_hash"),
+            (Some(format!("b/md5/{}", MD5.to_uppercase()).into_bytes()), None, "bad_hash"),
+            (Some(format!("b/pdq/{}", "0".repeat(64)).into_bytes()), None, "zero_pdq"),
+            (Some(good_key.clone().into_bytes()), Some(b"{not json".to_vec()), "malformed_value"),
+            (Some(good_key.clone().into_bytes()), Some(br#"{"schema":"perisai.bank_entry/v1"}"#.to_vec()), "malformed_value"),
+            (Some(good_key.clone().into_bytes()), Some(br#"{"schema":"perisai.bank_entry/v9"}"#.to_vec()), "schema_version"),
+            (Some(good_key.clone().into_bytes()), Some(value("other", "md5", MD5, "e")), "key_mismatch"),
+            (Some(good_key.clone().into_bytes()), Some(value("b", "md5", "00000000000000000000000000000001", "e")), "key_mismatch"),
+            (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, " ")), "bad_entry"),
+            (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, &"x".repeat(257))), "bad_entry"),
+            (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, "a\u{1b}[31m")), "bad_entry"),
+        ];
+        for (key, value, reason) in cases {
+            let err = decode(key.as_deref(), value.as_deref()).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err} for key {:?}", key.as_deref().map(String::from_utf8_lossy));
+            assert!(!err.to_string().contains(secret) && !err.to_string().contains(MD5), "hash leaked: {err}");
+        }
+    }
+
+    /// The published JSON Schema and the decoder agree: what one accepts the other does, for a
+    /// good record and for each way a value can be wrong.
+    #[test]
+    fn records_match_the_published_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/schemas/bank_entry.schema.json")).expect("schema JSON");
+        let validator = jsonschema::validator_for(&schema).expect("valid schema");
+        let check = |bank: &str, signal: &str, hash: &str, entry: &str, valid: bool| {
+            let bytes = value(bank, signal, hash, entry);
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(validator.is_valid(&json), valid, "schema on {json}");
+            let key = format!("{bank}/{signal}/{hash}");
+            assert_eq!(decode(Some(key.as_bytes()), Some(&bytes)).is_ok(), valid, "decoder on {json}");
+        };
+        check("ncii", "pdq", PDQ, "case-1", true);
+        check("ncii", "md5", MD5, "case-1", true);
+        check("ncii", "md5", PDQ, "case-1", false);
+        check("ncii", "pdq", MD5, "case-1", false);
+        check("ncii", "pdq", &PDQ.to_uppercase(), "case-1", false);
+        check("a b", "md5", MD5, "case-1", false);
+        check("ncii", "sha1", MD5, "case-1", false);
+        check("ncii", "md5", MD5, "", false);
+        check("ncii", "md5", MD5, &"x".repeat(257), false);
+    }
+
+    #[test]
+    fn bank_of_key_only_for_well_formed_names() {
+        assert_eq!(bank_of_key(format!("ncii/md5/{MD5}").as_bytes()), Some("ncii"));
+        assert_eq!(bank_of_key(b"a b/md5/x"), None);
+        assert_eq!(bank_of_key(b"nokey"), None);
+    }
+}

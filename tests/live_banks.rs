@@ -1,0 +1,370 @@
+//! Live hash banks on a real Apache Kafka broker: a hash imported with the CLI blocks its media on
+//! every worker of a group within seconds, a withdrawal lets it through again and survives a
+//! restart, and a worker is not ready until the whole bank topic is loaded.
+
+mod common;
+mod fault_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output as ProcessOutput};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fault_support::scrape_metrics;
+use perisai::hash::exact::exact_hashes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 3;
+
+fn perisai(args: &[&str]) -> ProcessOutput {
+    let out = Command::new(env!("CARGO_BIN_EXE_perisai")).args(args).output().expect("run perisai");
+    eprintln!(
+        "perisai {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One verdict of the watched topic.
+#[derive(Debug, Clone)]
+struct Seen {
+    event_id: String,
+    worker: String,
+    action: String,
+    entry: Option<String>,
+    banks_version: Option<String>,
+}
+
+/// Reads the verdict topic continuously on a thread.
+struct VerdictWatch {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VerdictWatch {
+    fn start(brokers: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", unique("watch"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("watcher");
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else { continue };
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                        .map(|v| String::from_utf8_lossy(v).to_string())
+                        .unwrap_or_default()
+                };
+                let json: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("verdict JSON");
+                let entry = json["reasons"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|r| r["kind"] == "hash_match"))
+                    .and_then(|r| r["entry"].as_str())
+                    .map(str::to_string);
+                s.lock().unwrap().push(Seen {
+                    event_id: json["event_id"].as_str().unwrap_or_default().to_string(),
+                    worker: header("perisai.worker"),
+                    action: json["action"].as_str().unwrap_or_default().to_string(),
+                    entry,
+                    banks_version: json["banks_version"].as_str().map(str::to_string),
+                });
+            }
+        });
+        Self { seen, stop }
+    }
+
+    fn snapshot(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, timeout: Duration, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.snapshot();
+            if done(&seen) || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for VerdictWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Uploads of the target image to every input partition, round after round: event ids
+/// `t-ROUND-PARTITION`, plus a clean image `c-ROUND-PARTITION`.
+struct Feeder {
+    round: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(brokers: &str, topic: &str, target: Vec<u8>, clean: Vec<u8>) -> Self {
+        let round = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, st, brokers, topic) = (round.clone(), stop.clone(), brokers.to_string(), topic.to_string());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let producer: FutureProducer = producer(&brokers);
+            while !st.load(Ordering::Relaxed) {
+                let n = r.load(Ordering::SeqCst) + 1;
+                runtime.block_on(async {
+                    for p in 0..PARTITIONS {
+                        for (prefix, media) in [("t", &target), ("c", &clean)] {
+                            let id = format!("{prefix}-{n}-{p}");
+                            let payload = event_json(&id, media, "image/png");
+                            let record = FutureRecord::to(&topic).key(&id).payload(&payload).partition(p);
+                            producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e).expect("produce");
+                        }
+                    }
+                });
+                // Published only once acknowledged: a round number read later means "sent after".
+                r.store(n, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { round, stop, thread: Some(thread) }
+    }
+
+    /// The last round fully acknowledged.
+    fn round(&self) -> u64 {
+        self.round.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn round_of(event_id: &str) -> u64 {
+    event_id.split('-').nth(1).and_then(|r| r.parse().ok()).unwrap_or(0)
+}
+
+/// Target verdicts from rounds after `after`, grouped by worker: (worker → actions).
+fn target_actions_after(seen: &[Seen], after: u64) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in seen.iter().filter(|s| s.event_id.starts_with("t-") && round_of(&s.event_id) > after) {
+        out.entry(s.worker.clone()).or_default().push(s.action.clone());
+    }
+    out
+}
+
+fn live_bank_config(dir: &Path, brokers: &str, topics: &Topics) -> std::path::PathBuf {
+    write_config(dir, brokers, topics, "\n[[banks]]\nname = \"live\"\naction = \"block\"\n")
+}
+
+/// Three workers in one group, uploads flowing: an imported hash blocks on all three within
+/// seconds; a re-import publishes nothing; withdrawn, the media is allowed again on all three; a
+/// worker restarted after the withdrawal does not resurrect the hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "live", PARTITIONS).await;
+    let dir = temp_dir();
+    let config = live_bank_config(dir.path(), &brokers, &topics);
+    let cfg = config.to_str().unwrap();
+    let target = png(777, 32);
+    let md5 = exact_hashes(&target).md5;
+
+    let watch = VerdictWatch::start(&brokers, &topics.verdicts);
+    let mut workers: Vec<_> = (0..3).map(|n| spawn_worker(&config, dir.path(), n)).collect();
+    let feeder = Feeder::start(&brokers, &topics.input, target.clone(), png(778, 32));
+
+    // Every worker answers before anything is banked, and allows the target.
+    let seen = watch.wait_for(Duration::from_secs(90), |s| target_actions_after(s, 0).len() == 3);
+    let before = target_actions_after(&seen, 0);
+    assert_eq!(before.len(), 3, "all three workers answer: {before:?}\n{}", worker_log(dir.path(), 0));
+    assert!(before.values().flatten().all(|a| a == "allow"), "{before:?}");
+
+    // Import: blocks on all three.
+    let list = dir.path().join("list.csv");
+    write_file(&list, &format!("signal,hash,entry\nmd5,{},case-live-1\n", md5.to_uppercase()));
+    let imported = Instant::now();
+    let out = perisai(&["bank", "import", "--config", cfg, "--bank", "live", "--format", "csv", list.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 published"), "{}", String::from_utf8_lossy(&out.stdout));
+    let after_import = feeder.round();
+    let blocked_everywhere = |s: &[Seen]| {
+        let by = target_actions_after(s, after_import);
+        by.len() == 3 && by.values().all(|actions| actions.iter().any(|a| a == "block"))
+    };
+    let seen = watch.wait_for(Duration::from_secs(30), blocked_everywhere);
+    assert!(blocked_everywhere(&seen), "not blocked on every worker: {:?}", target_actions_after(&seen, after_import));
+    eprintln!("import → block on all three workers in {:.2} s (upload rounds every 100 ms)", imported.elapsed().as_secs_f64());
+    // Within a few seconds every later upload is blocked, everywhere, naming the entry and the bank state.
+    let settled = feeder.round() + 1;
+    let seen = watch.wait_for(Duration::from_secs(30), |s| target_actions_after(s, settled + 5).len() == 3);
+    let later: Vec<&Seen> = seen.iter().filter(|s| s.event_id.starts_with("t-") && round_of(&s.event_id) > settled).collect();
+    assert!(!later.is_empty());
+    for s in &later {
+        assert_eq!(s.action, "block", "{s:?}");
+        assert_eq!(s.entry.as_deref(), Some("case-live-1"), "{s:?}");
+        assert!(s.banks_version.is_some(), "verdicts name the bank state: {s:?}");
+    }
+    assert!(seen.iter().filter(|s| s.event_id.starts_with("c-")).all(|s| s.action == "allow"), "the clean image stays allowed");
+
+    // Idempotent: the same list again publishes nothing.
+    let out = perisai(&["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 published") && text.contains("1 unchanged"), "{text}");
+    // Export shows the live entry.
+    let out = perisai(&["bank", "export", "--config", cfg, "--bank", "live"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("signal,hash,entry\nmd5,{md5},case-live-1\n"));
+
+    // Withdraw: allowed again on all three.
+    let out = perisai(&["bank", "withdraw", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
+    assert!(out.status.success());
+    let after_withdrawal = feeder.round();
+    let allowed_everywhere = |s: &[Seen]| {
+        let by = target_actions_after(s, after_withdrawal);
+        by.len() == 3 && by.values().all(|actions| actions.iter().any(|a| a == "allow"))
+    };
+    let seen = watch.wait_for(Duration::from_secs(30), allowed_everywhere);
+    assert!(allowed_everywhere(&seen), "not allowed again everywhere: {:?}", target_actions_after(&seen, after_withdrawal));
+    let out = perisai(&["bank", "export", "--config", cfg, "--bank", "live"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "signal,hash,entry\n");
+
+    // A worker restarted after the withdrawal does not resurrect the hash.
+    sigterm(&workers[0]);
+    assert!(wait_exit(&mut workers[0], Duration::from_secs(60)).success());
+    let old_names: BTreeSet<String> = seen.iter().map(|s| s.worker.clone()).collect();
+    workers[0] = spawn_worker(&config, dir.path(), 3);
+    let restarted = |s: &[Seen]| s.iter().filter(|v| v.event_id.starts_with("t-") && !old_names.contains(&v.worker)).count() >= 5;
+    let seen = watch.wait_for(Duration::from_secs(90), restarted);
+    let from_new: Vec<&Seen> = seen.iter().filter(|v| v.event_id.starts_with("t-") && !old_names.contains(&v.worker)).collect();
+    assert!(from_new.len() >= 5, "the restarted worker answered {} target uploads\n{}", from_new.len(), worker_log(dir.path(), 3));
+    assert!(from_new.iter().all(|v| v.action == "allow"), "withdrawn hash came back after a restart: {from_new:?}");
+
+    drop(feeder);
+    for w in &workers {
+        sigterm(w);
+    }
+    for w in &mut workers {
+        assert!(wait_exit(w, Duration::from_secs(60)).success());
+    }
+}
+
+/// A worker started while the bank topic holds 100k entries (and some bad records) is not ready
+/// until every entry is loaded, and its first verdict already uses the last of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_is_not_ready_until_the_whole_bank_topic_is_loaded() {
+    const ENTRIES: u32 = 100_000;
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "bootstrap", 1).await;
+    let dir = temp_dir();
+    let port = free_port();
+    let config = write_config(dir.path(), &brokers, &topics, "\n[[banks]]\nname = \"bulk\"\naction = \"block\"\n");
+    let text = std::fs::read_to_string(&config).unwrap().replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text).unwrap();
+
+    // 100k PDQ entries (random, never all-zero), a few bad records, and last the target's md5.
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let value = |signal: &str, hash: &str, entry: &str, bank: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schema": "perisai.bank_entry/v1", "bank": bank, "signal": signal, "hash": hash,
+            "entry": entry, "source": "test", "added_at": "2026-11-29T00:00:00Z"
+        }))
+        .unwrap()
+    };
+    let mut records: Vec<(String, Vec<u8>)> = (0..ENTRIES - 1)
+        .map(|i| {
+            let hash: String = (0..4).map(|_| format!("{:016x}", next() | 1)).collect();
+            (format!("bulk/pdq/{hash}"), value("pdq", &hash, &format!("bulk-{i}"), "bulk"))
+        })
+        .collect();
+    let zero = "0".repeat(64);
+    records.push((format!("bulk/pdq/{zero}"), value("pdq", &zero, "blank", "bulk")));
+    records.push((format!("nobank/md5/{}", "a".repeat(32)), value("md5", &"a".repeat(32), "x", "nobank")));
+    records.push((format!("bulk/md5/{}", "b".repeat(32)), b"{not json".to_vec()));
+    let target = png(4242, 32);
+    let md5 = exact_hashes(&target).md5;
+    records.push((format!("bulk/md5/{md5}"), value("md5", &md5, "late-entry", "bulk")));
+    let produce_started = Instant::now();
+    produce_all(&producer(&brokers), &topics.banks, &records).await;
+    eprintln!("{} bank records produced in {:.1} s", records.len(), produce_started.elapsed().as_secs_f64());
+    produce_all(&producer(&brokers), &topics.input, &[("m-first".into(), event_json("first", &target, "image/png"))]).await;
+
+    let started = Instant::now();
+    let mut worker = spawn_worker(&config, dir.path(), 0);
+    let client = reqwest::Client::new();
+    let mut not_ready = Vec::new();
+    let ready_at = loop {
+        assert!(started.elapsed() < Duration::from_secs(120), "never ready\n{}", worker_log(dir.path(), 0));
+        match client.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => break started.elapsed(),
+            Ok(r) => not_ready.push(r.text().await.unwrap_or_default()),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let m = scrape_metrics(port).await;
+    let entries = |signal: &str| m.get(&format!("perisai_bank_entries{{bank=\"bulk\",signal=\"{signal}\"}}")).copied();
+    assert_eq!(entries("pdq"), Some(f64::from(ENTRIES - 1)), "every PDQ entry loaded when ready");
+    assert_eq!(entries("md5"), Some(1.0), "the last record loaded when ready");
+    let rejected = |reason: &str| -> f64 {
+        m.iter().filter(|(k, _)| k.starts_with("perisai_bank_records_rejected_total") && k.contains(reason)).map(|(_, v)| v).sum()
+    };
+    assert_eq!(rejected("zero_pdq"), 1.0);
+    assert_eq!(rejected("undeclared_bank"), 1.0);
+    assert_eq!(rejected("malformed_value"), 1.0);
+    eprintln!("ready after {:.2} s; not-ready answers seen: {} (e.g. {:?})", ready_at.as_secs_f64(), not_ready.len(), not_ready.last());
+    for text in &not_ready {
+        assert!(text.starts_with("not ready: "), "readyz says why: {text:?}");
+    }
+
+    let outputs = read_until(&brokers, &[&topics.verdicts], Duration::from_secs(60), |o| !o.is_empty());
+    assert_eq!(outputs.len(), 1);
+    let v = outputs[0].json();
+    assert_eq!(v["action"], "block", "{v}");
+    assert_eq!(v["reasons"][0]["entry"], "late-entry", "{v}");
+    assert_eq!(v["banks_version"], format!("0:{}", records.len()), "{v}");
+    let log = worker_log(dir.path(), 0);
+    assert!(!log.contains(&md5), "a bank hash reached the log");
+    sigterm(&worker);
+    assert!(wait_exit(&mut worker, Duration::from_secs(60)).success());
+}
