@@ -9,18 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output as ProcessOutput};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fault_support::scrape_metrics;
+use fault_support::{scrape_metrics, Seen, Watcher};
 use perisai::hash::exact::exact_hashes;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 3;
 
@@ -40,86 +36,10 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One verdict of the watched topic.
-#[derive(Debug, Clone)]
-struct Seen {
-    event_id: String,
-    worker: String,
-    action: String,
-    entry: Option<String>,
-    banks_version: Option<String>,
-}
-
-/// Reads the verdict topic continuously on a thread.
-struct VerdictWatch {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl VerdictWatch {
-    fn start(brokers: &str, topic: &str) -> Self {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", unique("watch"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("watcher");
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
-        }
-        consumer.assign(&tpl).expect("assign");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else { continue };
-                let header = |name: &str| {
-                    m.headers()
-                        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-                        .map(|v| String::from_utf8_lossy(v).to_string())
-                        .unwrap_or_default()
-                };
-                let json: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("verdict JSON");
-                let entry = json["reasons"]
-                    .as_array()
-                    .and_then(|r| r.iter().find(|r| r["kind"] == "hash_match"))
-                    .and_then(|r| r["entry"].as_str())
-                    .map(str::to_string);
-                s.lock().unwrap().push(Seen {
-                    event_id: json["event_id"].as_str().unwrap_or_default().to_string(),
-                    worker: header("perisai.worker"),
-                    action: json["action"].as_str().unwrap_or_default().to_string(),
-                    entry,
-                    banks_version: json["banks_version"].as_str().map(str::to_string),
-                });
-            }
-        });
-        Self { seen, stop }
-    }
-
-    fn snapshot(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, timeout: Duration, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = self.snapshot();
-            if done(&seen) || Instant::now() > deadline {
-                return seen;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for VerdictWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+/// Polls the watcher until `done` holds (or `timeout` passes) and returns what it saw.
+fn wait_for(watch: &Watcher, timeout: Duration, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+    watch.wait_for(timeout, done);
+    watch.snapshot()
 }
 
 /// Uploads of the target image to every input partition, round after round: event ids
@@ -203,12 +123,12 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
     let target = png(777, 32);
     let md5 = exact_hashes(&target).md5;
 
-    let watch = VerdictWatch::start(&brokers, &topics.verdicts);
+    let watch = Watcher::start(&brokers, &topics.verdicts);
     let mut workers: Vec<_> = (0..3).map(|n| spawn_worker(&config, dir.path(), n)).collect();
     let feeder = Feeder::start(&brokers, &topics.input, target.clone(), png(778, 32));
 
     // Every worker answers before anything is banked, and allows the target.
-    let seen = watch.wait_for(Duration::from_secs(90), |s| target_actions_after(s, 0).len() == 3);
+    let seen = wait_for(&watch, Duration::from_secs(90), |s| target_actions_after(s, 0).len() == 3);
     let before = target_actions_after(&seen, 0);
     assert_eq!(before.len(), 3, "all three workers answer: {before:?}\n{}", worker_log(dir.path(), 0));
     assert!(before.values().flatten().all(|a| a == "allow"), "{before:?}");
@@ -225,12 +145,12 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
         let by = target_actions_after(s, after_import);
         by.len() == 3 && by.values().all(|actions| actions.iter().any(|a| a == "block"))
     };
-    let seen = watch.wait_for(Duration::from_secs(30), blocked_everywhere);
+    let seen = wait_for(&watch, Duration::from_secs(30), blocked_everywhere);
     assert!(blocked_everywhere(&seen), "not blocked on every worker: {:?}", target_actions_after(&seen, after_import));
     eprintln!("import → block on all three workers in {:.2} s (upload rounds every 100 ms)", imported.elapsed().as_secs_f64());
     // Within a few seconds every later upload is blocked, everywhere, naming the entry and the bank state.
     let settled = feeder.round() + 1;
-    let seen = watch.wait_for(Duration::from_secs(30), |s| target_actions_after(s, settled + 5).len() == 3);
+    let seen = wait_for(&watch, Duration::from_secs(30), |s| target_actions_after(s, settled + 5).len() == 3);
     let later: Vec<&Seen> = seen.iter().filter(|s| s.event_id.starts_with("t-") && round_of(&s.event_id) > settled).collect();
     assert!(!later.is_empty());
     for s in &later {
@@ -258,7 +178,7 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
         let by = target_actions_after(s, after_withdrawal);
         by.len() == 3 && by.values().all(|actions| actions.iter().any(|a| a == "allow"))
     };
-    let seen = watch.wait_for(Duration::from_secs(30), allowed_everywhere);
+    let seen = wait_for(&watch, Duration::from_secs(30), allowed_everywhere);
     assert!(allowed_everywhere(&seen), "not allowed again everywhere: {:?}", target_actions_after(&seen, after_withdrawal));
     let out = perisai(&["bank", "export", "--config", cfg, "--bank", "live"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "signal,hash,entry\n");
@@ -269,7 +189,7 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
     let old_names: BTreeSet<String> = seen.iter().map(|s| s.worker.clone()).collect();
     workers[0] = spawn_worker(&config, dir.path(), 3);
     let restarted = |s: &[Seen]| s.iter().filter(|v| v.event_id.starts_with("t-") && !old_names.contains(&v.worker)).count() >= 5;
-    let seen = watch.wait_for(Duration::from_secs(90), restarted);
+    let seen = wait_for(&watch, Duration::from_secs(90), restarted);
     let from_new: Vec<&Seen> = seen.iter().filter(|v| v.event_id.starts_with("t-") && !old_names.contains(&v.worker)).collect();
     assert!(from_new.len() >= 5, "the restarted worker answered {} target uploads\n{}", from_new.len(), worker_log(dir.path(), 3));
     assert!(from_new.iter().all(|v| v.action == "allow"), "withdrawn hash came back after a restart: {from_new:?}");

@@ -25,6 +25,10 @@ use record::{BankUpdate, Change, Rejection};
 
 pub use file::{load_bank_bytes, load_bank_file, BankFileError, LoadReport};
 
+/// Maps keyed by hashes: aHash (keyed per process, so crafted keys cannot force collisions) is
+/// several times faster than the standard SipHash on 16–32-byte keys, and start-up inserts millions.
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// Which hash of the media an entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Signal {
@@ -87,7 +91,7 @@ pub const DIHEDRAL_NAMES: [&str; 8] =
     ["original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1", "flip_minus1"];
 
 /// What one change did to a bank.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Applied {
     Added,
     /// The hash was there under another entry id; the new id replaces it.
@@ -100,6 +104,10 @@ pub enum Applied {
 }
 
 impl Applied {
+    const COUNT: usize = 5;
+    const ALL: [Applied; Applied::COUNT] =
+        [Applied::Added, Applied::Replaced, Applied::Unchanged, Applied::Withdrawn, Applied::Absent];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Applied::Added => "added",
@@ -114,11 +122,11 @@ impl Applied {
 #[derive(Debug)]
 pub struct Bank {
     pub settings: BankSettings,
-    md5: HashMap<[u8; 16], u32>,
-    sha256: HashMap<[u8; 32], u32>,
+    md5: FastMap<[u8; 16], u32>,
+    sha256: FastMap<[u8; 32], u32>,
     pdq: PdqIndex,
     /// PDQ hash → id while a bulk load defers the index (the index finds them afterwards).
-    pdq_staging: Option<HashMap<PdqHash, u32>>,
+    pdq_staging: Option<FastMap<PdqHash, u32>>,
     /// Entry ids by internal id; `None` for a freed id. Ids are reused, so the index's flat
     /// id → slot map stays as small as the bank.
     entries: Vec<Option<Box<str>>>,
@@ -129,8 +137,8 @@ impl Bank {
     pub fn new(settings: BankSettings) -> Self {
         Self {
             settings,
-            md5: HashMap::new(),
-            sha256: HashMap::new(),
+            md5: FastMap::default(),
+            sha256: FastMap::default(),
             pdq: PdqIndex::new(),
             pdq_staging: None,
             entries: Vec::new(),
@@ -261,10 +269,10 @@ impl Bank {
     }
 
     pub fn match_exact(&self, hashes: &ExactHashes, out: &mut Vec<BankMatch>) {
-        if let Some(&id) = decode_hex::<16>(&hashes.md5).and_then(|h| self.md5.get(&h)) {
+        if let Some(&id) = file::decode_hex::<16>(hashes.md5.as_bytes()).and_then(|h| self.md5.get(&h)) {
             out.push(self.hit(Signal::Md5, id));
         }
-        if let Some(&id) = decode_hex::<32>(&hashes.sha256).and_then(|h| self.sha256.get(&h)) {
+        if let Some(&id) = file::decode_hex::<32>(hashes.sha256.as_bytes()).and_then(|h| self.sha256.get(&h)) {
             out.push(self.hit(Signal::Sha256, id));
         }
     }
@@ -317,11 +325,6 @@ pub enum ParsedHash {
     Pdq(PdqHash),
 }
 
-fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
-}
 
 /// One record of the bank topic, as the Kafka side hands it over (no Kafka types here).
 #[derive(Debug, Clone, Copy)]
@@ -492,16 +495,19 @@ impl BankSet {
         if records.is_empty() {
             return report;
         }
+        // Decoding (JSON, hex) is most of the work and needs no lock: done first, on two threads
+        // for large batches (start-up), so readers wait only for the inserts.
+        let decoded = decode_all(records);
         let mut state = self.write();
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut touched: HashSet<usize> = HashSet::new();
-        for r in records {
-            let result = record::decode(r.key, r.value).and_then(|update| apply_one(&mut state.banks, &update));
-            match result {
+        let state = &mut *state;
+        // Counted per batch, published once after it: start-up applies millions of records.
+        let mut changes: Vec<[u64; Applied::COUNT]> = vec![[0; Applied::COUNT]; state.banks.len()];
+        let mut rejections: HashMap<(String, &'static str), u64> = HashMap::new();
+        let mut last_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        for (r, update) in records.iter().zip(decoded) {
+            match update.and_then(|update| apply_one(&mut state.banks, &update)) {
                 Ok((bank, applied)) => {
-                    touched.insert(bank);
-                    let name = state.banks[bank].name().to_string();
-                    metrics.bank_updates.with_label_values(&[&name, applied.as_str()]).inc();
+                    changes[bank][applied as usize] += 1;
                     match applied {
                         Applied::Added => report.added += 1,
                         Applied::Replaced => report.replaced += 1,
@@ -516,26 +522,40 @@ impl BankSet {
                     // create unbounded label values.
                     let declared = r.key.and_then(record::bank_of_key).filter(|b| state.banks.iter().any(|x| x.name() == *b));
                     let label = declared.unwrap_or("-").to_string();
-                    metrics.bank_records_rejected.with_label_values(&[&label, rejection.reason()]).inc();
                     if state.logged.insert((label.clone(), rejection.reason())) {
                         tracing::warn!(bank = %label, reason = rejection.reason(), partition = r.partition, offset = r.offset,
                             error = %rejection, "bank record rejected (further ones for this bank and reason are only counted)");
                     }
+                    *rejections.entry((label, rejection.reason())).or_default() += 1;
                 }
             }
             let next = state.positions.entry(r.partition).or_insert(0);
             *next = (*next).max(r.offset + 1);
-            metrics.bank_topic_offset.with_label_values(&[&r.partition.to_string()]).set(r.offset);
-            if let (true, Some(ts)) = (live, r.timestamp_ms) {
+            last_offsets.insert(r.partition, r.offset);
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if live {
+            for ts in records.iter().filter_map(|r| r.timestamp_ms) {
                 metrics.bank_update_lag_seconds.observe((now_ms - ts).max(0) as f64 / 1000.0);
             }
         }
-        let now = chrono::Utc::now().timestamp();
-        for &bank in &touched {
-            metrics.bank_loaded_seconds.with_label_values(&[state.banks[bank].name()]).set(now);
+        for (partition, offset) in last_offsets {
+            metrics.bank_topic_offset.with_label_values(&[&partition.to_string()]).set(offset);
         }
-        if !touched.is_empty() {
-            self.publish_sizes(&state, metrics, false);
+        for ((label, reason), n) in rejections {
+            metrics.bank_records_rejected.with_label_values(&[&label, reason]).inc_by(n);
+        }
+        let mut changed = false;
+        for (bank, counts) in changes.iter().enumerate().filter(|(_, c)| c.iter().any(|&n| n > 0)) {
+            let name = state.banks[bank].name();
+            for (applied, &n) in Applied::ALL.iter().zip(counts).filter(|(_, &n)| n > 0) {
+                metrics.bank_updates.with_label_values(&[name, applied.as_str()]).inc_by(n);
+            }
+            metrics.bank_loaded_seconds.with_label_values(&[name]).set(now_ms / 1000);
+            changed = true;
+        }
+        if changed {
+            self.publish_sizes(state, metrics, false);
         }
         report
     }
@@ -554,12 +574,27 @@ impl BankSet {
     }
 }
 
+/// Decodes a batch; a large one on two threads, one half each.
+fn decode_all<'a>(records: &[TopicRecord<'a>]) -> Vec<Result<BankUpdate<'a>, Rejection>> {
+    let decode = |r: &TopicRecord<'a>| record::decode(r.key, r.value);
+    if records.len() < 512 {
+        return records.iter().map(decode).collect();
+    }
+    let (first, second) = records.split_at(records.len() / 2);
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| second.iter().map(decode).collect::<Vec<_>>());
+        let mut out: Vec<_> = first.iter().map(decode).collect();
+        out.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        out
+    })
+}
+
 /// Applies one decoded record to its bank: (the bank's index, what happened).
-fn apply_one(banks: &mut [Bank], update: &BankUpdate) -> Result<(usize, Applied), Rejection> {
+fn apply_one(banks: &mut [Bank], update: &BankUpdate<'_>) -> Result<(usize, Applied), Rejection> {
     let index = banks
         .iter()
         .position(|b| b.name() == update.bank)
-        .ok_or_else(|| Rejection::UndeclaredBank(update.bank.clone()))?;
+        .ok_or_else(|| Rejection::UndeclaredBank(update.bank.to_string()))?;
     let bank = &mut banks[index];
     let applied = match &update.change {
         Change::Upsert { entry } => bank.upsert(&update.hash, entry).map_err(|e| Rejection::IndexFull(e.to_string()))?,
@@ -573,4 +608,95 @@ fn version_of(positions: &BTreeMap<i32, i64>) -> Option<String> {
         return None;
     }
     Some(positions.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::record::{record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
+    use super::*;
+
+    fn settings(name: &str) -> BankSettings {
+        BankSettings {
+            name: name.into(),
+            file: String::new(),
+            action: Action::Block,
+            on_bad_row: crate::config::OnBadRow::Fail,
+            pdq_threshold: 31,
+            pdq_quality_floor: 50,
+            dihedral: false,
+        }
+    }
+
+    fn md5_of(i: u32) -> String {
+        format!("{:032x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15 + 1)
+    }
+
+    fn upsert(bank: &str, i: u32, entry: &str) -> (String, Option<Vec<u8>>) {
+        let hash = md5_of(i);
+        let value = BankEntryRecord {
+            schema: BANK_ENTRY_SCHEMA.into(),
+            bank: bank.into(),
+            signal: "md5".into(),
+            hash: hash.clone(),
+            entry: entry.into(),
+            source: "test".into(),
+            added_at: "2026-11-29T00:00:00Z".into(),
+            tags: vec![],
+        };
+        (record_key(bank, Signal::Md5, &hash), Some(serde_json::to_vec(&value).unwrap()))
+    }
+
+    fn records(raw: &[(String, Option<Vec<u8>>)]) -> Vec<TopicRecord<'_>> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, (k, v))| TopicRecord { partition: 0, offset: i as i64, timestamp_ms: None, key: Some(k.as_bytes()), value: v.as_deref() })
+            .collect()
+    }
+
+    fn exact(i: u32) -> ExactHashes {
+        ExactHashes { md5: md5_of(i), sha256: String::new() }
+    }
+
+    /// A batch large enough to be decoded on two threads applies in order: an add, its
+    /// replacement and its withdrawal in one batch end withdrawn; bad records are skipped.
+    #[test]
+    fn a_large_batch_applies_in_record_order() {
+        let metrics = Metrics::new();
+        let set = BankSet::new(vec![Bank::new(settings("b"))]);
+        let mut raw: Vec<_> = (0..1500).map(|i| upsert("b", i, &format!("e-{i}"))).collect();
+        raw.push(upsert("b", 7, "e-7-again"));
+        raw.push((record_key("b", Signal::Md5, &md5_of(9)), None));
+        raw.push(upsert("undeclared", 1, "x"));
+        raw.push((record_key("b", Signal::Md5, &md5_of(3)), Some(b"{bad".to_vec())));
+        raw.push(upsert("b", 9, "e-9-back"));
+        raw.push((record_key("b", Signal::Md5, &md5_of(11)), None));
+        let report = set.apply(&records(&raw), &metrics, true);
+        assert_eq!((report.added, report.replaced, report.withdrawn, report.rejected), (1501, 1, 2, 2));
+        assert_eq!(set.counts()[0].2, 1499);
+        assert_eq!(set.version().as_deref(), Some(format!("0:{}", raw.len()).as_str()));
+        let found = |i| set.match_media(&exact(i), None).matches.first().map(|m| m.entry.clone());
+        assert_eq!(found(7).as_deref(), Some("e-7-again"));
+        assert_eq!(found(9).as_deref(), Some("e-9-back"));
+        assert_eq!(found(11), None);
+        assert_eq!(found(1499).as_deref(), Some("e-1499"));
+        let rejected = metrics.bank_records_rejected.with_label_values(&["-", "undeclared_bank"]).get()
+            + metrics.bank_records_rejected.with_label_values(&["b", "malformed_value"]).get();
+        assert_eq!(rejected, 2);
+        assert_eq!(metrics.bank_entries.with_label_values(&["b", "md5"]).get(), 1499);
+    }
+
+    /// Freed ids are reused and a reused id carries only its new entry.
+    #[test]
+    fn withdrawn_ids_are_reused_without_leaking_old_entries() {
+        let mut bank = Bank::new(settings("b"));
+        let h = |i: u32| ParsedHash::Md5(file::decode_hex::<16>(md5_of(i).as_bytes()).unwrap());
+        assert_eq!(bank.upsert(&h(1), "one").unwrap(), Applied::Added);
+        assert_eq!(bank.upsert(&h(1), "one").unwrap(), Applied::Unchanged);
+        assert_eq!(bank.withdraw(&h(1)), Applied::Withdrawn);
+        assert_eq!(bank.withdraw(&h(1)), Applied::Absent);
+        assert_eq!(bank.upsert(&h(2), "two").unwrap(), Applied::Added);
+        assert_eq!(bank.entries.len(), 1, "the freed id was reused");
+        let entries = bank.entries();
+        assert_eq!(entries, vec![(Signal::Md5, md5_of(2), "two")]);
+    }
 }

