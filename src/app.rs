@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::bank::{BankFileError, BankSet};
 use crate::classify::{ClassifyError, ImageScorer};
-use crate::config::Settings;
+use crate::config::{Settings, Switch};
 use crate::kafka::bank_feed::{BankFeed, BankFeedError};
 use crate::metrics::{Metrics, Readiness};
 use crate::screen::{Mode, Screen, ScreenError};
@@ -19,19 +19,55 @@ pub enum AppError {
     BankFeed(#[from] BankFeedError),
     #[error("classifier: {0} (set classifier.enabled = false to run without it)")]
     Classifier(#[from] ClassifyError),
+    #[error(
+        "classifier.enabled = true but {what} is missing at {path}: install it with `make setup` \
+         (scripts/setup), or set classifier.enabled = \"auto\" or false"
+    )]
+    ClassifierMissing { what: &'static str, path: String },
     #[error(transparent)]
     Screen(#[from] ScreenError),
 }
 
-/// Loads the classifier when enabled. A missing or broken model is an error, never a silent skip.
-pub fn build_scorer(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn ImageScorer>>, AppError> {
-    if !settings.classifier.enabled {
-        metrics.classifier_up.set(0);
-        return Ok(None);
+/// Whether the classifier runs, and why not when it does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassifierPlan {
+    Load,
+    Off(String),
+}
+
+/// Decides from `classifier.enabled` and the files on disk. `true` with a file missing is an
+/// error naming it; `auto` with a file missing is off, with the reason.
+pub fn classifier_plan(settings: &Settings) -> Result<ClassifierPlan, AppError> {
+    let c = &settings.classifier;
+    let files = [("the model manifest", &c.manifest), ("the model weights", &c.model_path), ("ONNX Runtime", &c.ort_library)];
+    let missing = files.iter().find(|(_, path)| !path.is_empty() && !std::path::Path::new(path.as_str()).is_file());
+    match (c.enabled, missing) {
+        (Switch::Off, _) => Ok(ClassifierPlan::Off("classifier.enabled = false".into())),
+        (Switch::On, Some((what, path))) => Err(AppError::ClassifierMissing { what, path: path.to_string() }),
+        (Switch::Auto, Some((what, path))) => {
+            Ok(ClassifierPlan::Off(format!("{what} is not installed at {path}: run `make setup` (scripts/setup)")))
+        }
+        (_, None) => Ok(ClassifierPlan::Load),
     }
-    let scorer = crate::classify::scorer(&settings.classifier, metrics.clone())?;
-    metrics.classifier_up.set(1);
-    Ok(Some(scorer))
+}
+
+/// Loads the classifier when the plan says so. A model that is there but fails to load is an
+/// error, never a silent skip; one that is not installed under `auto` is logged as off.
+pub fn build_scorer(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn ImageScorer>>, AppError> {
+    match classifier_plan(settings)? {
+        ClassifierPlan::Off(why) => {
+            metrics.classifier_up.set(0);
+            if settings.classifier.enabled == Switch::Auto {
+                tracing::warn!(reason = %why, "classifier off: uploads are screened by hash banks only");
+            }
+            Ok(None)
+        }
+        ClassifierPlan::Load => {
+            let scorer = crate::classify::scorer(&settings.classifier, metrics.clone())?;
+            metrics.classifier_up.set(1);
+            Ok(Some(scorer))
+        }
+    }
 }
 
 /// Classifier and screen over `banks`, ready to use.

@@ -191,10 +191,50 @@ fn default_pdq_quality_floor() -> u8 {
     50
 }
 
+/// `classifier.enabled`: `"auto"` (on when the model and ONNX Runtime are installed), `true`, `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Auto,
+    On,
+    Off,
+}
+
+impl Serialize for Switch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Switch::Auto => s.serialize_str("auto"),
+            Switch::On => s.serialize_bool(true),
+            Switch::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Switch::On),
+            Raw::Bool(false) => Ok(Switch::Off),
+            Raw::Text(t) => match t.as_str() {
+                "auto" => Ok(Switch::Auto),
+                "true" | "on" => Ok(Switch::On),
+                "false" | "off" => Ok(Switch::Off),
+                other => Err(serde::de::Error::custom(format!("{other:?} is not true, false or \"auto\""))),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierSettings {
-    pub enabled: bool,
+    /// `auto` (default): on wherever the model and ONNX Runtime are installed.
+    pub enabled: Switch,
     /// Model manifest (name, file, sha256, input/output, labels).
     pub manifest: String,
     /// Weights file; empty = the manifest's `file` next to the manifest's directory's `.cache`.
@@ -282,6 +322,7 @@ impl Settings {
         // the passthrough maps take their environment overrides directly.
         let mut passthrough: Vec<(&'static str, String, String)> = Vec::new();
         let mut overrides: config::Map<String, String> = config::Map::new();
+        // (`overrides` keys are the variables' names, e.g. PERISAI__CLASSIFIER__MODEL_PATH.)
         for (key, value) in env.into_iter().filter(|(k, _)| k.starts_with("PERISAI__")) {
             match PASSTHROUGH_PREFIXES.iter().find(|(prefix, _)| key.starts_with(prefix)) {
                 Some((prefix, map)) => passthrough.push((map, librdkafka_key(&key[prefix.len()..]), value)),
@@ -290,6 +331,7 @@ impl Settings {
                 }
             }
         }
+        let env_keys: Vec<String> = overrides.keys().cloned().collect();
         builder = builder.add_source(
             config::Environment::with_prefix("PERISAI")
                 .prefix_separator("__")
@@ -301,6 +343,7 @@ impl Settings {
                 .source(Some(overrides)),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.resolve_paths(file, &env_keys)?;
         for (map, key, value) in passthrough {
             let target = match map {
                 "client" => &mut settings.kafka.client,
@@ -399,7 +442,7 @@ impl Settings {
             check(bank.pdq_quality_floor <= 100, format!("banks[{i}].pdq_quality_floor: must be <= 100"));
         }
         let c = &self.classifier;
-        if c.enabled {
+        if c.enabled != Switch::Off {
             check(c.max_batch > 0 && c.max_batch <= 256, "classifier.max_batch: must be in 1..=256".into());
             check(c.intra_threads > 0, "classifier.intra_threads: must be > 0".into());
         }
@@ -434,6 +477,69 @@ impl Settings {
     pub fn path(p: &str) -> PathBuf {
         PathBuf::from(p)
     }
+
+    /// Makes every configured path absolute, so the binary works from any directory: a relative
+    /// path from the config file resolves against that file's directory, one from an environment
+    /// variable against the working directory, and the compiled-in classifier defaults against
+    /// where `make setup` or the container image installed the files ([`installed`]).
+    fn resolve_paths(&mut self, file: Option<&Path>, env_keys: &[String]) -> Result<(), ConfigError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let from_file: Option<(PathBuf, toml::Value)> = match file {
+            None => None,
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", f.display())]))?;
+                let value = toml::from_str::<toml::Value>(&text)
+                    .map_err(|e| ConfigError::Invalid(vec![format!("{}: {e}", f.display())]))?;
+                let dir = f.parent().map(|d| if d.as_os_str().is_empty() { cwd.clone() } else { cwd.join(d) });
+                Some((dir.unwrap_or_else(|| cwd.clone()), value))
+            }
+        };
+        let in_file = |section: &str, key: &str| {
+            from_file.as_ref().is_some_and(|(_, v)| v.get(section).and_then(|s| s.get(key)).is_some())
+        };
+        let file_dir = from_file.as_ref().map(|(d, _)| d.clone()).unwrap_or_else(|| cwd.clone());
+        let env_has = |name: &str| env_keys.iter().any(|k| k.eq_ignore_ascii_case(name));
+        let resolve = |value: &mut String, section: &str, key: &str, default_install: Option<&str>| {
+            if value.is_empty() || Path::new(value.as_str()).is_absolute() {
+                return;
+            }
+            let env_name = format!("PERISAI__{}__{}", section.to_ascii_uppercase(), key.to_ascii_uppercase());
+            let resolved = if env_has(&env_name) {
+                cwd.join(value.as_str())
+            } else if in_file(section, key) {
+                file_dir.join(value.as_str())
+            } else {
+                installed(value, default_install)
+            };
+            *value = resolved.to_string_lossy().into_owned();
+        };
+        let c = &mut self.classifier;
+        resolve(&mut c.manifest, "classifier", "manifest", Some("/opt/perisai/models/open_nsfw.toml"));
+        resolve(&mut c.model_path, "classifier", "model_path", Some("/opt/perisai/models/open-nsfw.onnx"));
+        resolve(&mut c.ort_library, "classifier", "ort_library", Some("/opt/perisai/lib/libonnxruntime.so.1.32.0"));
+        resolve(&mut self.media.path_root, "media", "path_root", None);
+        // Banks are only ever declared in a file.
+        for bank in &mut self.banks {
+            if !bank.file.is_empty() && Path::new(&bank.file).is_relative() {
+                bank.file = file_dir.join(&bank.file).to_string_lossy().into_owned();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a compiled-in default path points: the first that exists of the checkout this binary
+/// runs from (`target/<profile>/perisai` → the checkout), the checkout it was built from, and the
+/// container image's location; the checkout it runs from when none exists (errors then name it).
+fn installed(relative: &str, image_path: Option<&str>) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(checkout) = std::env::current_exe().ok().and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf)) {
+        candidates.push(checkout.join(relative));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative));
+    candidates.extend(image_path.map(PathBuf::from));
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates.swap_remove(0))
 }
 
 #[cfg(test)]
@@ -535,6 +641,36 @@ mod tests {
         for (name, ok) in [("ncii", true), ("NCMEC.csam_v2-1", true), ("", false), ("a b", false), ("a/b", false), (&"x".repeat(65), false)] {
             assert_eq!(valid_bank_name(name), ok, "{name:?}");
         }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file_or_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[classifier]\nmodel_path = \"weights/m.onnx\"\n[media]\npath_root = \"media\"\n\n[[banks]]\nname = \"b\"\nfile = \"banks/b.csv\"\naction = \"block\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[("PERISAI__CLASSIFIER__ORT_LIBRARY", "lib/ort.so")])).unwrap();
+        assert_eq!(Path::new(&s.classifier.model_path), dir.path().join("weights/m.onnx"));
+        assert_eq!(Path::new(&s.media.path_root), dir.path().join("media"));
+        assert_eq!(Path::new(&s.banks[0].file), dir.path().join("banks/b.csv"));
+        assert_eq!(Path::new(&s.classifier.ort_library), std::env::current_dir().unwrap().join("lib/ort.so"));
+        // The manifest was left at its default: it resolves to an installed copy (this checkout's).
+        assert!(Path::new(&s.classifier.manifest).is_absolute() && Path::new(&s.classifier.manifest).exists(), "{}", s.classifier.manifest);
+    }
+
+    #[test]
+    fn classifier_switch_takes_booleans_and_auto() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.classifier.enabled, Switch::Auto);
+        for (v, want) in [("true", Switch::On), ("false", Switch::Off), ("auto", Switch::Auto)] {
+            let s = Settings::load_with_env(None, env(&[("PERISAI__CLASSIFIER__ENABLED", v)])).unwrap();
+            assert_eq!(s.classifier.enabled, want);
+        }
+        let err = Settings::load_with_env(None, env(&[("PERISAI__CLASSIFIER__ENABLED", "maybe")])).unwrap_err().to_string();
+        assert!(err.contains("maybe"), "{err}");
     }
 
     #[test]

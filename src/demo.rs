@@ -5,7 +5,6 @@
 //! hash is withdrawn, and the upload after that is allowed again.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use crate::app;
 use crate::bank::record::{record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
 use crate::bank::{load_bank_bytes, BankSet, Signal};
 use crate::kafka::bank_feed::{self, BankFeed};
-use crate::config::{BankSettings, OnBadRow, Settings};
+use crate::config::{BandOverride, BankSettings, OnBadRow, Settings};
 use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
 use crate::hash::{exact, pdq};
 use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
@@ -37,6 +36,7 @@ pub const SAMPLES: &[(&str, &[u8])] = &[
     ("chelsea.jpg", include_bytes!("../demo/media/chelsea.jpg")),
     ("chelsea_mirrored.jpg", include_bytes!("../demo/media/chelsea_mirrored.jpg")),
     ("coffee.jpg", include_bytes!("../demo/media/coffee.jpg")),
+    ("coffee_skin_tint.jpg", include_bytes!("../demo/media/coffee_skin_tint.jpg")),
     ("rocket.jpg", include_bytes!("../demo/media/rocket.jpg")),
 ];
 
@@ -110,9 +110,11 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     }
     settings.metrics.listen = options.metrics_listen.clone();
     settings.policy.version = "demo-1".into();
-    // The classifier runs when `make setup` has installed the model and ONNX Runtime.
-    settings.classifier.enabled =
-        Path::new(&settings.classifier.model_path).exists() && Path::new(&settings.classifier.ort_library).exists();
+    // A stricter band for profile pictures: the skin-tinted landscape (open_nsfw ≈ 0.58) is
+    // allowed in posts and messages but goes to review as a profile picture.
+    settings.policy.overrides.push(BandOverride { tenant: None, surface: Some("profile".into()), review: 0.5, block: 0.98 });
+    // The classifier runs when `make setup` has installed the model and ONNX Runtime (the
+    // default "auto"): see the summary line.
     broker.create_topic(&settings.kafka.input_topic, 3)?;
     broker.create_topic(&settings.kafka.verdict_topic, 1)?;
     broker.create_topic(&settings.kafka.dlq_topic, 1)?;
@@ -127,6 +129,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let (feed, _) = BankFeed::start(&settings.kafka, banks.clone(), metrics.clone(), readiness.clone()).await?;
     readiness.banks_loaded.store(true, std::sync::atomic::Ordering::Release);
     let screen = app::build_screen(&settings, banks.clone(), &metrics, Mode::Worker)?;
+    let classifier_on = metrics.classifier_up.get() == 1;
+    readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let listen = settings.metrics.listen.parse().expect("validated address");
@@ -172,7 +176,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             Row { event_id: e.event_id.clone(), label: e.label.clone(), tenant: e.tenant.clone(), outcome, why, latency_ms }
         })
         .collect();
-    Ok(DemoReport { rows, metrics_addr, classifier_enabled: settings.classifier.enabled, elapsed: started.elapsed() })
+    Ok(DemoReport { rows, metrics_addr, classifier_enabled: classifier_on, elapsed: started.elapsed() })
 }
 
 /// The demo's banks, built from the sample media and loaded through the ordinary CSV loader.

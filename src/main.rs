@@ -250,9 +250,14 @@ fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Settings> {
 }
 
 fn init_logging(level: &str, format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PERISAI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal: files and log collectors get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {
@@ -273,6 +278,7 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
     let (banks, feed) = app::load_live_banks(&settings, &metrics, &readiness).await.context("loading banks")?;
     let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker)?;
+    readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
     let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
     let summary = worker.run(shutdown_signal()).await?;
     if let Some(feed) = feed {
@@ -301,6 +307,12 @@ async fn scan(config: Option<PathBuf>, files: Vec<PathBuf>) -> anyhow::Result<Ex
     // Bank files only: `scan` needs no broker.
     let banks = Arc::new(BankSet::load(&settings.banks, &metrics).context("loading banks")?);
     let screen = app::build_screen(&settings, banks, &metrics, Mode::ScoreAll)?;
+    // Said once, on stderr (stdout stays one verdict JSON per line): a verdict without a
+    // classifier reason then means "not classified", not "scored clean".
+    match app::classifier_plan(&settings)? {
+        app::ClassifierPlan::Load => eprintln!("perisai scan: classifier on ({})", settings.classifier.model_path),
+        app::ClassifierPlan::Off(why) => eprintln!("perisai scan: classifier off: {why}; verdicts rest on hash banks only"),
+    }
     let mut failed = false;
     for file in files {
         let name = file.display().to_string();

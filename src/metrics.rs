@@ -229,6 +229,8 @@ pub struct Readiness {
     /// Bank topic records read so far at start-up, and how many there were at most when it began.
     pub bank_records_read: AtomicU64,
     pub bank_records_expected: AtomicU64,
+    /// The screen is built: the classifier loaded (or deliberately off).
+    pub screen_ready: AtomicBool,
     pub assigned: AtomicBool,
     pub group_stalled: AtomicBool,
 }
@@ -247,8 +249,11 @@ impl Readiness {
                 self.bank_records_expected.load(Ordering::Relaxed)
             ));
         }
+        if !self.screen_ready.load(Ordering::Acquire) {
+            return Some("banks loaded; loading the classifier".into());
+        }
         if !self.assigned.load(Ordering::Acquire) {
-            return Some("banks loaded; no input partitions assigned yet".into());
+            return Some("banks and classifier loaded; no input partitions assigned yet".into());
         }
         None
     }

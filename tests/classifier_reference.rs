@@ -26,7 +26,7 @@ fn settings() -> ClassifierSettings {
     let r = root();
     let s = |p: &str| r.join(p).to_string_lossy().into_owned();
     ClassifierSettings {
-        enabled: true,
+        enabled: perisai::config::Switch::On,
         manifest: s("models/open_nsfw.toml"),
         model_path: s(".cache/models/open-nsfw.onnx"),
         ort_library: s(".cache/onnxruntime/libonnxruntime.so.1.32.0"),
