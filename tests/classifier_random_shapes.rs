@@ -450,7 +450,7 @@ fn classifier() -> OnnxClassifier {
     let r = root();
     let s = |p: &str| r.join(p).to_string_lossy().into_owned();
     let settings = ClassifierSettings {
-        enabled: true,
+        enabled: perisai::config::Switch::On,
         manifest: s("models/open_nsfw.toml"),
         model_path: s(".cache/models/open-nsfw.onnx"),
         ort_library: s(".cache/onnxruntime/libonnxruntime.so.1.32.0"),
