@@ -201,10 +201,16 @@ fn without_input(e: &serde_json::Error) -> String {
         Category::Io => "unreadable".into(),
         Category::Syntax => format!("invalid JSON at line {} column {}", e.line(), e.column()),
         Category::Eof => "truncated JSON".into(),
-        // Data errors name fields and types ("missing field `entry`"), not values.
+        // Only messages that name a field, never one that quotes a value ("invalid type: string
+        // \"…\""), which could be a hash.
         Category::Data => {
             let text = e.to_string();
-            text.split(" at line ").next().unwrap_or("wrong field types").to_string()
+            let text = text.split(" at line ").next().unwrap_or_default();
+            if text.starts_with("missing field") || text.starts_with("duplicate field") {
+                text.to_string()
+            } else {
+                "a field has the wrong type".into()
+            }
         }
     }
 }
@@ -270,6 +276,16 @@ mod tests {
             (Some(good_key.clone().into_bytes()), Some(value("other", "md5", MD5, "e")), "key_mismatch"),
             (Some(good_key.clone().into_bytes()), Some(value("b", "md5", "00000000000000000000000000000001", "e")), "key_mismatch"),
             (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, " ")), "bad_entry"),
+            (
+                Some(good_key.clone().into_bytes()),
+                Some(format!(r#"{{"schema":"perisai.bank_entry/v1","bank":"b","signal":"md5","hash":"{MD5}","entry":"e","source":"s","added_at":"t","tags":"{secret}"}}"#).into_bytes()),
+                "malformed_value",
+            ),
+            (
+                Some(good_key.clone().into_bytes()),
+                Some(format!(r#"{{"schema":"perisai.bank_entry/v1","schema":"x","bank":"b"}}"#).into_bytes()),
+                "malformed_value",
+            ),
             (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, &"x".repeat(257))), "bad_entry"),
             (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, "a\u{1b}[31m")), "bad_entry"),
         ];
