@@ -233,6 +233,8 @@ pub struct Readiness {
     pub screen_ready: AtomicBool,
     pub assigned: AtomicBool,
     pub group_stalled: AtomicBool,
+    /// The bank feed thread ended by itself: live bank updates stopped applying.
+    pub bank_feed_failed: AtomicBool,
 }
 
 impl Readiness {
@@ -309,6 +311,8 @@ async fn serve(
                 move || async move {
                     if readiness.group_stalled.load(Ordering::Acquire) {
                         (StatusCode::SERVICE_UNAVAILABLE, "consumer group not joined for over two minutes\n")
+                    } else if readiness.bank_feed_failed.load(Ordering::Acquire) {
+                        (StatusCode::SERVICE_UNAVAILABLE, "the bank feed stopped: live bank updates no longer apply\n")
                     } else {
                         (StatusCode::OK, "ok\n")
                     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError as ClientError;
+use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -70,7 +70,10 @@ impl ClientContext for FeedContext {
     fn error(&self, error: ClientError, reason: &str) {
         match error {
             ClientError::PartitionEOF(p) => self.eofs.lock().unwrap_or_else(|e| e.into_inner()).push(p),
-            error => tracing::warn!(%error, reason, "bank topic client error"),
+            // End of partition without its number: the reader learns it from the offsets.
+            ClientError::Global(RDKafkaErrorCode::PartitionEOF) => tracing::trace!(reason, "bank topic end of partition"),
+            // Connection trouble also shows in the reader's poll: one warning there is enough.
+            error => tracing::debug!(%error, reason, "bank topic client error"),
         }
     }
 }
@@ -236,6 +239,9 @@ impl BankFeed {
         let thread = std::thread::Builder::new()
             .name("bank-feed".into())
             .spawn(move || {
+                // A feed that ends without being asked to (a panic) would leave the banks frozen
+                // while uploads go on being screened: /healthz then fails, so the worker restarts.
+                let _watch = FeedExitWatch { stop: thread_stop.clone(), readiness: readiness.clone() };
                 let mut reader = match TopicReader::open(&settings, &metrics) {
                     Ok(r) => r,
                     Err(e) => {
@@ -264,6 +270,20 @@ impl BankFeed {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+struct FeedExitWatch {
+    stop: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
+}
+
+impl Drop for FeedExitWatch {
+    fn drop(&mut self) {
+        if !self.stop.load(Ordering::Acquire) && self.readiness.banks_loaded.load(Ordering::Acquire) {
+            tracing::error!("the bank feed stopped: live bank updates no longer apply; /healthz now fails");
+            self.readiness.bank_feed_failed.store(true, Ordering::Release);
         }
     }
 }

@@ -78,9 +78,13 @@ pub async fn create_topics_with(brokers: &str, name: &str, input_partitions: i32
     topics
 }
 
-/// A worker config file for these topics. `extra` is appended verbatim (banks, overrides).
+/// A worker config file for these topics. `extra` is appended verbatim (banks, overrides). The
+/// classifier is off unless `extra` has a `[classifier]` section: these tests are about delivery,
+/// and open_nsfw on every image (its default wherever the model is installed) would slow them
+/// several times over.
 pub fn write_config(dir: &Path, brokers: &str, topics: &Topics, extra: &str) -> PathBuf {
     let path = dir.join("perisai.toml");
+    let classifier = if extra.contains("[classifier]") { "" } else { "\n[classifier]\nenabled = false\n" };
     let text = format!(
         r#"
 [kafka]
@@ -105,7 +109,7 @@ listen = "127.0.0.1:0"
 
 [log]
 level = "info"
-{extra}
+{classifier}{extra}
 "#,
         group = topics.group,
         input = topics.input,
