@@ -83,7 +83,10 @@ fn unique(prefix: &str) -> String {
     format!("bench-{prefix}-{}", nanos % 1_000_000_000)
 }
 
-async fn create_topics(brokers: &str, topics: &[(&str, i32, &[(&str, &str)])]) {
+/// (name, partitions, topic configs)
+type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+async fn create_topics(brokers: &str, topics: &[TopicSpec<'_>]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
     let new: Vec<NewTopic> = topics

@@ -81,7 +81,7 @@ impl Screen {
         let fetched = self.fetcher.fetch(&event.media).await;
         self.metrics.observe_stage("fetch", started.elapsed().as_secs_f64());
         match fetched {
-            Ok(bytes) => self.screen_bytes(event, bytes.into(), received).await,
+            Ok(bytes) => self.screen_bytes(event, bytes, received).await,
             Err(e) => {
                 let findings = Findings {
                     media_error: Some(MediaErrorFinding { kind: e.kind().into(), detail: e.to_string() }),

@@ -261,7 +261,8 @@ mod tests {
     fn each_class_of_bad_record_is_rejected_with_its_reason_and_without_the_hash() {
         let good_key = record_key("b", Signal::Md5, MD5);
         let secret = "deadbeefdeadbeefdeadbeefdeadbee"; // 31 characters: a bad md5
-        let cases: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, &str)> = vec![
+        type Case = (Option<Vec<u8>>, Option<Vec<u8>>, &'static str);
+        let cases: Vec<Case> = vec![
             (None, None, "bad_key"),
             (Some(b"no-slashes".to_vec()), None, "bad_key"),
             (Some(format!("b/sha1/{MD5}").into_bytes()), None, "bad_key"),
@@ -283,7 +284,7 @@ mod tests {
             ),
             (
                 Some(good_key.clone().into_bytes()),
-                Some(format!(r#"{{"schema":"perisai.bank_entry/v1","schema":"x","bank":"b"}}"#).into_bytes()),
+                Some(br#"{"schema":"perisai.bank_entry/v1","schema":"x","bank":"b"}"#.to_vec()),
                 "malformed_value",
             ),
             (Some(good_key.clone().into_bytes()), Some(value("b", "md5", MD5, &"x".repeat(257))), "bad_entry"),
