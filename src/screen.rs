@@ -182,9 +182,7 @@ impl Screen {
         if let Some(e) = &findings.media_error {
             self.metrics.media_errors.with_label_values(&[&e.kind]).inc();
         }
-        if let Some(c) = &findings.classifier {
-            self.metrics.classifier_score.with_label_values(&[&c.model]).observe(f64::from(c.score));
-        }
+        // Classifier scores are observed once, by the batcher that receives them from the model.
         Verdict {
             schema: VERDICT_SCHEMA.into(),
             event_id: event.event_id.clone(),
