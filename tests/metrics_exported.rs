@@ -95,6 +95,15 @@ intra_threads = 1
         ("m5".to_string(), event_json("e5", b"\x00\x00\x00\x18ftypmp42", "video/mp4")),
     ];
     produce_all(&producer(&brokers), &topics.input, &records).await;
+    // The bank panels: one record applied, one rejected (a bank no config declares).
+    let banked = perisai::hash::exact::exact_hashes(&png(3, 32)).md5;
+    let entry = |bank: &str| {
+        serde_json::to_vec(&serde_json::json!({"schema": "perisai.bank_entry/v1", "bank": bank, "signal": "md5",
+            "hash": banked, "entry": "case-2", "source": "test", "added_at": "2026-11-29T00:00:00Z"}))
+        .unwrap()
+    };
+    let bank_records = vec![(format!("block/md5/{banked}"), entry("block")), (format!("nobank/md5/{banked}"), entry("nobank"))];
+    produce_all(&producer(&brokers), &topics.banks, &bank_records).await;
     let mut worker = spawn_worker(&config, dir.path(), 0);
     let outputs = read_until(&brokers, &[&topics.verdicts, &topics.dlq], Duration::from_secs(60), |o| o.len() >= 5);
     assert_eq!(outputs.len(), 5, "{}", worker_log(dir.path(), 0));
