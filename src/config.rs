@@ -473,11 +473,6 @@ impl Settings {
         }
     }
 
-    /// Resolve a configured relative path against the working directory.
-    pub fn path(p: &str) -> PathBuf {
-        PathBuf::from(p)
-    }
-
     /// Makes every configured path absolute, so the binary works from any directory: a relative
     /// path from the config file resolves against that file's directory, one from an environment
     /// variable against the working directory, and the compiled-in classifier defaults against

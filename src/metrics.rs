@@ -238,10 +238,6 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.not_ready_because().is_none()
-    }
-
     /// Why `/readyz` says no, in words for the person reading the probe's output.
     pub fn not_ready_because(&self) -> Option<String> {
         if !self.banks_loaded.load(Ordering::Acquire) {

@@ -23,6 +23,7 @@
 use serde_json::{Map, Value};
 
 use super::file::normalize_hash;
+use super::record::check_entry;
 use super::Signal;
 
 /// Which partner format a file is in.
@@ -98,9 +99,6 @@ pub fn parse(format: Format, bytes: &[u8]) -> Result<(Vec<ImportRow>, Vec<RowErr
     }
     Ok((out.rows, out.errors))
 }
-
-/// Entry ids are stored and shown to reviewers; past this they are more likely junk than an id.
-const MAX_ENTRY_BYTES: usize = 256;
 
 #[derive(Default)]
 struct Parsed {
@@ -353,9 +351,8 @@ fn build(
     let hash = normalize_hash(signal, hash)?;
     let entry = match entry.map(str::trim) {
         None | Some("") => None,
-        Some(e) if e.len() > MAX_ENTRY_BYTES => return Err(format!("entry id longer than {MAX_ENTRY_BYTES} bytes")),
-        Some(e) if e.chars().any(char::is_control) => return Err("entry id contains control characters".into()),
-        Some(e) => Some(e.to_string()),
+        // The same rules as a bank topic record's entry id.
+        Some(e) => Some(check_entry(e).map_err(|rejection| rejection.to_string())?.to_string()),
     };
     // Tags end up in review screens and metrics labels: no control characters, no repeats.
     let mut unique: Vec<String> = Vec::with_capacity(tags.len());
@@ -925,7 +922,7 @@ mod tests {
 
     #[test]
     fn entry_ids_trimmed_and_bounded() {
-        let exact = "e".repeat(MAX_ENTRY_BYTES);
+        let exact = "e".repeat(crate::bank::record::MAX_ENTRY_BYTES);
         // 129 two-byte characters: 258 bytes although only 129 characters.
         let wide = "é".repeat(129);
         let text = format!(

@@ -506,16 +506,7 @@ impl BankSet {
         let mut last_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for (r, update) in records.iter().zip(decoded) {
             match update.and_then(|update| apply_one(&mut state.banks, &update)) {
-                Ok((bank, applied)) => {
-                    changes[bank][applied as usize] += 1;
-                    match applied {
-                        Applied::Added => report.added += 1,
-                        Applied::Replaced => report.replaced += 1,
-                        Applied::Unchanged => report.unchanged += 1,
-                        Applied::Withdrawn => report.withdrawn += 1,
-                        Applied::Absent => report.absent += 1,
-                    }
-                }
+                Ok((bank, applied)) => changes[bank][applied as usize] += 1,
                 Err(rejection) => {
                     report.rejected += 1;
                     // Only declared banks label the metric: a flood of made-up names must not
@@ -533,6 +524,12 @@ impl BankSet {
             *next = (*next).max(r.offset + 1);
             last_offsets.insert(r.partition, r.offset);
         }
+        let total = |applied: Applied| changes.iter().map(|c| c[applied as usize] as usize).sum();
+        report.added = total(Applied::Added);
+        report.replaced = total(Applied::Replaced);
+        report.unchanged = total(Applied::Unchanged);
+        report.withdrawn = total(Applied::Withdrawn);
+        report.absent = total(Applied::Absent);
         let now_ms = chrono::Utc::now().timestamp_millis();
         if live {
             for ts in records.iter().filter_map(|r| r.timestamp_ms) {

@@ -75,7 +75,7 @@ pub enum Rejection {
     BadHash(String),
     #[error("pdq hash is all zeros (a blank image would match every flat upload)")]
     ZeroPdq,
-    #[error("entry id: {0}")]
+    #[error("entry id {0}")]
     BadEntry(&'static str),
     #[error("{0}")]
     IndexFull(String),
@@ -183,7 +183,7 @@ fn checked_hash(signal: Signal, text: &str) -> Result<ParsedHash, Rejection> {
 pub fn check_entry(entry: &str) -> Result<&str, Rejection> {
     let entry = entry.trim();
     if entry.is_empty() {
-        return Err(Rejection::BadEntry("empty"));
+        return Err(Rejection::BadEntry("is empty"));
     }
     if entry.len() > MAX_ENTRY_BYTES {
         return Err(Rejection::BadEntry("longer than 256 bytes"));

@@ -157,11 +157,7 @@ impl TopicReader {
     }
 
     /// Polls up to [`BATCH`] records, waiting up to `wait` for the first; hands them to `apply`.
-    fn poll_batch(
-        &mut self,
-        wait: Duration,
-        apply: &mut dyn FnMut(&[TopicRecord<'_>]),
-    ) -> Result<usize, BankFeedError> {
+    fn poll_batch(&mut self, wait: Duration, apply: &mut dyn FnMut(&[TopicRecord<'_>])) -> usize {
         let mut messages: Vec<BorrowedMessage<'_>> = Vec::new();
         let mut eofs = Vec::new();
         let mut timeout = wait;
@@ -205,7 +201,7 @@ impl TopicReader {
         for p in eofs {
             self.caught_up.insert(p, true);
         }
-        Ok(count)
+        count
     }
 }
 
@@ -315,7 +311,7 @@ fn load(
         }
         records += reader.poll_batch(POLL, &mut |batch| {
             banks.apply(batch, metrics, false);
-        })? as u64;
+        }) as u64;
         readiness.bank_records_read.store(records, Ordering::Relaxed);
         if last_log.elapsed() >= PROGRESS_EVERY {
             tracing::info!(records, records_at_most = expected, "loading the bank topic");
@@ -330,7 +326,7 @@ fn load(
 
 fn tail(reader: &mut TopicReader, banks: &BankSet, metrics: &Metrics, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
-        let _ = reader.poll_batch(POLL, &mut |batch| {
+        reader.poll_batch(POLL, &mut |batch| {
             let report = banks.apply(batch, metrics, true);
             if report.added + report.replaced + report.withdrawn > 0 {
                 tracing::info!(added = report.added, replaced = report.replaced, withdrawn = report.withdrawn,
@@ -364,7 +360,7 @@ pub fn read_values(settings: &KafkaSettings, metrics: &Metrics, key_prefix: &str
                     None => values.remove(key),
                 };
             }
-        })?;
+        });
     }
     Ok(values)
 }
