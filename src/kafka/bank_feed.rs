@@ -39,6 +39,8 @@ const BATCH: usize = 2_000;
 const POLL: Duration = Duration::from_millis(100);
 /// Start-up progress is logged this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long start-up waits for the bank topic's partitions to have leaders.
+const LEADER_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BankFeedError {
@@ -92,6 +94,49 @@ struct TopicReader {
     caught_up: BTreeMap<i32, bool>,
 }
 
+/// Each partition's (end, start) offsets, or `None` when the topic does not exist.
+type Offsets = (BTreeMap<i32, i64>, BTreeMap<i32, i64>);
+
+fn offsets(consumer: &BaseConsumer<FeedContext>, topic: &str) -> Result<Option<Offsets>, ClientError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
+    match found.error().map(RDKafkaErrorCode::from) {
+        None => {}
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+        Some(code) => return Err(ClientError::MetadataFetch(code)),
+    }
+    if found.partitions().is_empty() {
+        return Ok(None);
+    }
+    let (mut ends, mut starts) = (BTreeMap::new(), BTreeMap::new());
+    for partition in found.partitions() {
+        if let Some(code) = partition.error().map(RDKafkaErrorCode::from) {
+            return Err(ClientError::MetadataFetch(code));
+        }
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(30))?;
+        ends.insert(partition.id(), high);
+        starts.insert(partition.id(), low);
+    }
+    Ok(Some((ends, starts)))
+}
+
+/// Errors that a leader election or a broker restart cause, and that end by themselves.
+fn is_leader_change(error: &ClientError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerNotAvailable
+        )
+    )
+}
+
 impl TopicReader {
     fn open(settings: &KafkaSettings, metrics: &Metrics) -> Result<Self, BankFeedError> {
         let topic = settings.banks_topic.clone();
@@ -122,25 +167,23 @@ impl TopicReader {
         };
         let consumer: BaseConsumer<FeedContext> = config.create_with_context(context).map_err(client_err)?;
         consumer.context().brokers.attach(consumer.client());
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30)).map_err(client_err)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(BankFeedError::Missing(topic));
-        }
-        let mut ends = BTreeMap::new();
-        let mut next = BTreeMap::new();
-        let mut caught_up = BTreeMap::new();
+        // A partition without a leader (a topic just created, a broker restarting, an election)
+        // is a matter of seconds: wait for it rather than fail the worker's start.
+        let deadline = Instant::now() + LEADER_WAIT;
+        let (ends, next): Offsets = loop {
+            match offsets(&consumer, &topic) {
+                Ok(Some(found)) => break found,
+                Ok(None) => return Err(BankFeedError::Missing(topic)),
+                Err(source) if is_leader_change(&source) && Instant::now() < deadline => {
+                    tracing::info!(error = %source, topic, "bank topic: waiting for partition leaders");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(source) => return Err(client_err(source)),
+            }
+        };
+        let caught_up = ends.iter().map(|(&p, &high)| (p, high <= next[&p])).collect();
         let mut assignment = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30)).map_err(client_err)?;
-            ends.insert(p, high);
-            next.insert(p, low);
-            caught_up.insert(p, high <= low);
+        for &p in ends.keys() {
             assignment.add_partition_offset(&topic, p, Offset::Beginning).map_err(client_err)?;
         }
         consumer.assign(&assignment).map_err(client_err)?;
