@@ -531,6 +531,8 @@ fn memory(args: &[String]) {
         pdq_threshold: 31,
         pdq_quality_floor: 50,
         dihedral: false,
+        flood_max_matches_per_minute: 0,
+        flood_baseline_multiple: 10.0,
     };
     let before = rss_bytes();
     let started = Instant::now();

@@ -1,5 +1,5 @@
 //! The `perisai bank` commands for trust-and-safety teams: import a partner's list into the bank
-//! topic, withdraw hashes, export a bank's live entries.
+//! topic, withdraw hashes, release quarantined entries, export a bank's live entries.
 //!
 //! Import compares with what the topic holds first, so running it twice publishes nothing the
 //! second time (same key, same record), and a row that withdraws a hash the topic does not hold
@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use crate::bank::file::normalize_hash;
 use crate::bank::formats::{self, Format, RowError};
-use crate::bank::record::{self, record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
-use crate::bank::{BankSet, Signal};
+use crate::bank::flood::QuarantineRequest;
+use crate::bank::record::{self, quarantine_key, record_key, BankEntryRecord, QuarantineRecord, BANK_ENTRY_SCHEMA, QUARANTINE_SCHEMA};
+use crate::bank::{BankSet, ParsedHash, Signal};
 use crate::config::Settings;
 use crate::kafka::bank_feed::{self, BankFeedError};
 use crate::metrics::Metrics;
@@ -154,6 +155,55 @@ pub async fn withdraw(
     }
     let published = bank_feed::publish(&settings.kafka, records).await?;
     Ok((published, refused))
+}
+
+/// Releases quarantined entries (the trust-and-safety decision that the matches were not a
+/// flood): a `released` status each, after which workers apply the bank's action again and never
+/// quarantine the entry automatically. Returns how many were published and the arguments refused.
+pub async fn release(
+    settings: &Settings,
+    bank: &str,
+    signal: Signal,
+    hashes: &[String],
+) -> Result<(usize, Vec<RowError>), AdminError> {
+    check_bank(settings, bank)?;
+    let mut refused = Vec::new();
+    let mut records = Vec::new();
+    for (i, text) in hashes.iter().enumerate() {
+        match normalize_hash(signal, text).and_then(|hex| crate::bank::file::parse_hash(signal, &hex)) {
+            Ok(hash) => {
+                let (key, value) = quarantine_record(bank, &hash, "released", "released by an operator", None);
+                records.push((key, Some(value)));
+            }
+            Err(problem) => refused.push(RowError { line: i as u64 + 1, problem }),
+        }
+    }
+    let published = bank_feed::publish(&settings.kafka, records).await?;
+    Ok((published, refused))
+}
+
+/// The bank topic record that sets an entry's quarantine status (see `bank::record`).
+pub fn quarantine_record(
+    bank: &str,
+    hash: &ParsedHash,
+    status: &str,
+    reason: &str,
+    flood: Option<&QuarantineRequest>,
+) -> (String, Vec<u8>) {
+    let hex = hash.to_hex();
+    let value = QuarantineRecord {
+        schema: QUARANTINE_SCHEMA.into(),
+        bank: bank.into(),
+        signal: hash.signal().as_str().into(),
+        hash: hex.clone(),
+        status: status.into(),
+        reason: reason.into(),
+        matches_last_minute: flood.map(|f| f.matches_last_minute),
+        baseline_per_minute: flood.map(|f| (f.baseline_per_minute * 100.0).round() / 100.0),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        by: crate::config::replica_name(),
+    };
+    (quarantine_key(bank, hash.signal(), &hex), serde_json::to_vec(&value).expect("records serialize"))
 }
 
 /// Output formats of `perisai bank export`.

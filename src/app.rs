@@ -4,10 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::admin;
+use crate::bank::flood::FloodWatch;
 use crate::bank::{BankFileError, BankSet};
 use crate::classify::{ClassifyError, ImageScorer};
 use crate::config::{Settings, Switch};
-use crate::kafka::bank_feed::{BankFeed, BankFeedError};
+use crate::kafka::bank_feed::{self, BankFeed, BankFeedError};
 use crate::metrics::{Metrics, Readiness};
 use crate::screen::{Mode, Screen, ScreenError};
 
@@ -70,7 +72,8 @@ pub fn build_scorer(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Optio
     }
 }
 
-/// Classifier and screen over `banks`, ready to use.
+/// Classifier and screen over `banks`, ready to use. A worker reading a bank topic also watches
+/// for flooding entries (when a bank sets a limit) and quarantines them through the topic.
 pub fn build_screen(
     settings: &Arc<Settings>,
     banks: Arc<BankSet>,
@@ -78,7 +81,42 @@ pub fn build_screen(
     mode: Mode,
 ) -> Result<Arc<Screen>, AppError> {
     let scorer = build_scorer(settings, metrics)?;
-    Ok(Arc::new(Screen::new(settings.clone(), banks, scorer, metrics.clone(), mode)?))
+    let flood = match mode {
+        Mode::Worker if !settings.kafka.banks_topic.is_empty() => start_flood_watch(settings, metrics),
+        _ => None,
+    };
+    Ok(Arc::new(Screen::new(settings.clone(), banks, scorer, metrics.clone(), mode)?.with_flood_watch(flood)))
+}
+
+/// The flood watch, and a task that publishes each entry it flags to the bank topic as
+/// quarantined (every worker then applies it). `None` when no bank sets a flood limit.
+fn start_flood_watch(settings: &Arc<Settings>, metrics: &Arc<Metrics>) -> Option<Arc<FloodWatch>> {
+    let (watch, mut requests) = FloodWatch::new(&settings.banks)?;
+    let settings = settings.clone();
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            let (key, value) = admin::quarantine_record(&request.bank, &request.hash, "quarantined", "flood", Some(&request));
+            // Retried a few times: a quarantine lost to a broker hiccup leaves the flood going.
+            for attempt in 1..=5 {
+                match bank_feed::publish(&settings.kafka, vec![(key.clone(), Some(value.clone()))]).await {
+                    Ok(_) => {
+                        metrics.bank_flood_quarantines.with_label_values(&[&request.bank]).inc();
+                        tracing::warn!(bank = %request.bank, signal = request.hash.signal().as_str(),
+                            matches_last_minute = request.matches_last_minute, baseline_per_minute = request.baseline_per_minute,
+                            "bank entry flooding: quarantined fleet-wide (its matches now give review); \
+                             `perisai bank release` lifts it");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::error!(bank = %request.bank, attempt, %error, "publishing a flood quarantine failed");
+                        tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
+                    }
+                }
+            }
+        }
+    });
+    Some(Arc::new(watch))
 }
 
 /// The banks a worker screens with: every bank file, then (when `kafka.banks_topic` is set) the

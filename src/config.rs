@@ -173,6 +173,17 @@ pub struct BankSettings {
     pub pdq_quality_floor: u8,
     #[serde(default)]
     pub dihedral: bool,
+    /// Flood quarantine: an entry that matches more than this many uploads in a minute on one
+    /// worker, and more than `flood_baseline_multiple` times its own per-minute rate over the hour
+    /// before, is quarantined fleet-wide (its matches give review). 0 = off. Ignored for allow banks.
+    #[serde(default)]
+    pub flood_max_matches_per_minute: u32,
+    #[serde(default = "default_flood_baseline_multiple")]
+    pub flood_baseline_multiple: f64,
+}
+
+fn default_flood_baseline_multiple() -> f64 {
+    10.0
 }
 
 /// Bank names appear in the bank topic's keys (`BANK/SIGNAL/HASH`) and in metric labels, so
@@ -439,6 +450,10 @@ impl Settings {
                 format!("banks[{i}].file: must name a file when kafka.banks_topic is empty (the bank would stay empty)"),
             );
             check(bank.pdq_threshold <= 128, format!("banks[{i}].pdq_threshold: must be <= 128"));
+            check(
+                bank.flood_baseline_multiple.is_finite() && bank.flood_baseline_multiple >= 1.0,
+                format!("banks[{i}].flood_baseline_multiple: must be a number >= 1"),
+            );
             check(bank.pdq_quality_floor <= 100, format!("banks[{i}].pdq_quality_floor: must be <= 100"));
         }
         let c = &self.classifier;

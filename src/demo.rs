@@ -196,6 +196,8 @@ fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoErr
             pdq_threshold: 31,
             pdq_quality_floor: 50,
             dihedral,
+            flood_max_matches_per_minute: 0,
+            flood_baseline_multiple: 10.0,
         };
         load_bank_bytes(&bank_settings, csv.as_bytes()).map_err(|e| DemoError::Bank(e.to_string()))
     };

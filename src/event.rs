@@ -72,6 +72,9 @@ pub enum Reason {
         /// For dihedral matches: which rotation/flip of the upload matched.
         #[serde(skip_serializing_if = "Option::is_none")]
         transform: Option<String>,
+        /// The entry is quarantined (it flooded): this match counts as review, not `action`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        quarantined: bool,
     },
     /// A classifier score, with the band it fell in (`none` when below every band).
     Classifier { model: String, model_sha256: String, label: String, score: f32, band: String },
@@ -115,6 +118,35 @@ pub struct Verdict {
     pub latency_ms: f64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Present only on a retroactive verdict: one the retro role wrote because the banks changed
+    /// after the upload was screened. Its `event_id` is its own (consumers deduplicate on it);
+    /// the same re-decision written twice has the same `event_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retro: Option<Retro>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retro {
+    /// The upload this re-decides: the event_id of its upload event and first verdict.
+    pub upload_event_id: String,
+    /// The event_id of the verdict this one replaces (the first, or an earlier retroactive one).
+    pub supersedes: String,
+    pub previous_action: Action,
+    /// The bank changes that made the difference.
+    pub changes: Vec<RetroChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RetroChange {
+    /// added (the upload now matches the entry) | removed (it no longer does: withdrawn, or replaced)
+    pub change: String,
+    pub bank: String,
+    pub signal: String,
+    pub entry: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Why an input record could not be parsed as an upload event; it goes to the DLQ.

@@ -115,6 +115,19 @@ enum BankCommand {
         file: Option<PathBuf>,
         hashes: Vec<String>,
     },
+    /// Lift the quarantine of entries that flooded (their matches give review until then): they
+    /// apply their bank's action again and are never quarantined automatically again.
+    Release {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        bank: String,
+        /// md5, sha256 or pdq.
+        #[arg(long, value_parser = parse_signal)]
+        signal: Signal,
+        #[arg(required = true)]
+        hashes: Vec<String>,
+    },
     /// Print a bank's live entries (its file, then the bank topic read to its end).
     Export {
         #[arg(long, short)]
@@ -224,6 +237,16 @@ async fn bank_command(command: BankCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("perisai: hash #{}: {}", e.line, e.problem);
             }
             println!("{published} withdrawn from {bank}, {} refused", refused.len());
+            Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        BankCommand::Release { config, bank, signal, hashes } => {
+            let settings = load_settings(config.as_deref())?;
+            init_logging("warn", "text");
+            let (published, refused) = admin::release(&settings, &bank, signal, &hashes).await?;
+            for e in &refused {
+                eprintln!("perisai: hash #{}: {}", e.line, e.problem);
+            }
+            println!("{published} released in {bank}, {} refused", refused.len());
             Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         BankCommand::Export { config, bank, format } => {

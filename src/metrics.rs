@@ -54,12 +54,26 @@ pub struct Metrics {
     pub bank_rows_skipped: IntCounterVec,
     /// bank ("-" when the key names no declared bank), reason: bad_key | undeclared_bank | ...
     pub bank_records_rejected: IntCounterVec,
-    /// bank, change: added | replaced | unchanged | withdrawn | absent
+    /// bank, change: added | replaced | unchanged | withdrawn | absent | quarantined | released
     pub bank_updates: IntCounterVec,
     /// Applying a live bank record minus its timestamp (records read at start-up are not observed).
     pub bank_update_lag_seconds: Histogram,
     /// partition: offset of the last bank topic record applied
     pub bank_topic_offset: IntGaugeVec,
+    /// bank: entries quarantined now (their matches give review)
+    pub bank_entries_quarantined: IntGaugeVec,
+    /// bank: floods this worker detected and published as quarantines
+    pub bank_flood_quarantines: IntCounterVec,
+    /// Retro: uploads remembered now.
+    pub retro_uploads: IntGauge,
+    /// Retro, why: window | memory | revoked
+    pub retro_evicted: IntCounterVec,
+    /// Retro, change: added | withdrawn | released (what re-decided the upload)
+    pub retro_verdicts: IntCounterVec,
+    /// Retro: searching the remembered uploads for one bank change.
+    pub retro_lookup_seconds: Histogram,
+    /// Retro: reading a partition's window back after an assignment (start-up, rebalance).
+    pub retro_rebuild_seconds: Histogram,
     pub classifier_up: IntGauge,
     pub classifier_batch_size: Histogram,
     pub classifier_inference_seconds: Histogram,
@@ -155,6 +169,31 @@ impl Metrics {
         );
         let bank_topic_offset =
             gauge_vec("perisai_bank_topic_offset", "Offset of the last bank topic record applied, per partition.", &["partition"]);
+        let bank_entries_quarantined =
+            gauge_vec("perisai_bank_entries_quarantined", "Bank entries quarantined now (their matches give review).", &["bank"]);
+        let bank_flood_quarantines = counter_vec(
+            "perisai_bank_flood_quarantines_total",
+            "Bank entries this worker saw flood and quarantined fleet-wide.",
+            &["bank"],
+        );
+        let retro_uploads = IntGauge::new("perisai_retro_uploads", "Uploads the retro role remembers now.").expect("valid");
+        registry.register(Box::new(retro_uploads.clone())).expect("unique metric");
+        let retro_evicted = counter_vec("perisai_retro_evicted_total", "Uploads the retro role forgot, by why.", &["why"]);
+        let retro_verdicts = counter_vec(
+            "perisai_retro_verdicts_total",
+            "Superseding verdicts written by the retro role, by the bank change that caused them.",
+            &["change"],
+        );
+        let retro_lookup_seconds = histogram(
+            "perisai_retro_lookup_seconds",
+            "Searching the remembered uploads for one bank change.",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        let retro_rebuild_seconds = histogram(
+            "perisai_retro_rebuild_seconds",
+            "Reading a verdict partition's window back after it was assigned.",
+            vec![0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+        );
         let classifier_up = IntGauge::new("perisai_classifier_up", "1 when the classifier model is loaded.").expect("valid");
         registry.register(Box::new(classifier_up.clone())).expect("unique metric");
         let classifier_batch_size = histogram(
@@ -199,6 +238,13 @@ impl Metrics {
             bank_updates,
             bank_update_lag_seconds,
             bank_topic_offset,
+            bank_entries_quarantined,
+            bank_flood_quarantines,
+            retro_uploads,
+            retro_evicted,
+            retro_verdicts,
+            retro_lookup_seconds,
+            retro_rebuild_seconds,
             classifier_up,
             classifier_batch_size,
             classifier_inference_seconds,

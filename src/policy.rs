@@ -1,7 +1,10 @@
 //! The policy: a pure function from an event's signals to an action and its reasons.
 //!
 //! Order of precedence: an allowlist match wins (the bytes are known good), then the strongest
-//! of block/review from bank matches, classifier bands and media errors; with none, allow.
+//! of block/review from bank matches, classifier bands and media errors; with none, allow. A
+//! match on a quarantined entry (one that flooded) counts as review whatever its bank's action.
+//! The action follows from the reasons alone ([`action_of`]), so the retro role re-decides an
+//! old verdict's reasons by the same rule.
 
 use crate::bank::{BankMatch, LowQuality};
 use crate::config::{Bands, PolicySettings};
@@ -56,29 +59,12 @@ pub fn bands_for(policy: &PolicySettings, tenant: &str, surface: Option<&str>) -
 }
 
 pub fn decide(findings: &Findings, policy: &PolicySettings, bands: Bands) -> (Action, Vec<Reason>) {
-    let mut reasons = Vec::new();
-    let mut action = Action::Allow;
-    let mut allowlisted = false;
-    for m in &findings.matches {
-        reasons.push(Reason::HashMatch {
-            bank: m.bank.clone(),
-            signal: m.signal.as_str().to_string(),
-            entry: m.entry.clone(),
-            action: m.action,
-            distance: m.distance,
-            quality: m.quality,
-            transform: m.transform.map(str::to_string),
-        });
-        match m.action {
-            Action::Allow => allowlisted = true,
-            other => action = action.max(other),
-        }
-    }
+    let mut reasons: Vec<Reason> = findings.matches.iter().map(match_reason).collect();
     for low in &findings.low_quality {
         reasons.push(Reason::LowQuality { signal: "pdq".into(), quality: low.quality, floor: low.floor });
     }
     if let Some(c) = &findings.classifier {
-        let (band_name, band_action) = band(bands, c.score);
+        let (band_name, _) = band(bands, c.score);
         reasons.push(Reason::Classifier {
             model: c.model.clone(),
             model_sha256: c.model_sha256.clone(),
@@ -86,18 +72,50 @@ pub fn decide(findings: &Findings, policy: &PolicySettings, bands: Bands) -> (Ac
             score: c.score,
             band: band_name.into(),
         });
-        if let Some(a) = band_action {
-            action = action.max(a);
-        }
     }
     if let Some(e) = &findings.media_error {
         reasons.push(Reason::MediaError { error: e.kind.clone(), detail: e.detail.clone() });
-        action = action.max(policy.media_error_action);
+    }
+    (action_of(&reasons, policy.media_error_action), reasons)
+}
+
+/// The reason a bank match gives.
+pub fn match_reason(m: &BankMatch) -> Reason {
+    Reason::HashMatch {
+        bank: m.bank.clone(),
+        signal: m.signal.as_str().to_string(),
+        entry: m.entry.clone(),
+        action: m.action,
+        distance: m.distance,
+        quality: m.quality,
+        transform: m.transform.map(str::to_string),
+        quarantined: m.quarantined(),
+    }
+}
+
+/// The action a verdict's reasons call for (see the module docs for the precedence).
+pub fn action_of(reasons: &[Reason], media_error_action: Action) -> Action {
+    let mut action = Action::Allow;
+    let mut allowlisted = false;
+    for reason in reasons {
+        match reason {
+            Reason::HashMatch { quarantined: true, .. } => action = action.max(Action::Review),
+            Reason::HashMatch { action: Action::Allow, .. } => allowlisted = true,
+            Reason::HashMatch { action: bank_action, .. } => action = action.max(*bank_action),
+            Reason::Classifier { band, .. } => match band.as_str() {
+                "block" => action = action.max(Action::Block),
+                "review" => action = action.max(Action::Review),
+                _ => {}
+            },
+            Reason::LowQuality { .. } => {}
+            Reason::MediaError { .. } => action = action.max(media_error_action),
+        }
     }
     if allowlisted {
-        action = Action::Allow;
+        Action::Allow
+    } else {
+        action
     }
-    (action, reasons)
 }
 
 #[cfg(test)]
@@ -124,11 +142,50 @@ mod tests {
             distance: None,
             quality: None,
             transform: None,
+            hash: crate::bank::ParsedHash::Md5([0; 16]),
+            status: None,
         }
     }
 
     fn classifier(score: f32) -> Option<ClassifierFinding> {
         Some(ClassifierFinding { model: "m".into(), model_sha256: "00".into(), label: "nsfw".into(), score })
+    }
+
+    #[test]
+    fn a_quarantined_entry_gives_review_not_its_banks_action() {
+        let p = policy();
+        let mut quarantined = hit("csam", Action::Block);
+        quarantined.status = Some(crate::bank::EntryStatus::Quarantined);
+        let f = Findings { matches: vec![quarantined.clone()], ..Default::default() };
+        let (action, reasons) = decide(&f, &p, p.bands);
+        assert_eq!(action, Action::Review);
+        assert!(matches!(reasons[0], Reason::HashMatch { quarantined: true, action: Action::Block, .. }));
+        // Another entry that is not quarantined still blocks.
+        let f = Findings { matches: vec![quarantined, hit("csam", Action::Block)], ..Default::default() };
+        assert_eq!(decide(&f, &p, p.bands).0, Action::Block);
+    }
+
+    /// The action re-derived from a verdict's reasons is the one decided with them.
+    #[test]
+    fn action_of_the_reasons_is_the_decided_action() {
+        let p = policy();
+        for (matches, score, error) in [
+            (vec![], Some(0.99), false),
+            (vec![], Some(0.85), false),
+            (vec![], Some(0.1), true),
+            (vec![hit("csam", Action::Block)], Some(0.1), false),
+            (vec![hit("csam", Action::Block), hit("allow", Action::Allow)], None, true),
+            (vec![hit("review", Action::Review)], None, false),
+        ] {
+            let f = Findings {
+                matches,
+                classifier: score.and_then(classifier),
+                media_error: error.then(|| MediaErrorFinding { kind: "decode".into(), detail: "x".into() }),
+                ..Default::default()
+            };
+            let (action, reasons) = decide(&f, &p, p.bands);
+            assert_eq!(action_of(&reasons, p.media_error_action), action, "{reasons:?}");
+        }
     }
 
     #[test]

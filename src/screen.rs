@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use crate::bank::flood::FloodWatch;
 use crate::bank::{BankSet, PdqSignal};
 use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
@@ -35,6 +36,8 @@ pub struct Screen {
     cpu: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     mode: Mode,
+    /// Workers count matches per entry to catch a flooding one (see `bank::flood`).
+    flood: Option<Arc<FloodWatch>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +75,14 @@ impl Screen {
             cpu: Arc::new(Semaphore::new(threads)),
             metrics,
             mode,
+            flood: None,
         })
+    }
+
+    /// Counts every verdict's matches with `flood`.
+    pub fn with_flood_watch(mut self, flood: Option<Arc<FloodWatch>>) -> Self {
+        self.flood = flood;
+        self
     }
 
     /// Screens one event. Never fails: media problems become a `media_error` reason.
@@ -179,6 +189,9 @@ impl Screen {
         for m in &findings.matches {
             self.metrics.matches.with_label_values(&[&m.bank, m.signal.as_str()]).inc();
         }
+        if let Some(flood) = &self.flood {
+            flood.observe(&findings.matches);
+        }
         if let Some(e) = &findings.media_error {
             self.metrics.media_errors.with_label_values(&[&e.kind]).inc();
         }
@@ -196,6 +209,7 @@ impl Screen {
             decided_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             latency_ms: (received.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             attributes: event.attributes.clone(),
+            retro: None,
         }
     }
 }

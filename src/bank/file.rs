@@ -155,6 +155,8 @@ mod tests {
             pdq_threshold: 31,
             pdq_quality_floor: 50,
             dihedral: false,
+            flood_max_matches_per_minute: 0,
+            flood_baseline_multiple: 10.0,
         }
     }
 

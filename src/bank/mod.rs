@@ -8,6 +8,7 @@
 //! logged, and entry ids only appear in verdicts.
 
 pub mod file;
+pub mod flood;
 pub mod formats;
 pub mod pdq_index;
 pub mod record;
@@ -68,6 +69,17 @@ pub struct BankMatch {
     pub quality: Option<u8>,
     /// PDQ dihedral matches: which transform of the upload matched.
     pub transform: Option<&'static str>,
+    /// The entry's hash: kept inside the service (flood counting, retro), never in a verdict.
+    pub hash: ParsedHash,
+    /// The entry's quarantine status, if it has one.
+    pub status: Option<EntryStatus>,
+}
+
+impl BankMatch {
+    /// The entry flooded: this match is a reason for review, not its bank's action.
+    pub fn quarantined(&self) -> bool {
+        self.status == Some(EntryStatus::Quarantined)
+    }
 }
 
 /// An upload too low in PDQ quality for a bank's floor: reported, never silently dropped.
@@ -101,12 +113,23 @@ pub enum Applied {
     Withdrawn,
     /// A withdrawal of a hash the bank does not hold.
     Absent,
+    /// The hash was quarantined (it need not be in the bank: the status waits for it).
+    Quarantined,
+    /// A quarantine lifted, by a person or by clearing the status.
+    Released,
 }
 
 impl Applied {
-    const COUNT: usize = 5;
-    const ALL: [Applied; Applied::COUNT] =
-        [Applied::Added, Applied::Replaced, Applied::Unchanged, Applied::Withdrawn, Applied::Absent];
+    const COUNT: usize = 7;
+    const ALL: [Applied; Applied::COUNT] = [
+        Applied::Added,
+        Applied::Replaced,
+        Applied::Unchanged,
+        Applied::Withdrawn,
+        Applied::Absent,
+        Applied::Quarantined,
+        Applied::Released,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +138,8 @@ impl Applied {
             Applied::Unchanged => "unchanged",
             Applied::Withdrawn => "withdrawn",
             Applied::Absent => "absent",
+            Applied::Quarantined => "quarantined",
+            Applied::Released => "released",
         }
     }
 }
@@ -131,6 +156,17 @@ pub struct Bank {
     /// id → slot map stays as small as the bank.
     entries: Vec<Option<Box<str>>>,
     free: Vec<u32>,
+    /// Quarantine status by hash (see `record`); hashes without one are absent.
+    status: HashMap<ParsedHash, EntryStatus, ahash::RandomState>,
+}
+
+/// An entry's quarantine status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryStatus {
+    /// Its matches give review.
+    Quarantined,
+    /// A person released it: it matches as usual and is never quarantined automatically again.
+    Released,
 }
 
 impl Bank {
@@ -143,6 +179,7 @@ impl Bank {
             pdq_staging: None,
             entries: Vec::new(),
             free: Vec::new(),
+            status: HashMap::default(),
         }
     }
 
@@ -223,6 +260,30 @@ impl Bank {
         Applied::Withdrawn
     }
 
+    /// The entry id a hash has now.
+    pub fn entry_of(&self, hash: &ParsedHash) -> Option<&str> {
+        self.id_of(hash).and_then(|id| self.entries[id as usize].as_deref())
+    }
+
+    /// Sets (or with `None` clears) a hash's quarantine status: Quarantined or Released when
+    /// that changed whether its matches are quarantined, else Unchanged.
+    pub fn set_status(&mut self, hash: &ParsedHash, status: Option<EntryStatus>) -> Applied {
+        let before = match status {
+            Some(status) => self.status.insert(*hash, status),
+            None => self.status.remove(hash),
+        };
+        let was = before == Some(EntryStatus::Quarantined);
+        match (was, status == Some(EntryStatus::Quarantined)) {
+            (false, true) => Applied::Quarantined,
+            (true, false) => Applied::Released,
+            _ => Applied::Unchanged,
+        }
+    }
+
+    pub fn quarantined_count(&self) -> usize {
+        self.status.values().filter(|&&s| s == EntryStatus::Quarantined).count()
+    }
+
     pub fn count(&self, signal: Signal) -> usize {
         match signal {
             Signal::Md5 => self.md5.len(),
@@ -256,24 +317,30 @@ impl Bank {
         out
     }
 
-    fn hit(&self, signal: Signal, id: u32) -> BankMatch {
+    fn hit(&self, hash: ParsedHash, id: u32) -> BankMatch {
         BankMatch {
             bank: self.settings.name.clone(),
             action: self.settings.action,
-            signal,
+            signal: hash.signal(),
             entry: self.entries[id as usize].as_deref().unwrap_or_default().to_string(),
             distance: None,
             quality: None,
             transform: None,
+            status: self.status.get(&hash).copied(),
+            hash,
         }
     }
 
     pub fn match_exact(&self, hashes: &ExactHashes, out: &mut Vec<BankMatch>) {
-        if let Some(&id) = file::decode_hex::<16>(hashes.md5.as_bytes()).and_then(|h| self.md5.get(&h)) {
-            out.push(self.hit(Signal::Md5, id));
+        if let Some(h) = file::decode_hex::<16>(hashes.md5.as_bytes()) {
+            if let Some(&id) = self.md5.get(&h) {
+                out.push(self.hit(ParsedHash::Md5(h), id));
+            }
         }
-        if let Some(&id) = file::decode_hex::<32>(hashes.sha256.as_bytes()).and_then(|h| self.sha256.get(&h)) {
-            out.push(self.hit(Signal::Sha256, id));
+        if let Some(h) = file::decode_hex::<32>(hashes.sha256.as_bytes()) {
+            if let Some(&id) = self.sha256.get(&h) {
+                out.push(self.hit(ParsedHash::Sha256(h), id));
+            }
         }
     }
 
@@ -308,7 +375,8 @@ impl Bank {
         let mut hits: Vec<_> = best.into_iter().collect();
         hits.sort_by_key(|(id, (distance, _))| (*distance, *id));
         for (id, (distance, transform)) in hits {
-            let mut m = self.hit(Signal::Pdq, id);
+            let Some(hash) = self.pdq.hash_of(id) else { continue };
+            let mut m = self.hit(ParsedHash::Pdq(hash), id);
             m.distance = Some(distance);
             m.quality = Some(pdq.quality);
             m.transform = (transform != DIHEDRAL_NAMES[0]).then_some(transform);
@@ -318,11 +386,30 @@ impl Bank {
 }
 
 /// A validated hash from a bank file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParsedHash {
     Md5([u8; 16]),
     Sha256([u8; 32]),
     Pdq(PdqHash),
+}
+
+impl ParsedHash {
+    pub fn signal(&self) -> Signal {
+        match self {
+            ParsedHash::Md5(_) => Signal::Md5,
+            ParsedHash::Sha256(_) => Signal::Sha256,
+            ParsedHash::Pdq(_) => Signal::Pdq,
+        }
+    }
+
+    /// Lowercase hex, as in the bank topic's keys.
+    pub fn to_hex(&self) -> String {
+        match self {
+            ParsedHash::Md5(h) => hex::encode(h),
+            ParsedHash::Sha256(h) => hex::encode(h),
+            ParsedHash::Pdq(h) => h.to_string(),
+        }
+    }
 }
 
 
@@ -375,6 +462,20 @@ struct BankState {
     positions: BTreeMap<i32, i64>,
     /// (bank, reason) pairs already logged: each is logged once, then only counted.
     logged: HashSet<(String, &'static str)>,
+    /// Live changes not yet taken, when someone asked for them (the retro role).
+    journal: Option<Vec<BankChange>>,
+}
+
+/// One change the bank feed applied after start-up, for the retro role (see
+/// [`BankSet::record_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankChange {
+    pub bank: String,
+    pub hash: ParsedHash,
+    /// Added, Replaced, Withdrawn, Quarantined or Released.
+    pub applied: Applied,
+    /// The entry id the hash had before (replaced or withdrawn).
+    pub old_entry: Option<String>,
 }
 
 impl BankSet {
@@ -465,6 +566,31 @@ impl BankSet {
         Some(bank.entries().into_iter().map(|(s, h, e)| (s, h, e.to_string())).collect())
     }
 
+    /// From now on, remember each change a live apply makes, for [`BankSet::take_changes`].
+    pub fn record_changes(&self) {
+        self.write().journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes applied since the last call (none unless [`BankSet::record_changes`] was called).
+    pub fn take_changes(&self) -> Vec<BankChange> {
+        self.write().journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The bank state's position as a map (partition → next offset): see [`BankSet::version`].
+    pub fn positions(&self) -> BTreeMap<i32, i64> {
+        self.read().positions.clone()
+    }
+
+    /// Matches for stored signals (the retro role), with the current state's version.
+    pub fn match_signals(&self, md5: Option<&[u8; 16]>, sha256: Option<&[u8; 32]>, pdq: Option<(PdqHash, u8)>) -> Findings {
+        let exact = ExactHashes {
+            md5: md5.map(hex::encode).unwrap_or_default(),
+            sha256: sha256.map(hex::encode).unwrap_or_default(),
+        };
+        let pdq = pdq.map(|(hash, quality)| PdqSignal { hash, quality, dihedral: None });
+        self.match_media(&exact, pdq.as_ref())
+    }
+
     /// Before reading the whole topic: defer the PDQ indexes (built once by [`BankSet::end_bulk`]).
     pub fn begin_bulk(&self) {
         for bank in &mut self.write().banks {
@@ -504,8 +630,10 @@ impl BankSet {
         let mut changes: Vec<[u64; Applied::COUNT]> = vec![[0; Applied::COUNT]; state.banks.len()];
         let mut rejections: HashMap<(String, &'static str), u64> = HashMap::new();
         let mut last_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let journal = if live { state.journal.as_mut() } else { None };
+        let mut journal = journal;
         for (r, update) in records.iter().zip(decoded) {
-            match update.and_then(|update| apply_one(&mut state.banks, &update)) {
+            match update.and_then(|update| apply_one(&mut state.banks, &update, journal.as_deref_mut())) {
                 Ok((bank, applied)) => changes[bank][applied as usize] += 1,
                 Err(rejection) => {
                     report.rejected += 1;
@@ -567,6 +695,7 @@ impl BankSet {
             for signal in [Signal::Md5, Signal::Sha256, Signal::Pdq] {
                 metrics.bank_entries.with_label_values(&[bank.name(), signal.as_str()]).set(bank.count(signal) as i64);
             }
+            metrics.bank_entries_quarantined.with_label_values(&[bank.name()]).set(bank.quarantined_count() as i64);
         }
     }
 }
@@ -586,17 +715,27 @@ fn decode_all<'a>(records: &[TopicRecord<'a>]) -> Vec<Result<BankUpdate<'a>, Rej
     })
 }
 
-/// Applies one decoded record to its bank: (the bank's index, what happened).
-fn apply_one(banks: &mut [Bank], update: &BankUpdate<'_>) -> Result<(usize, Applied), Rejection> {
+/// Applies one decoded record to its bank: (the bank's index, what happened); a change that
+/// did something goes to `journal` when there is one.
+fn apply_one(banks: &mut [Bank], update: &BankUpdate<'_>, journal: Option<&mut Vec<BankChange>>) -> Result<(usize, Applied), Rejection> {
     let index = banks
         .iter()
         .position(|b| b.name() == update.bank)
         .ok_or_else(|| Rejection::UndeclaredBank(update.bank.to_string()))?;
     let bank = &mut banks[index];
+    let old_entry = journal.as_ref().and_then(|_| bank.entry_of(&update.hash)).map(str::to_string);
     let applied = match &update.change {
         Change::Upsert { entry } => bank.upsert(&update.hash, entry).map_err(|e| Rejection::IndexFull(e.to_string()))?,
         Change::Withdraw => bank.withdraw(&update.hash),
+        Change::Quarantine => bank.set_status(&update.hash, Some(EntryStatus::Quarantined)),
+        Change::Release => bank.set_status(&update.hash, Some(EntryStatus::Released)),
+        Change::ClearStatus => bank.set_status(&update.hash, None),
     };
+    if let Some(journal) = journal {
+        if !matches!(applied, Applied::Unchanged | Applied::Absent) {
+            journal.push(BankChange { bank: update.bank.to_string(), hash: update.hash, applied, old_entry });
+        }
+    }
     Ok((index, applied))
 }
 
@@ -621,6 +760,8 @@ mod tests {
             pdq_threshold: 31,
             pdq_quality_floor: 50,
             dihedral: false,
+            flood_max_matches_per_minute: 0,
+            flood_baseline_multiple: 10.0,
         }
     }
 

@@ -291,6 +291,12 @@ impl PdqIndex {
         self.hashes.len()
     }
 
+    /// The hash held under `id`.
+    pub fn hash_of(&self, id: u32) -> Option<PdqHash> {
+        let slot = *self.slot_of.get(id as usize)?;
+        (slot != NO_SLOT).then(|| PdqHash::from_words(self.hashes.get(slot).0))
+    }
+
     /// Every (id, hash), in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, PdqHash)> + '_ {
         self.hashes.iter().zip(&self.ids).map(|(w, &id)| (id, PdqHash::from_words(w.0)))

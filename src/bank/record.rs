@@ -2,6 +2,13 @@
 //! a null value (tombstone) withdraws it. The topic is log-compacted, so the last record per key
 //! is the entry's state; docs/schemas/bank_entry.schema.json is the value's JSON Schema.
 //!
+//! Beside each entry's key, `BANK/SIGNAL/HASH/quarantine` holds the entry's quarantine status
+//! (`perisai.bank_quarantine/v1`): `quarantined`, written by a worker that saw the entry flood,
+//! or `released`, written by `perisai bank release` (a person's decision: the entry is never
+//! quarantined automatically again; a tombstone clears the status altogether). A separate key,
+//! so that re-importing a partner's list never lifts a quarantine and lifting one never touches
+//! the entry.
+//!
 //! Records come from partners' lists, so each one is checked on its own: a bad record is
 //! rejected with a reason ([`Rejection`]) and never stops the others. Rejections, like every
 //! other bank error, never carry the hash.
@@ -15,6 +22,9 @@ use super::{ParsedHash, Signal};
 use crate::config::valid_bank_name;
 
 pub const BANK_ENTRY_SCHEMA: &str = "perisai.bank_entry/v1";
+pub const QUARANTINE_SCHEMA: &str = "perisai.bank_quarantine/v1";
+/// The suffix of a quarantine status key: `BANK/SIGNAL/HASH/quarantine`.
+const QUARANTINE_SUFFIX: &str = "quarantine";
 
 /// Longest entry id kept (the partner's or case id): ids are echoed in every verdict.
 pub const MAX_ENTRY_BYTES: usize = 256;
@@ -43,6 +53,40 @@ pub fn record_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
     format!("{bank}/{}/{}", signal.as_str(), hash_hex.to_ascii_lowercase())
 }
 
+/// The key of an entry's quarantine status: `BANK/SIGNAL/HASH/quarantine`.
+pub fn quarantine_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
+    format!("{}/{QUARANTINE_SUFFIX}", record_key(bank, signal, hash_hex))
+}
+
+/// Whether a key is an entry's quarantine status rather than the entry (exports skip these).
+pub fn is_quarantine_key(key: &str) -> bool {
+    key.split('/').nth(3) == Some(QUARANTINE_SUFFIX)
+}
+
+/// A quarantine status value: why a worker quarantined an entry. Readers need only the schema
+/// and the key fields; the rest is for the people who decide whether to release it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    pub schema: String,
+    pub bank: String,
+    pub signal: String,
+    pub hash: String,
+    /// quarantined | released
+    pub status: String,
+    /// e.g. `flood`, or the operator's note.
+    pub reason: String,
+    /// Flood quarantines: matches on the detecting worker in the last minute, and its
+    /// per-minute baseline over the hour before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches_last_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_per_minute: Option<f64>,
+    /// RFC 3339.
+    pub at: String,
+    /// The worker that saw the flood (host name or process id).
+    pub by: String,
+}
+
 /// What a record asks of one bank; borrows from the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BankUpdate<'a> {
@@ -56,6 +100,12 @@ pub enum Change<'a> {
     /// Add the entry, or replace the one this hash has.
     Upsert { entry: Cow<'a, str> },
     Withdraw,
+    /// The entry's matches go to review instead of its bank's action (see the module docs).
+    Quarantine,
+    /// A person lifted the quarantine: never quarantined automatically again.
+    Release,
+    /// No status (a tombstone on the quarantine key).
+    ClearStatus,
 }
 
 /// Why a record was not applied; `reason()` is the metric label.
@@ -67,7 +117,7 @@ pub enum Rejection {
     UndeclaredBank(String),
     #[error("value is not a perisai.bank_entry/v1 JSON object: {0}")]
     MalformedValue(String),
-    #[error("unsupported schema (expected {BANK_ENTRY_SCHEMA})")]
+    #[error("unsupported schema (expected {BANK_ENTRY_SCHEMA}, or {QUARANTINE_SCHEMA} under a quarantine key)")]
     SchemaVersion,
     #[error("value's bank, signal or hash differs from its key")]
     KeyMismatch,
@@ -130,15 +180,27 @@ struct ValueView<'a> {
 /// Decodes one record of the bank topic. `value` is `None` for a tombstone.
 pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<BankUpdate<'a>, Rejection> {
     let key = key.and_then(|k| std::str::from_utf8(k).ok()).ok_or(Rejection::BadKey)?;
-    let mut parts = key.splitn(3, '/');
+    let mut parts = key.splitn(4, '/');
     let (Some(bank), Some(signal_text), Some(hash_text)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Rejection::BadKey);
+    };
+    let quarantine = match parts.next() {
+        None => false,
+        Some(QUARANTINE_SUFFIX) => true,
+        Some(_) => return Err(Rejection::BadKey),
     };
     let signal = Signal::parse(signal_text).filter(|s| s.as_str() == signal_text).ok_or(Rejection::BadKey)?;
     if !valid_bank_name(bank) {
         return Err(Rejection::BadKey);
     }
     let hash = checked_hash(signal, hash_text)?;
+    if quarantine {
+        let change = match value {
+            None => Change::ClearStatus,
+            Some(value) => check_quarantine(value, bank, signal_text, hash_text)?,
+        };
+        return Ok(BankUpdate { bank, hash, change });
+    }
     let Some(value) = value else {
         return Ok(BankUpdate { bank, hash, change: Change::Withdraw });
     };
@@ -162,6 +224,39 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
         None => unreachable!("checked above"),
     };
     Ok(BankUpdate { bank, hash, change: Change::Upsert { entry } })
+}
+
+/// A quarantine value must name its schema, repeat its key and say its status; the rest is
+/// informative.
+fn check_quarantine(value: &[u8], bank: &str, signal: &str, hash: &str) -> Result<Change<'static>, Rejection> {
+    #[derive(Deserialize)]
+    struct StatusView<'a> {
+        #[serde(borrow)]
+        schema: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        bank: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        signal: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        hash: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        status: Option<Cow<'a, str>>,
+    }
+    let view: StatusView<'_> = serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
+    match view.schema.as_deref() {
+        Some(QUARANTINE_SCHEMA) => {}
+        Some(_) => return Err(Rejection::SchemaVersion),
+        None => return Err(Rejection::MalformedValue("missing field `schema`".into())),
+    }
+    if view.bank.as_deref() != Some(bank) || view.signal.as_deref() != Some(signal) || view.hash.as_deref() != Some(hash) {
+        return Err(Rejection::KeyMismatch);
+    }
+    match view.status.as_deref() {
+        Some("quarantined") => Ok(Change::Quarantine),
+        Some("released") => Ok(Change::Release),
+        Some(_) => Err(Rejection::MalformedValue("`status` must be quarantined or released".into())),
+        None => Err(Rejection::MalformedValue("missing field `status`".into())),
+    }
 }
 
 /// Keys hold lowercase hex only: an uppercase key would be a second key for the same hash,
@@ -320,6 +415,44 @@ mod tests {
         check("ncii", "sha1", MD5, "case-1", false);
         check("ncii", "md5", MD5, "", false);
         check("ncii", "md5", MD5, &"x".repeat(257), false);
+    }
+
+    #[test]
+    fn quarantine_status_records() {
+        let key = quarantine_key("ncii", Signal::Pdq, PDQ);
+        assert!(is_quarantine_key(&key) && !is_quarantine_key(&record_key("ncii", Signal::Pdq, PDQ)));
+        let record = |bank: &str, schema: &str, status: &str| {
+            serde_json::to_vec(&QuarantineRecord {
+                schema: schema.into(),
+                bank: bank.into(),
+                signal: "pdq".into(),
+                hash: PDQ.into(),
+                status: status.into(),
+                reason: "flood".into(),
+                matches_last_minute: Some(900),
+                baseline_per_minute: Some(1.5),
+                at: "2026-11-29T12:00:00Z".into(),
+                by: "w-1".into(),
+            })
+            .unwrap()
+        };
+        let status = |bank: &str, schema: &str| record(bank, schema, "quarantined");
+        let up = decode(Some(key.as_bytes()), Some(&status("ncii", QUARANTINE_SCHEMA))).unwrap();
+        assert_eq!(up.change, Change::Quarantine);
+        let released = decode(Some(key.as_bytes()), Some(&record("ncii", QUARANTINE_SCHEMA, "released"))).unwrap();
+        assert_eq!(released.change, Change::Release);
+        assert_eq!(decode(Some(key.as_bytes()), None).unwrap().change, Change::ClearStatus);
+        assert_eq!(
+            decode(Some(key.as_bytes()), Some(&record("ncii", QUARANTINE_SCHEMA, "maybe"))).unwrap_err().reason(),
+            "malformed_value"
+        );
+        let reason = |k: &str, v: Option<&[u8]>| decode(Some(k.as_bytes()), v).unwrap_err().reason();
+        assert_eq!(reason(&key, Some(&status("other", QUARANTINE_SCHEMA))), "key_mismatch");
+        assert_eq!(reason(&key, Some(&status("ncii", BANK_ENTRY_SCHEMA))), "schema_version");
+        assert_eq!(reason(&format!("ncii/pdq/{PDQ}/other"), None), "bad_key");
+        // An entry value under a quarantine key (or the other way round) is refused.
+        assert_eq!(reason(&key, Some(&value("ncii", "pdq", PDQ, "e"))), "schema_version");
+        assert_eq!(reason(&record_key("ncii", Signal::Pdq, PDQ), Some(&status("ncii", QUARANTINE_SCHEMA))), "schema_version");
     }
 
     #[test]

@@ -1,0 +1,218 @@
+//! Flood detection: a bank entry that suddenly matches far more uploads than it ever did — the
+//! hash of a common meme or a blank frame slipped into a partner's list — is quarantined before
+//! it blocks (or floods review with) thousands of innocent uploads.
+//!
+//! Each worker counts matches per entry in 10-second buckets over the last 61 minutes. An entry
+//! floods when, on this worker, its matches in the last minute exceed its bank's
+//! `flood_max_matches_per_minute` and `flood_baseline_multiple` times its own per-minute rate over
+//! the hour before. The worker then asks (once) for the entry to be quarantined; the pipeline
+//! publishes that to the bank topic, so every worker applies it like any bank update. Counts are
+//! per worker, so the limit is per worker too. A worker asks once per entry in its lifetime: an
+//! entry a person released (status `released`) is never counted again, and one whose status was
+//! cleared by a tombstone is counted again by workers started after that.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::{BankMatch, ParsedHash};
+use crate::config::BankSettings;
+use crate::event::Action;
+
+const BUCKET_SECS: u64 = 10;
+/// The last minute, then the hour before it, then the bucket being filled.
+const BUCKETS: usize = 6 + 360;
+/// An entry not matched for this long is forgotten (its counts are all zero by then).
+const IDLE_BUCKETS: u64 = BUCKETS as u64;
+
+/// A request to quarantine one entry fleet-wide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRequest {
+    pub bank: String,
+    pub hash: ParsedHash,
+    pub matches_last_minute: u64,
+    pub baseline_per_minute: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max_per_minute: u64,
+    baseline_multiple: f64,
+}
+
+struct Counts {
+    ring: [u32; BUCKETS],
+    /// The absolute bucket number last written.
+    last: u64,
+    requested: bool,
+}
+
+impl Counts {
+    fn new(now: u64) -> Self {
+        Self { ring: [0; BUCKETS], last: now, requested: false }
+    }
+
+    /// Moves to bucket `now`, zeroing the buckets skipped since the last match.
+    fn advance(&mut self, now: u64) {
+        let skipped = now.saturating_sub(self.last).min(BUCKETS as u64);
+        for b in 1..=skipped {
+            self.ring[((self.last + b) % BUCKETS as u64) as usize] = 0;
+        }
+        self.last = self.last.max(now);
+    }
+
+    fn sum(&self, newest_back: u64, oldest_back: u64) -> u64 {
+        (newest_back..=oldest_back).map(|back| u64::from(self.ring[((self.last + BUCKETS as u64 - back) % BUCKETS as u64) as usize])).sum()
+    }
+
+    /// Matches in the last minute (this bucket and the five before) and the mean per minute over
+    /// the hour before that.
+    fn rates(&self) -> (u64, f64) {
+        (self.sum(0, 5), self.sum(6, BUCKETS as u64 - 1) as f64 / 60.0)
+    }
+}
+
+/// Counts matches per entry; see the module docs.
+pub struct FloodWatch {
+    limits: HashMap<String, Limit>,
+    counts: Mutex<HashMap<(String, ParsedHash), Counts>>,
+    started: Instant,
+    requests: tokio::sync::mpsc::UnboundedSender<QuarantineRequest>,
+}
+
+impl FloodWatch {
+    /// `None` when no bank sets a flood limit. The receiver gets each quarantine request once.
+    pub fn new(banks: &[BankSettings]) -> Option<(Self, tokio::sync::mpsc::UnboundedReceiver<QuarantineRequest>)> {
+        let limits: HashMap<String, Limit> = banks
+            .iter()
+            .filter(|b| b.flood_max_matches_per_minute > 0 && b.action != Action::Allow)
+            .map(|b| {
+                let limit = Limit { max_per_minute: u64::from(b.flood_max_matches_per_minute), baseline_multiple: b.flood_baseline_multiple };
+                (b.name.clone(), limit)
+            })
+            .collect();
+        if limits.is_empty() {
+            return None;
+        }
+        let (requests, receiver) = tokio::sync::mpsc::unbounded_channel();
+        Some((Self { limits, counts: Mutex::new(HashMap::new()), started: Instant::now(), requests }, receiver))
+    }
+
+    /// Counts one upload's matches. Entries already quarantined, or released by a person, are
+    /// not counted.
+    pub fn observe(&self, matches: &[BankMatch]) {
+        self.observe_at(matches, self.started.elapsed().as_secs() / BUCKET_SECS);
+    }
+
+    fn observe_at(&self, matches: &[BankMatch], now: u64) {
+        let counted = matches.iter().filter(|m| m.status.is_none() && self.limits.contains_key(&m.bank));
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for m in counted {
+            let limit = self.limits[&m.bank];
+            let entry = counts.entry((m.bank.clone(), m.hash)).or_insert_with(|| Counts::new(now));
+            entry.advance(now);
+            let slot = &mut entry.ring[(now % BUCKETS as u64) as usize];
+            *slot = slot.saturating_add(1);
+            let (last_minute, baseline) = entry.rates();
+            if !entry.requested && last_minute > limit.max_per_minute && last_minute as f64 > limit.baseline_multiple * baseline {
+                entry.requested = true;
+                let _ = self.requests.send(QuarantineRequest {
+                    bank: m.bank.clone(),
+                    hash: m.hash,
+                    matches_last_minute: last_minute,
+                    baseline_per_minute: baseline,
+                });
+            }
+        }
+        // Forget idle entries now and then, so the map holds only what matched this hour.
+        if now % 6 == 0 && counts.len() > 1024 {
+            counts.retain(|_, c| now.saturating_sub(c.last) < IDLE_BUCKETS);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::{EntryStatus, Signal};
+    use crate::config::OnBadRow;
+
+    fn settings(max: u32) -> BankSettings {
+        BankSettings {
+            name: "b".into(),
+            file: String::new(),
+            action: Action::Block,
+            on_bad_row: OnBadRow::Fail,
+            pdq_threshold: 31,
+            pdq_quality_floor: 50,
+            dihedral: false,
+            flood_max_matches_per_minute: max,
+            flood_baseline_multiple: 10.0,
+        }
+    }
+
+    fn hit(n: u8, status: Option<EntryStatus>) -> BankMatch {
+        BankMatch {
+            bank: "b".into(),
+            action: Action::Block,
+            signal: Signal::Md5,
+            entry: "e".into(),
+            distance: None,
+            quality: None,
+            transform: None,
+            hash: ParsedHash::Md5([n; 16]),
+            status,
+        }
+    }
+
+    #[test]
+    fn a_burst_over_the_limit_is_requested_once() {
+        let (watch, mut rx) = FloodWatch::new(&[settings(100)]).unwrap();
+        for _ in 0..100 {
+            watch.observe_at(&[hit(1, None)], 10);
+        }
+        assert!(rx.try_recv().is_err(), "100 in a minute is within the limit");
+        watch.observe_at(&[hit(1, None)], 11);
+        let request = rx.try_recv().expect("the 101st match in a minute floods");
+        assert_eq!((request.matches_last_minute, request.baseline_per_minute), (101, 0.0));
+        for _ in 0..500 {
+            watch.observe_at(&[hit(1, None)], 12);
+        }
+        assert!(rx.try_recv().is_err(), "asked once");
+        // Another entry is counted apart; a quarantined or released one not at all.
+        for _ in 0..200 {
+            watch.observe_at(&[hit(2, Some(EntryStatus::Released)), hit(3, Some(EntryStatus::Quarantined))], 12);
+        }
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_window_slides_and_a_busy_entrys_own_baseline_counts() {
+        let (watch, mut rx) = FloodWatch::new(&[settings(100)]).unwrap();
+        // 90 a minute for an hour: a popular entry, never over the limit.
+        for minute in 0..60u64 {
+            for i in 0..90u64 {
+                watch.observe_at(&[hit(1, None)], minute * 6 + i % 6);
+            }
+        }
+        assert!(rx.try_recv().is_err());
+        // Then 150 in a minute: over the limit, but not 10x its own baseline of 90.
+        for i in 0..150u64 {
+            watch.observe_at(&[hit(1, None)], 360 + i % 6);
+        }
+        assert!(rx.try_recv().is_err(), "a popular entry is not a flood at 1.7x its rate");
+        // A quiet entry: 101 matches spread over two minutes never floods.
+        for i in 0..101u64 {
+            watch.observe_at(&[hit(4, None)], 400 + i * 12 / 101);
+        }
+        assert!(rx.try_recv().is_err(), "the minute slid past the early matches");
+    }
+
+    #[test]
+    fn off_without_a_limit_and_for_allow_banks() {
+        assert!(FloodWatch::new(&[settings(0)]).is_none());
+        let mut allow = settings(10);
+        allow.action = Action::Allow;
+        assert!(FloodWatch::new(&[allow]).is_none());
+    }
+}
