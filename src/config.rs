@@ -35,6 +35,41 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub retro: RetroSettings,
+}
+
+/// The retro role (`perisai retro`): remembers recent verdicts and re-decides them when the
+/// banks change after the upload was screened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetroSettings {
+    /// Its consumer group on the verdict topic: replicas share the verdict partitions.
+    pub group_id: String,
+    /// How far back uploads are remembered: `<number><d|h|m|s>`, e.g. `30d`. The verdict topic's
+    /// retention must be at least this long.
+    pub window: String,
+    /// Most uploads one replica remembers; the oldest are forgotten beyond it.
+    pub max_uploads: usize,
+}
+
+impl RetroSettings {
+    /// The window in seconds (validated).
+    pub fn window_secs(&self) -> u64 {
+        parse_duration_secs(&self.window).unwrap_or(0)
+    }
+}
+
+/// `<number><d|h|m|s>` in seconds.
+fn parse_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let unit = match text.chars().last()? {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    text[..text.len() - 1].parse::<u64>().ok().filter(|&n| n > 0)?.checked_mul(unit)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,6 +414,7 @@ impl Settings {
         check(!k.brokers.trim().is_empty(), "kafka.brokers: must name at least one broker".into());
         for (key, value) in [
             ("kafka.group_id", &k.group_id),
+            ("retro.group_id", &self.retro.group_id),
             ("kafka.input_topic", &k.input_topic),
             ("kafka.verdict_topic", &k.verdict_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
@@ -393,6 +429,12 @@ impl Settings {
             );
         }
         check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
+        check(
+            parse_duration_secs(&self.retro.window).is_some(),
+            format!("retro.window: {:?} is not <number><d|h|m|s>, e.g. 30d", self.retro.window),
+        );
+        check(self.retro.max_uploads > 0, "retro.max_uploads: must be > 0".into());
+        check(self.retro.group_id != k.group_id, "retro.group_id: must differ from kafka.group_id".into());
         let w = &self.worker;
         if k.delivery == Delivery::ExactlyOnce {
             // A transaction lives through one commit interval plus, at its end, the drain bound;

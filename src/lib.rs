@@ -20,10 +20,12 @@
 //!   exactly-once transaction cycle.
 //! - [`metrics`]: Prometheus registry and the HTTP endpoints.
 //! - [`app`]: assembling banks, classifier and screen from settings (shared by `run`, `demo`, `scan`).
+//! - [`retro`]: the retro role: remembers recent verdicts and re-decides them when a bank entry
+//!   is added, withdrawn or released after the upload was screened (retroactive takedown).
 //! - [`admin`]: the `perisai bank` commands: import partner lists, withdraw, export.
 //! - [`demo`]: the embedded demo: mock broker, sample media, a table of verdicts.
 //!
-//! Dependencies point one way: app/demo/admin → pipeline, kafka, and pipeline → screen → media,
+//! Dependencies point one way: app/demo/admin/retro → pipeline, kafka, and pipeline → screen → media,
 //! hash, bank, classify, policy → event. Bank updates reach the bank set as plain records
 //! ([`bank::TopicRecord`]) handed over by `kafka::bank_feed`. `screen`, `media`, `hash`, `bank`, `classify` and `policy` never
 //! import `kafka` or `pipeline`; `hash` knows no banks; `policy` sees scores, not models.
@@ -41,4 +43,5 @@ pub mod media;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod retro;
 pub mod screen;

@@ -35,6 +35,12 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run a retro replica: remember recent verdicts, and write superseding verdicts when a bank
+    /// entry added, withdrawn or released later changes an upload's decision.
+    Retro {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Run the whole path on an embedded broker with sample media, print the verdicts.
     Demo {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -177,6 +183,7 @@ fn main() -> ExitCode {
 async fn async_main(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => run(config).await,
+        Command::Retro { config } => retro(config).await,
         Command::Demo { metrics_listen, linger_secs } => {
             init_logging("warn", "text");
             let report =
@@ -309,6 +316,41 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     server.shutdown().await;
     tracing::info!(events = summary.events, abandoned = summary.abandoned, "bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retro(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Arc::new(load_settings(config.as_deref())?);
+    init_logging(&settings.log.level, &settings.log.format);
+    if settings.kafka.banks_topic.is_empty() {
+        tracing::warn!("kafka.banks_topic is empty: banks never change, so retro only re-decides what it reads back at start");
+    }
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let listen = settings.metrics.listen.parse().expect("validated address");
+    let server = MetricsServer::start(listen, metrics.clone(), readiness.clone())
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", settings.metrics.listen))?;
+    tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+    let (banks, feed) = app::load_live_banks(&settings, &metrics, &readiness).await.context("loading banks")?;
+    readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
+    let role = perisai::retro::RetroRole::new(settings.clone(), banks, metrics, readiness);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let role_stop = stop.clone();
+    let mut task = tokio::task::spawn_blocking(move || role.run(&role_stop));
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            task.await
+        }
+        done = &mut task => done,
+    };
+    if let Some(feed) = feed {
+        tokio::task::spawn_blocking(move || feed.stop()).await.ok();
+    }
+    server.shutdown().await;
+    outcome.context("retro thread")??;
+    tracing::info!("bye");
     Ok(ExitCode::SUCCESS)
 }
 

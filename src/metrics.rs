@@ -281,6 +281,8 @@ pub struct Readiness {
     pub group_stalled: AtomicBool,
     /// The bank feed thread ended by itself: live bank updates stopped applying.
     pub bank_feed_failed: AtomicBool,
+    /// Retro: verdict partitions being read back after an assignment.
+    pub retro_rebuilding: AtomicU64,
 }
 
 impl Readiness {
@@ -298,6 +300,10 @@ impl Readiness {
         }
         if !self.assigned.load(Ordering::Acquire) {
             return Some("banks and classifier loaded; no input partitions assigned yet".into());
+        }
+        let rebuilding = self.retro_rebuilding.load(Ordering::Acquire);
+        if rebuilding > 0 {
+            return Some(format!("reading back the window of {rebuilding} verdict partitions"));
         }
         None
     }

@@ -112,7 +112,7 @@ pub fn parse_hash(signal: Signal, text: &str) -> Result<ParsedHash, String> {
 
 /// Hex (either case) of exactly `2 * N` characters. Start-up decodes millions of these: a table
 /// lookup per character, since branching on random digits mispredicts half the time.
-pub(super) fn decode_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+pub(crate) fn decode_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     const INVALID: u8 = 0xff;
     const TABLE: [u8; 256] = {
         let mut t = [INVALID; 256];
