@@ -437,10 +437,10 @@ mod tests {
             .unwrap()
         };
         let status = |bank: &str, schema: &str| record(bank, schema, "quarantined");
-        let up = decode(Some(key.as_bytes()), Some(&status("ncii", QUARANTINE_SCHEMA))).unwrap();
-        assert_eq!(up.change, Change::Quarantine);
-        let released = decode(Some(key.as_bytes()), Some(&record("ncii", QUARANTINE_SCHEMA, "released"))).unwrap();
-        assert_eq!(released.change, Change::Release);
+        let quarantined = status("ncii", QUARANTINE_SCHEMA);
+        assert_eq!(decode(Some(key.as_bytes()), Some(&quarantined)).unwrap().change, Change::Quarantine);
+        let released = record("ncii", QUARANTINE_SCHEMA, "released");
+        assert_eq!(decode(Some(key.as_bytes()), Some(&released)).unwrap().change, Change::Release);
         assert_eq!(decode(Some(key.as_bytes()), None).unwrap().change, Change::ClearStatus);
         assert_eq!(
             decode(Some(key.as_bytes()), Some(&record("ncii", QUARANTINE_SCHEMA, "maybe"))).unwrap_err().reason(),

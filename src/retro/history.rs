@@ -386,3 +386,287 @@ pub fn covers(state: &BTreeMap<i32, i64>, banks_version: Option<&str>) -> bool {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bank::record::{quarantine_key, record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
+    use crate::bank::{Bank, Signal, TopicRecord};
+    use crate::config::OnBadRow;
+    use crate::metrics::Metrics;
+
+    fn settings(name: &str) -> BankSettings {
+        BankSettings {
+            name: name.into(),
+            file: String::new(),
+            action: Action::Block,
+            on_bad_row: OnBadRow::Fail,
+            pdq_threshold: 31,
+            pdq_quality_floor: 50,
+            dihedral: false,
+            flood_max_matches_per_minute: 0,
+            flood_baseline_multiple: 10.0,
+        }
+    }
+
+    fn pdq(seed: u64) -> PdqHash {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut words = [0u64; 4];
+        for w in &mut words {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *w = x;
+        }
+        PdqHash::from_words(words)
+    }
+
+    /// `bits` bits of `h` flipped.
+    fn near(h: PdqHash, bits: u32) -> PdqHash {
+        let mut w = h.words();
+        for b in 0..bits {
+            w[(b % 4) as usize] ^= 1 << (b * 7 % 64);
+        }
+        PdqHash::from_words(w)
+    }
+
+    fn md5(i: u32) -> String {
+        format!("{:032x}", u128::from(i) * 0x1234_5678_9abc_def1 + 7)
+    }
+
+    fn verdict(event: &str, md5_hex: &str, pdq: Option<PdqHash>) -> Verdict {
+        Verdict {
+            schema: VERDICT_SCHEMA.into(),
+            event_id: event.into(),
+            media_id: format!("m-{event}"),
+            tenant: "t".into(),
+            action: Action::Allow,
+            reasons: vec![Reason::Classifier {
+                model: "m".into(),
+                model_sha256: "00".into(),
+                label: "nsfw".into(),
+                score: 0.1,
+                band: "none".into(),
+            }],
+            signals: Signals {
+                md5: Some(md5_hex.into()),
+                sha256: None,
+                pdq: pdq.map(|h| h.to_string()),
+                pdq_quality: pdq.map(|_| 90),
+                width: None,
+                height: None,
+            },
+            policy: "p".into(),
+            banks_version: None,
+            decided_at: "2026-11-29T00:00:00Z".into(),
+            latency_ms: 1.0,
+            attributes: Default::default(),
+            retro: None,
+        }
+    }
+
+    /// The bank set, applied through topic records as the feed would, journaling changes.
+    struct Banks {
+        set: BankSet,
+        metrics: std::sync::Arc<Metrics>,
+        offset: i64,
+    }
+
+    impl Banks {
+        fn new(names: &[&str]) -> Self {
+            let set = BankSet::new(names.iter().map(|n| Bank::new(settings(n))).collect());
+            set.record_changes();
+            Self { set, metrics: Metrics::new(), offset: 0 }
+        }
+
+        fn put(&mut self, bank: &str, signal: Signal, hash: &str, entry: &str) -> Vec<BankChange> {
+            let value = serde_json::to_vec(&BankEntryRecord {
+                schema: BANK_ENTRY_SCHEMA.into(),
+                bank: bank.into(),
+                signal: signal.as_str().into(),
+                hash: hash.into(),
+                entry: entry.into(),
+                source: "test".into(),
+                added_at: "2026-11-29T00:00:00Z".into(),
+                tags: vec![],
+            })
+            .unwrap();
+            self.send(record_key(bank, signal, hash), Some(value))
+        }
+
+        fn send(&mut self, key: String, value: Option<Vec<u8>>) -> Vec<BankChange> {
+            let record = TopicRecord { partition: 0, offset: self.offset, timestamp_ms: None, key: Some(key.as_bytes()), value: value.as_deref() };
+            self.offset += 1;
+            self.set.apply(&[record], &self.metrics, true);
+            self.set.take_changes()
+        }
+    }
+
+    fn redecide_all(history: &mut History, banks: &Banks, changes: &[BankChange]) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for change in changes {
+            let bank = banks.set.settings().into_iter().find(|b| b.name == change.bank).unwrap();
+            for slot in history.candidates(change, &bank) {
+                if let Some(r) = history.redecide(slot, &banks.set, Action::Review, "p2") {
+                    history.record(slot, &r.verdict);
+                    out.push(r.verdict);
+                }
+            }
+        }
+        out
+    }
+
+    /// Upload first, hash later: exactly the uploads the new entry reaches are re-decided (exact
+    /// and PDQ within the threshold), once; a withdrawal undoes it except where another entry
+    /// still blocks.
+    #[test]
+    fn an_entry_added_later_finds_its_uploads_and_its_withdrawal_undoes_them() {
+        let mut banks = Banks::new(&["ncii", "csam"]);
+        let mut history = History::new();
+        let target = pdq(1);
+        for i in 0..200u32 {
+            let hash = match i {
+                10 => Some(near(target, 5)),
+                11 => Some(near(target, 31)),
+                12 => Some(near(target, 40)),
+                _ => Some(pdq(1000 + u64::from(i))),
+            };
+            let md5_hex = if i == 20 || i == 21 { md5(999) } else { md5(i) };
+            history.take(verdict(&format!("e{i}"), &md5_hex, hash), 0, i64::from(i), 1_000).unwrap();
+        }
+        assert_eq!(history.len(), 200);
+        let mut changes = banks.put("ncii", Signal::Pdq, &target.to_string(), "case-1");
+        changes.extend(banks.put("ncii", Signal::Md5, &md5(999), "case-2"));
+        let written = redecide_all(&mut history, &banks, &changes);
+        let mut hit: Vec<&str> = written.iter().map(|v| v.retro.as_ref().unwrap().upload_event_id.as_str()).collect();
+        hit.sort();
+        assert_eq!(hit, ["e10", "e11", "e20", "e21"], "distance 40 is beyond the threshold of 31");
+        for v in &written {
+            assert_eq!(v.action, Action::Block);
+            let retro = v.retro.as_ref().unwrap();
+            assert_eq!((retro.previous_action, retro.supersedes.as_str()), (Action::Allow, retro.upload_event_id.as_str()));
+            assert_eq!(retro.changes[0].change, "added");
+            assert!(v.event_id.starts_with("retro-") && v.event_id != retro.upload_event_id);
+            assert!(v.reasons.iter().any(|r| matches!(r, Reason::Classifier { .. })), "the other reasons are kept");
+        }
+        // Nothing more to do: a second pass writes nothing.
+        assert!(redecide_all(&mut history, &banks, &changes).is_empty());
+        // e20 is blocked by a second bank too; withdrawing case-2 leaves it blocked.
+        let slot20 = history.by_event["e20"];
+        let changes = banks.put("csam", Signal::Md5, &md5(999), "h-9");
+        let again = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(again.len(), 2, "e20 and e21 gain the csam match");
+        let changes = banks.send(record_key("ncii", Signal::Md5, &md5(999)), None);
+        let undone = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(undone.len(), 2);
+        assert!(undone.iter().all(|v| v.action == Action::Block), "still blocked by csam");
+        assert_eq!(history.get(slot20).unwrap().matches.len(), 1);
+        let changes = banks.send(record_key("ncii", Signal::Pdq, &target.to_string()), None);
+        let undone = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(undone.len(), 2);
+        for v in &undone {
+            assert_eq!(v.action, Action::Allow);
+            let retro = v.retro.as_ref().unwrap();
+            assert_eq!(retro.previous_action, Action::Block);
+            assert!(retro.supersedes.starts_with("retro-"), "it supersedes the earlier retroactive verdict");
+            assert_eq!(retro.changes[0].change, "removed");
+        }
+    }
+
+    #[test]
+    fn the_same_redecision_has_the_same_id_and_a_later_one_a_new_id() {
+        let mut banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        history.take(verdict("e1", &md5(1), None), 0, 0, 0).unwrap();
+        banks.put("ncii", Signal::Md5, &md5(1), "c");
+        let first = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        let twice = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        assert_eq!(first.verdict.event_id, twice.verdict.event_id, "a replica that writes it twice writes a duplicate");
+        history.record(0, &first.verdict);
+        banks.send(record_key("ncii", Signal::Md5, &md5(1)), None);
+        let undone = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        history.record(0, &undone.verdict);
+        banks.put("ncii", Signal::Md5, &md5(1), "c");
+        let redone = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        assert_eq!(redone.verdict.action, first.verdict.action);
+        assert_ne!(redone.verdict.event_id, first.verdict.event_id, "it supersedes another verdict: a new id");
+    }
+
+    /// Read back from the topic: a retroactive verdict updates its upload, a repeated first
+    /// verdict is a duplicate, one for an upload not remembered is skipped.
+    #[test]
+    fn retroactive_verdicts_read_back_update_instead_of_looping() {
+        let mut banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        history.take(verdict("e1", &md5(1), None), 3, 40, 0).unwrap();
+        assert_eq!(history.take(verdict("e1", &md5(1), None), 3, 41, 0), Err(Skip::Duplicate));
+        banks.put("ncii", Signal::Md5, &md5(1), "c");
+        let r = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        assert_eq!(r.partition, 3);
+        assert_eq!(history.take(r.verdict.clone(), 3, 50, 0), Ok(None));
+        assert_eq!(history.get(0).unwrap().action, Action::Block);
+        assert!(history.redecide(0, &banks.set, Action::Review, "p").is_none());
+        let mut stranger = r.verdict;
+        stranger.retro.as_mut().unwrap().upload_event_id = "nobody".into();
+        assert_eq!(history.take(stranger, 3, 51, 0), Err(Skip::Unknown));
+        assert_eq!(history.len(), 1);
+    }
+
+    /// Retro does not act on a quarantined entry; once released, it does.
+    #[test]
+    fn quarantined_entries_are_left_alone_until_released() {
+        let mut banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        history.take(verdict("e1", &md5(1), None), 0, 0, 0).unwrap();
+        let quarantine = |status: &str| {
+            let (key, value) =
+                crate::admin::quarantine_record("ncii", &ParsedHash::Md5(crate::bank::file::decode_hex::<16>(md5(1).as_bytes()).unwrap()), status, "t", None);
+            assert_eq!(key, quarantine_key("ncii", Signal::Md5, &md5(1)));
+            (key, Some(value))
+        };
+        let (key, value) = quarantine("quarantined");
+        let changes = banks.send(key, value);
+        assert_eq!(changes[0].applied, Applied::Quarantined);
+        let changes = banks.put("ncii", Signal::Md5, &md5(1), "c");
+        assert!(redecide_all(&mut history, &banks, &changes).is_empty(), "a quarantined entry is not acted on");
+        let (key, value) = quarantine("released");
+        let changes = banks.send(key, value);
+        assert_eq!(changes[0].applied, Applied::Released);
+        let written = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].action, Action::Block);
+    }
+
+    #[test]
+    fn uploads_leave_by_window_memory_and_partition_and_floors_follow() {
+        let mut history = History::new();
+        for i in 0..10i64 {
+            history.take(verdict(&format!("a{i}"), &md5(i as u32), Some(pdq(i as u64))), 0, 100 + i, i * 1000).unwrap();
+            history.take(verdict(&format!("b{i}"), &md5(50 + i as u32), None), 1, 200 + i, i * 1000 + 500).unwrap();
+        }
+        assert_eq!((history.floor(0), history.floor(1)), (Some(100), Some(200)));
+        assert_eq!(history.evict(3_000, usize::MAX), (6, 0), "a0..a2 and b0..b2 are older than 3 s");
+        assert_eq!((history.floor(0), history.floor(1)), (Some(103), Some(203)));
+        assert_eq!(history.evict(0, 10), (0, 4), "the oldest across partitions go first");
+        assert_eq!((history.floor(0), history.floor(1)), (Some(105), Some(205)));
+        assert_eq!(history.drop_partition(1), 5);
+        assert_eq!(history.len(), 5);
+        // Freed slots are reused and forgotten hashes are not found.
+        let banks = Banks::new(&["ncii"]);
+        let change = BankChange { bank: "ncii".into(), hash: ParsedHash::Pdq(pdq(0)), applied: Applied::Added, old_entry: None };
+        assert!(history.candidates(&change, &settings("ncii")).is_empty());
+        history.take(verdict("c", &md5(77), Some(pdq(0))), 0, 300, 9_999).unwrap();
+        assert_eq!(history.candidates(&change, &settings("ncii")).len(), 1);
+        drop(banks);
+    }
+
+    #[test]
+    fn covers_compares_every_partition() {
+        let state: BTreeMap<i32, i64> = [(0, 10), (1, 5)].into_iter().collect();
+        assert!(covers(&state, None));
+        assert!(covers(&state, Some("0:10,1:5")));
+        assert!(covers(&state, Some("0:3")));
+        assert!(!covers(&state, Some("0:11,1:5")));
+        assert!(!covers(&state, Some("2:1")));
+    }
+}
