@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -107,6 +107,8 @@ pub struct RetroRole {
     due: BTreeSet<u32>,
     /// Why each due upload is being re-decided (for the metric): added | withdrawn | released | verdict | rebuild.
     causes: HashMap<u32, &'static str>,
+    /// Names this replica in the `perisai.worker` header.
+    instance: String,
 }
 
 impl RetroRole {
@@ -123,6 +125,7 @@ impl RetroRole {
             waiting: Vec::new(),
             due: BTreeSet::new(),
             causes: HashMap::new(),
+            instance: crate::app::instance_name(),
         }
     }
 
@@ -312,7 +315,17 @@ impl RetroRole {
         let mut sent = Vec::with_capacity(redecisions.len());
         for r in redecisions {
             let payload = serde_json::to_vec(&r.verdict).expect("verdicts serialize");
-            let record = FutureRecord::to(topic).partition(r.partition).key(r.verdict.media_id.as_bytes()).payload(&payload);
+            // The headers a worker's verdict has, so consumers that route on them need no change.
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "perisai.schema", value: Some(crate::event::VERDICT_SCHEMA) })
+                .insert(Header { key: "perisai.event_id", value: Some(r.verdict.event_id.as_str()) })
+                .insert(Header { key: "perisai.worker", value: Some(self.instance.as_str()) })
+                .insert(Header { key: "perisai.retro.supersedes", value: r.verdict.retro.as_ref().map(|x| x.supersedes.as_str()) });
+            let record = FutureRecord::to(topic)
+                .partition(r.partition)
+                .key(r.verdict.media_id.as_bytes())
+                .payload(&payload)
+                .headers(headers);
             match producer.send_result(record) {
                 Ok(delivery) => sent.push((r, delivery)),
                 Err((error, _)) => {

@@ -39,6 +39,11 @@ pub struct Seen {
     pub action: String,
     pub entry: Option<String>,
     pub banks_version: Option<String>,
+    /// The first hash match is on a quarantined entry.
+    pub quarantined: bool,
+    /// Retroactive verdicts: the upload they re-decide, and the verdict they supersede.
+    pub retro_of: Option<String>,
+    pub supersedes: Option<String>,
 }
 
 /// Reads a verdict topic from the beginning, continuously, on its own thread.
@@ -103,6 +108,12 @@ impl Watcher {
                             .and_then(|r| r["entry"].as_str())
                             .map(str::to_string),
                         banks_version: verdict["banks_version"].as_str().map(str::to_string),
+                        quarantined: verdict["reasons"]
+                            .as_array()
+                            .and_then(|r| r.iter().find(|r| r["kind"] == "hash_match"))
+                            .is_some_and(|r| r["quarantined"] == true),
+                        retro_of: verdict["retro"]["upload_event_id"].as_str().map(str::to_string),
+                        supersedes: verdict["retro"]["supersedes"].as_str().map(str::to_string),
                     };
                     seen.lock().unwrap().push(record);
                 }

@@ -33,6 +33,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: worker
 {{- end }}
 
+{{/*
+The retro role (`perisai retro`, retro.enabled): its own name and selector labels, so that
+nothing selecting the workers (their Deployment, Service, PDB, HPA, NetworkPolicy) selects it.
+*/}}
+{{- define "perisai.retroFullname" -}}
+{{- printf "%s-retro" (include "perisai.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "perisai.retroSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-retro" (include "perisai.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "perisai.retroLabels" -}}
+helm.sh/chart: {{ include "perisai.chart" . }}
+{{ include "perisai.retroSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: retro
+app.kubernetes.io/part-of: {{ include "perisai.name" . }}
+{{- end }}
+
 {{- define "perisai.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "perisai.fullname" .) .Values.serviceAccount.name }}
@@ -220,6 +242,14 @@ that are not bare (librdkafka options such as "sasl.mechanisms").
 {{- end }}
 {{- if and (eq $v.classifierFiles.source "initContainer") (not $v.classifierFiles.initContainer.image) }}
 {{- fail "classifierFiles.source=initContainer needs classifierFiles.initContainer.image" }}
+{{- end }}
+{{- if $v.retro.enabled }}
+{{- if eq (toString $v.config.retro.group_id) (toString $v.config.kafka.group_id) }}
+{{- fail "config.retro.group_id must differ from config.kafka.group_id: the retro role needs its own consumer group on the verdict topic" }}
+{{- end }}
+{{- if and (gt (int64 $v.retro.verdictPartitions) 0) (gt (int64 $v.retro.replicaCount) (int64 $v.retro.verdictPartitions)) }}
+{{- fail (printf "retro.replicaCount (%d) exceeds retro.verdictPartitions (%d): retro replicas beyond the verdict topic's partition count get no partition and sit idle" (int64 $v.retro.replicaCount) (int64 $v.retro.verdictPartitions)) }}
+{{- end }}
 {{- end }}
 {{- range $i, $bank := $v.config.banks }}
 {{- if and (hasPrefix (printf "%s/" $v.bankFiles.mountPath) (toString $bank.file)) (empty $v.bankFiles.volume) }}
