@@ -288,3 +288,77 @@ async fn a_worker_is_not_ready_until_the_whole_bank_topic_is_loaded() {
     sigterm(&worker);
     assert!(wait_exit(&mut worker, Duration::from_secs(60)).success());
 }
+
+/// A partner list carries the hash of an image everybody uploads: within seconds of it
+/// flooding, one worker quarantines it fleet-wide and both workers send its matches to review
+/// (flagged `quarantined`) instead of blocking; released by a person, it blocks again on both
+/// and, though the flood goes on, is not quarantined again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_entry_is_quarantined_on_every_worker_and_blocks_again_once_released() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "flood", PARTITIONS).await;
+    let dir = temp_dir();
+    let config = write_config(
+        dir.path(),
+        &brokers,
+        &topics,
+        "\n[[banks]]\nname = \"live\"\naction = \"block\"\nflood_max_matches_per_minute = 20\nflood_baseline_multiple = 10.0\n",
+    );
+    let cfg = config.to_str().unwrap();
+    let target = png(9090, 32);
+    let md5 = exact_hashes(&target).md5;
+    let watch = Watcher::start(&brokers, &topics.verdicts);
+    let mut workers: Vec<_> = (0..2).map(|n| spawn_worker(&config, dir.path(), n)).collect();
+    let feeder = Feeder::start(&brokers, &topics.input, target.clone(), png(9091, 32));
+    let seen = wait_for(&watch, Duration::from_secs(90), |s| target_actions_after(s, 0).len() == 2);
+    assert_eq!(target_actions_after(&seen, 0).len(), 2, "both workers answer\n{}", worker_log(dir.path(), 0));
+
+    let list = dir.path().join("meme.csv");
+    write_file(&list, &format!("signal,hash,entry\nmd5,{md5},partner-meme\n"));
+    assert!(perisai(&["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]).status.success());
+    let imported = feeder.round();
+    // About 30 matching uploads a second: over 20 in a minute within a second or two.
+    let quarantined_on_both = |s: &[Seen]| {
+        let workers: BTreeSet<&str> = s
+            .iter()
+            .filter(|v| v.event_id.starts_with("t-") && round_of(&v.event_id) > imported && v.quarantined)
+            .map(|v| v.worker.as_str())
+            .collect();
+        workers.len() == 2
+    };
+    let seen = wait_for(&watch, Duration::from_secs(30), quarantined_on_both);
+    assert!(quarantined_on_both(&seen), "not quarantined on both: {:?}\n{}", target_actions_after(&seen, imported), worker_log(dir.path(), 0));
+    let blocks_before = target_actions_after(&seen, imported).values().flatten().filter(|a| *a == "block").count();
+    eprintln!("flood → quarantined on both workers after {blocks_before} blocked uploads");
+    // Every later match is a review naming the quarantine.
+    let settled = feeder.round() + 1;
+    let seen = wait_for(&watch, Duration::from_secs(30), |s| target_actions_after(s, settled + 10).len() == 2);
+    let later: Vec<&Seen> = seen.iter().filter(|v| v.event_id.starts_with("t-") && round_of(&v.event_id) > settled).collect();
+    assert!(!later.is_empty());
+    for v in &later {
+        assert!(v.action == "review" && v.quarantined && v.entry.as_deref() == Some("partner-meme"), "{v:?}");
+    }
+    let logs = format!("{}{}", worker_log(dir.path(), 0), worker_log(dir.path(), 1));
+    assert!(logs.contains("quarantined fleet-wide"), "the detecting worker says so");
+    assert!(!logs.contains(&md5), "a bank hash reached the log");
+
+    // Released: blocks again on both, and stays so while the flood goes on.
+    let out = perisai(&["bank", "release", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
+    assert!(out.status.success());
+    let released = feeder.round() + 1;
+    let settled = released + 5;
+    let seen = wait_for(&watch, Duration::from_secs(30), |s| target_actions_after(s, settled + 30).len() == 2);
+    let later: Vec<&Seen> = seen.iter().filter(|v| v.event_id.starts_with("t-") && round_of(&v.event_id) > settled).collect();
+    assert!(later.len() >= 30, "{} verdicts after the release", later.len());
+    assert_eq!(later.iter().map(|v| v.worker.as_str()).collect::<BTreeSet<_>>().len(), 2);
+    for v in &later {
+        assert!(v.action == "block" && !v.quarantined, "after the release: {v:?}");
+    }
+    drop(feeder);
+    for w in &workers {
+        sigterm(w);
+    }
+    for w in &mut workers {
+        assert!(wait_exit(w, Duration::from_secs(60)).success());
+    }
+}
