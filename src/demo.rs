@@ -2,9 +2,12 @@
 //! Kafka-protocol broker, a demo bank built from the sample media, a few dozen upload events
 //! (banked, near-copies, clean, broken), one real worker, and a table of the verdicts. Midway a
 //! victim's report arrives as a live bank record: the next upload of that media is blocked; the
-//! hash is withdrawn, and the upload after that is allowed again.
+//! hash is withdrawn, and the upload after that is allowed again. Last, a retro replica reads the
+//! verdicts back (undoing the block that rested on the withdrawn hash) and a report about an image
+//! uploaded and allowed long before takes down every copy retroactively.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,7 @@ use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
 use crate::media::decode::{self, DecodeLimits};
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::pipeline::Worker;
+use crate::retro::RetroRole;
 use crate::screen::Mode;
 
 /// The sample media, compiled in so the demo runs from any directory (see demo/media/README.md).
@@ -84,6 +88,8 @@ pub struct Row {
 
 pub struct DemoReport {
     pub rows: Vec<Row>,
+    /// Superseding verdicts of the retro replica; `event_id` is the upload re-decided.
+    pub retro_rows: Vec<Row>,
     pub metrics_addr: std::net::SocketAddr,
     pub classifier_enabled: bool,
     pub elapsed: Duration,
@@ -155,7 +161,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let mut reader = OutputReader::new(&settings)?;
     let outputs = async {
         reader.wait_for(events.len(), Duration::from_secs(60)).await?;
-        live_bank_story(&settings, &producer, &banks, &mut reader, &mut events).await
+        live_bank_story(&settings, &producer, &banks, &mut reader, &mut events).await?;
+        retro_story(&settings, &banks, &metrics, &mut reader).await
     }
     .await;
     let _ = stop_tx.send(());
@@ -176,7 +183,22 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             Row { event_id: e.event_id.clone(), label: e.label.clone(), tenant: e.tenant.clone(), outcome, why, latency_ms }
         })
         .collect();
-    Ok(DemoReport { rows, metrics_addr, classifier_enabled: classifier_on, elapsed: started.elapsed() })
+    // The media's name, without the live story's timing note.
+    let label_of = |id: &str| {
+        let label = events.iter().find(|e| e.event_id == id).map(|e| e.label.as_str()).unwrap_or_default();
+        label.split(" (+").next().unwrap_or_default().to_string()
+    };
+    let retro_rows = reader
+        .retro
+        .iter()
+        .filter_map(|v| {
+            let retro = v.retro.as_ref()?;
+            let why = format!("supersedes {} ({}): {}", retro.upload_event_id, retro.previous_action.as_str(), explain(v));
+            let label = format!("↳ {} {}", retro.upload_event_id, label_of(&retro.upload_event_id));
+            Some(Row { event_id: "retro".into(), label, tenant: v.tenant.clone(), outcome: v.action.as_str().into(), why, latency_ms: None })
+        })
+        .collect();
+    Ok(DemoReport { rows, retro_rows, metrics_addr, classifier_enabled: classifier_on, elapsed: started.elapsed() })
 }
 
 /// The demo's banks, built from the sample media and loaded through the ordinary CSV loader.
@@ -289,6 +311,8 @@ struct OutputReader {
     verdict_topic: String,
     dlq_topic: String,
     outputs: Outputs,
+    /// Retroactive verdicts, in the order read.
+    retro: Vec<Verdict>,
 }
 
 impl OutputReader {
@@ -305,13 +329,18 @@ impl OutputReader {
             verdict_topic: settings.kafka.verdict_topic.clone(),
             dlq_topic: settings.kafka.dlq_topic.clone(),
             outputs: Outputs::new(),
+            retro: Vec::new(),
         })
     }
 
     /// Reads until `want` events have an output.
     async fn wait_for(&mut self, want: usize, timeout: Duration) -> Result<(), DemoError> {
+        self.wait_until(|r| r.outputs.len() >= want, want, timeout).await
+    }
+
+    async fn wait_until(&mut self, done: impl Fn(&Self) -> bool, want: usize, timeout: Duration) -> Result<(), DemoError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.outputs.len() < want {
+        while !done(self) {
             let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => return Err(DemoError::Timeout { got: self.outputs.len(), want, secs: timeout.as_secs() }),
                 Ok(Err(e)) => return Err(e.into()),
@@ -325,6 +354,10 @@ impl OutputReader {
                 self.outputs.insert(id, ("dlq".into(), format!("DLQ: {}", header("perisai.error.class").unwrap_or_default()), None));
             } else if message.topic() == self.verdict_topic {
                 if let Some(Ok(verdict)) = message.payload().map(serde_json::from_slice::<Verdict>) {
+                    if verdict.retro.is_some() {
+                        self.retro.push(verdict);
+                        continue;
+                    }
                     self.outputs.insert(verdict.event_id.clone(), (verdict.action.as_str().into(), explain(&verdict), Some(verdict.latency_ms)));
                 }
             }
@@ -386,6 +419,53 @@ async fn live_bank_story(
     Ok(())
 }
 
+/// The retroactive part: a retro replica starts and reads every verdict back — the block that
+/// rested on the withdrawn video hash is undone — then a victim reports the tinted landscape,
+/// uploaded and allowed four times before: each copy gets a superseding block verdict.
+async fn retro_story(settings: &Arc<Settings>, banks: &Arc<BankSet>, metrics: &Arc<Metrics>, reader: &mut OutputReader) -> Result<(), DemoError> {
+    let mut retro_settings = (**settings).clone();
+    retro_settings.retro.group_id = "perisai-demo-retro".into();
+    let readiness = Arc::new(Readiness::default());
+    readiness.banks_loaded.store(true, std::sync::atomic::Ordering::Release);
+    readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
+    let role = RetroRole::new(Arc::new(retro_settings), banks.clone(), metrics.clone(), readiness.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let role_stop = stop.clone();
+    let role = tokio::task::spawn_blocking(move || role.run(&role_stop));
+    let outcome = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while readiness.not_ready_because().is_some() {
+            if Instant::now() > deadline {
+                return Err(DemoError::Bank(format!("retro replica not ready: {}", readiness.not_ready_because().unwrap_or_default())));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reader.wait_until(|r| !r.retro.is_empty(), 1, Duration::from_secs(30)).await?;
+        let sample = SAMPLES.iter().find(|(n, _)| *n == "coffee_skin_tint.jpg").expect("sample").1;
+        let image = decode::decode(sample, &DecodeLimits::default()).map_err(|e| DemoError::Bank(e.to_string()))?;
+        let hash = pdq::hash(&image, settings.pdq.convention).hash.to_string();
+        let value = BankEntryRecord {
+            schema: BANK_ENTRY_SCHEMA.into(),
+            bank: "demo-ncii".into(),
+            signal: "pdq".into(),
+            hash: hash.clone(),
+            entry: "stopncii-case-2718".into(),
+            source: "stopncii".into(),
+            added_at: chrono::Utc::now().to_rfc3339(),
+            tags: vec![],
+        };
+        let record = (record_key("demo-ncii", Signal::Pdq, &hash), Some(serde_json::to_vec(&value).expect("json")));
+        bank_feed::publish(&settings.kafka, vec![record]).await?;
+        reader.wait_until(|r| r.retro.len() >= 5, 5, Duration::from_secs(30)).await
+    }
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Ok(Err(e)) = role.await {
+        return Err(DemoError::Bank(e.to_string()));
+    }
+    outcome
+}
+
 /// A short, human reading of a verdict's reasons.
 pub fn explain(verdict: &Verdict) -> String {
     let parts: Vec<String> = verdict
@@ -424,6 +504,12 @@ pub fn render(report: &DemoReport) -> String {
         *counts.entry(r.outcome.as_str()).or_default() += 1;
         let ms = r.latency_ms.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
         out.push_str(&format!("{:<6} {:<36} {:<8} {:<7} {:>8}  {}\n", r.event_id, r.label, r.tenant, r.outcome, ms, r.why));
+    }
+    if !report.retro_rows.is_empty() {
+        out.push_str("retroactive verdicts (perisai retro): a bank change after the upload re-decides it\n");
+        for r in &report.retro_rows {
+            out.push_str(&format!("{:<6} {:<36} {:<8} {:<7} {:>8}  {}\n", r.event_id, r.label, r.tenant, r.outcome, "-", r.why));
+        }
     }
     out.push_str(&format!("{}\n", "-".repeat(100)));
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -184,6 +184,10 @@ impl Metrics {
             "Superseding verdicts written by the retro role, by the bank change that caused them.",
             &["change"],
         );
+        // Every label up front, so dashboards and alerts find the series before the first one.
+        for change in ["added", "withdrawn", "released", "verdict", "rebuild"] {
+            retro_verdicts.with_label_values(&[change]);
+        }
         let retro_lookup_seconds = histogram(
             "perisai_retro_lookup_seconds",
             "Searching the remembered uploads for one bank change.",

@@ -1,6 +1,7 @@
 //! `perisai demo` (what `make demo` runs) on its embedded broker: every event answered, the live
-//! bank story told in order (blocked after the report, allowed after the withdrawal), and the
-//! classifier sending the tinted landscape to review on profile pictures only. Needs `make setup`.
+//! bank story told in order (blocked after the report, allowed after the withdrawal), the
+//! classifier sending the tinted landscape to review on profile pictures only, and a retroactive
+//! takedown of its earlier copies. Needs `make setup`.
 
 use std::process::Command;
 
@@ -9,7 +10,8 @@ fn the_demo_tells_its_stories() {
     let out = Command::new(env!("CARGO_BIN_EXE_perisai")).arg("demo").output().expect("run perisai demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let row = |label: &str| -> Vec<&str> { stdout.lines().filter(|l| l.contains(label)).collect() };
+    // Rows of the events table (retroactive verdicts are listed apart, as `retro` rows).
+    let row = |label: &str| -> Vec<&str> { stdout.lines().filter(|l| l.starts_with("e-") && l.contains(label)).collect() };
 
     let report = row("after victim's report");
     assert_eq!(report.len(), 1, "{stdout}");
@@ -26,6 +28,18 @@ fn the_demo_tells_its_stories() {
         assert_eq!(line.contains(" review ") && line.contains("band=review"), on_profile, "{line}");
         assert_eq!(line.contains(" allow "), !on_profile, "{line}");
     }
+    // Retroactive takedown: the report about the tinted landscape arrives after its four uploads,
+    // each gets a superseding block verdict; the block that rested on the withdrawn video hash is
+    // undone when the retro replica reads the verdicts back.
+    let retro: Vec<&str> = stdout.lines().filter(|l| l.starts_with("retro ")).collect();
+    assert_eq!(retro.len(), 5, "{stdout}");
+    let retro_tinted: Vec<&&str> = retro.iter().filter(|l| l.contains("coffee_skin_tint.jpg")).collect();
+    assert_eq!(retro_tinted.len(), 4, "{stdout}");
+    for line in retro_tinted {
+        assert!(line.contains(" block ") && line.contains("demo-ncii pdq stopncii-case-2718"), "{line}");
+    }
+    let undone = retro.iter().find(|l| l.contains("video after victim's report")).expect("the withdrawn block is undone");
+    assert!(undone.contains(" allow ") && undone.contains("(block)"), "{undone}");
     let summary = stdout.lines().find(|l| l.contains(" events in ")).expect("summary line");
     let total: usize = summary.split_whitespace().next().unwrap().parse().unwrap();
     // The demo itself fails unless every event has a verdict or DLQ record.

@@ -61,10 +61,12 @@ pub enum RetroError {
     Producer(KafkaError),
 }
 
-/// Partition assignments as the consumer's callbacks report them, for the loop to act on.
+/// Partition assignments and ends as the consumer's callbacks report them, for the loop to act on.
 #[derive(Default)]
 struct RetroContext {
     events: Mutex<Vec<Assignment>>,
+    /// End-of-partition reports that librdkafka delivers through the error callback.
+    eofs: Mutex<Vec<i32>>,
 }
 
 enum Assignment {
@@ -72,7 +74,16 @@ enum Assignment {
     Revoked(Vec<i32>),
 }
 
-impl ClientContext for RetroContext {}
+impl ClientContext for RetroContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(p) => self.eofs.lock().unwrap_or_else(|e| e.into_inner()).push(p),
+            // End of partition without its number: the loop learns it from the end offsets.
+            KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => tracing::trace!(reason, "verdict topic end of partition"),
+            error => tracing::warn!(%error, reason, "retro: verdict consumer error"),
+        }
+    }
+}
 
 impl ConsumerContext for RetroContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -183,6 +194,10 @@ impl RetroRole {
                 Err(KafkaError::PartitionEOF(partition)) => self.note_progress(partition, i64::MAX),
                 Err(error) => tracing::warn!(%error, "retro: reading verdicts"),
             }
+        }
+        let eofs = std::mem::take(&mut *consumer.context().eofs.lock().unwrap_or_else(|e| e.into_inner()));
+        for partition in eofs {
+            self.note_progress(partition, i64::MAX);
         }
     }
 
