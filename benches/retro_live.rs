@@ -256,8 +256,11 @@ async fn acknowledge(deliveries: impl Iterator<Item = rdkafka::producer::Deliver
     }
 }
 
-/// Retroactive verdicts read from the end of the verdict topic: (upload event id, when read).
-fn watch_retro(brokers: &str, topic: &str) -> (Arc<Mutex<Vec<(String, Instant)>>>, Arc<std::sync::atomic::AtomicBool>) {
+/// (upload event id, when its superseding verdict was read)
+type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// Retroactive verdicts read from the end of the verdict topic, and the flag that stops reading.
+fn watch_retro(brokers: &str, topic: &str) -> (Arrivals, Arc<std::sync::atomic::AtomicBool>) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("watch"))
