@@ -150,6 +150,7 @@ fn verdict(i: u32, pdq: PdqHash) -> Verdict {
         latency_ms: 31.5,
         attributes: [("uploader".to_string(), serde_json::json!("u-1234"))].into_iter().collect(),
         retro: None,
+        truncated: false,
     }
 }
 

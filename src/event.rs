@@ -8,6 +8,15 @@ use serde::{Deserialize, Serialize};
 pub const UPLOAD_SCHEMA: &str = "perisai.upload/v1";
 pub const VERDICT_SCHEMA: &str = "perisai.verdict/v1";
 
+/// Longest ids an event may carry (bytes): every verdict repeats them, and a verdict must always
+/// fit its topic (Kafka refuses records over `max.message.bytes`, 1 MiB by default). Longer ones
+/// send the event to the DLQ (`field_too_large`) instead of wedging its partition.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest tenant, surface, content type and upload time.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Largest `attributes` object (as JSON): verdicts carry it back.
+pub const MAX_ATTRIBUTES_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadEvent {
@@ -123,6 +132,43 @@ pub struct Verdict {
     /// the same re-decision written twice has the same `event_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retro: Option<Retro>,
+    /// The verdict topic refused the whole verdict as too large: this one has no attributes and
+    /// only the decisive reasons (see [`Verdict::compact`]). The action is the same.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+impl Verdict {
+    /// The same decision in a record that fits any sane topic limit: attributes dropped, at most
+    /// 8 hash matches, the classifier and media-error reasons (details cut to 256 bytes).
+    pub fn compact(&self) -> Verdict {
+        let mut matches = 0;
+        let reasons = self
+            .reasons
+            .iter()
+            .filter_map(|r| match r {
+                Reason::HashMatch { .. } => {
+                    matches += 1;
+                    (matches <= 8).then(|| r.clone())
+                }
+                Reason::Classifier { .. } => Some(r.clone()),
+                Reason::MediaError { error, detail } => {
+                    Some(Reason::MediaError { error: error.clone(), detail: truncate_utf8(detail, 256).to_string() })
+                }
+                Reason::LowQuality { .. } => None,
+            })
+            .collect();
+        Verdict { reasons, attributes: BTreeMap::new(), retro: None, truncated: true, ..self.clone() }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +208,8 @@ pub enum EventError {
     SchemaVersion(String),
     #[error("does not match {UPLOAD_SCHEMA}: {0}")]
     Schema(String),
+    #[error("`{field}` is {size} bytes, over the {limit}-byte limit")]
+    FieldTooLarge { field: &'static str, size: usize, limit: usize },
 }
 
 impl EventError {
@@ -173,6 +221,7 @@ impl EventError {
             EventError::InvalidJson(_) => "invalid_json",
             EventError::SchemaVersion(_) => "schema_version",
             EventError::Schema(_) => "schema",
+            EventError::FieldTooLarge { .. } => "field_too_large",
         }
     }
 }
@@ -190,7 +239,24 @@ pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEv
         Some(serde_json::Value::String(s)) => return Err(EventError::SchemaVersion(s.clone())),
         _ => return Err(EventError::Schema("missing string field `schema`".into())),
     }
+    if let Some(attributes) = value.get("attributes") {
+        let size = serde_json::to_vec(attributes).map_or(usize::MAX, |v| v.len());
+        if size > MAX_ATTRIBUTES_BYTES {
+            return Err(EventError::FieldTooLarge { field: "attributes", size, limit: MAX_ATTRIBUTES_BYTES });
+        }
+    }
     let event: UploadEvent = serde_json::from_value(value).map_err(|e| EventError::Schema(e.to_string()))?;
+    let labels = [
+        ("event_id", event.event_id.len(), MAX_ID_BYTES),
+        ("media_id", event.media_id.len(), MAX_ID_BYTES),
+        ("tenant", event.tenant.len(), MAX_LABEL_BYTES),
+        ("surface", event.surface.as_deref().map_or(0, str::len), MAX_LABEL_BYTES),
+        ("content_type", event.content_type.as_deref().map_or(0, str::len), MAX_LABEL_BYTES),
+        ("uploaded_at", event.uploaded_at.as_deref().map_or(0, str::len), MAX_LABEL_BYTES),
+    ];
+    if let Some(&(field, size, limit)) = labels.iter().find(|(_, size, limit)| size > limit) {
+        return Err(EventError::FieldTooLarge { field, size, limit });
+    }
     for (field, value) in [("event_id", &event.event_id), ("media_id", &event.media_id), ("tenant", &event.tenant)] {
         if value.trim().is_empty() {
             return Err(EventError::Schema(format!("`{field}` must not be empty")));
@@ -230,6 +296,22 @@ mod tests {
             assert_eq!(err.class(), *class, "{}", String::from_utf8_lossy(bytes));
         }
         assert_eq!(parse_upload(Some(GOOD.as_bytes()), 10).unwrap_err().class(), "too_large");
+        // Fields every verdict repeats are bounded, so a verdict always fits its topic.
+        let long = |field: &str, value: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            v[field] = value;
+            parse_upload(Some(&serde_json::to_vec(&v).unwrap()), 16 << 20).unwrap_err()
+        };
+        for field in ["event_id", "media_id", "tenant", "surface", "content_type", "uploaded_at"] {
+            let err = long(field, "x".repeat(MAX_ID_BYTES + 1).into());
+            assert_eq!(err.class(), "field_too_large", "{field}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        let err = long("attributes", serde_json::json!({"blob": "y".repeat(MAX_ATTRIBUTES_BYTES)}));
+        assert_eq!(err.class(), "field_too_large");
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["event_id"] = "x".repeat(MAX_ID_BYTES).into();
+        assert!(parse_upload(Some(&serde_json::to_vec(&v).unwrap()), 16 << 20).is_ok(), "at the limit is fine");
         assert_eq!(parse_upload(None, 10).unwrap_err().class(), "empty");
     }
 }

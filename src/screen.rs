@@ -210,6 +210,7 @@ impl Screen {
             latency_ms: (received.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             attributes: event.attributes.clone(),
             retro: None,
+            truncated: false,
         }
     }
 }

@@ -99,6 +99,9 @@ pub struct PdqSignal {
     pub dihedral: Option<[PdqHash; 8]>,
 }
 
+/// Most PDQ matches one bank reports for one upload (the closest ones).
+pub const MAX_PDQ_MATCHES_PER_BANK: usize = 16;
+
 pub const DIHEDRAL_NAMES: [&str; 8] =
     ["original", "rotate90", "rotate180", "rotate270", "flip_x", "flip_y", "flip_plus1", "flip_minus1"];
 
@@ -374,7 +377,9 @@ impl Bank {
         }
         let mut hits: Vec<_> = best.into_iter().collect();
         hits.sort_by_key(|(id, (distance, _))| (*distance, *id));
-        for (id, (distance, transform)) in hits {
+        // The closest few are reason enough; a bank of near-duplicate entries must not make one
+        // upload's verdict too large for its topic.
+        for (id, (distance, transform)) in hits.into_iter().take(MAX_PDQ_MATCHES_PER_BANK) {
             let Some(hash) = self.pdq.hash_of(id) else { continue };
             let mut m = self.hit(ParsedHash::Pdq(hash), id);
             m.distance = Some(distance);

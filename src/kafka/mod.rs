@@ -20,6 +20,10 @@ pub enum KafkaError {
     /// stopping) before the record was handed to the producer, so it was not produced.
     #[error("the record's transaction has ended; it was not produced")]
     TransactionEnded,
+    /// The broker (or the client) refused this record itself — too large, invalid — rather than
+    /// failing to take any record: sending it again cannot help; a smaller record may.
+    #[error("record refused: {0}")]
+    Refused(rdkafka::error::KafkaError),
 }
 
 /// librdkafka settings for every client: bootstrap servers and statistics (the consumer lag

@@ -9,6 +9,14 @@
 //! retried: it leaves the transaction abortable, and the worker aborts and re-reads the input.
 //! Once a transaction ends no record of it is handed to the producer any more, so a late event
 //! task can never slip its verdict into the next transaction.
+//!
+//! Poison records: a record the broker refuses for itself (too large for the topic, invalid) is
+//! never sent again as it was. The caller sends a reduced one instead — a compact verdict, a DLQ
+//! record without payload and original headers — at once (at-least-once) or in the next
+//! transaction (exactly-once: [`Sink::note_refused`] remembers the input offset, and the re-read
+//! event is answered reduced). Only a reduced record that is refused too is retried (or aborted)
+//! as before: then the topic refuses everything, which is an outage, not a poison record. DLQ
+//! records are also cut to fit beforehand: key, original headers and payload each have a budget.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +49,14 @@ impl Source {
 
 /// A DLQ payload larger than this is truncated (and marked so in its headers): the broker's
 /// default `message.max.bytes` is about 1 MiB, and an oversized event must still leave a record.
-pub const DLQ_MAX_PAYLOAD: usize = 900 * 1024;
+pub const DLQ_MAX_PAYLOAD: usize = 768 * 1024;
+/// The original headers a DLQ record keeps, in bytes (names and values); the rest are dropped and
+/// counted in `perisai.original.headers.dropped`.
+pub const DLQ_MAX_ORIGINAL_HEADERS: usize = 64 * 1024;
+/// The longest original key a DLQ record keeps.
+pub const DLQ_MAX_KEY: usize = 1024;
+/// Input records whose output was refused, remembered for the next transaction (bounded).
+const REFUSED_MEMORY: usize = 10_000;
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -64,6 +79,33 @@ pub struct Sink {
     instance: String,
     transactional: bool,
     gate: Mutex<Gate>,
+    /// Input records (topic, partition, offset) whose full output was refused: answered reduced.
+    refused: Mutex<std::collections::HashSet<(String, i32, i64)>>,
+}
+
+/// What an output record looks like: as built, or reduced after a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Full,
+    /// A compact verdict ([`crate::event::Verdict::compact`]); a DLQ record without payload or
+    /// original headers.
+    Reduced,
+}
+
+/// Whether the broker (or the client) refused the record itself: sending it again cannot work.
+pub fn is_refusal(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            // Too large for the topic (the client's own check reports the same code), a record
+            // the broker finds invalid or corrupt (e.g. no key on a compacted topic).
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
 }
 
 /// Which transaction records may join now (exactly-once only).
@@ -94,7 +136,28 @@ impl Sink {
             instance,
             transactional: settings.delivery == Delivery::ExactlyOnce,
             gate: Mutex::new(Gate::default()),
+            refused: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// The shape to answer this input record with: reduced once its full output was refused.
+    pub fn shape_for(&self, source: &Source) -> Shape {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.contains(&(source.topic.clone(), source.partition, source.offset)) {
+            Shape::Reduced
+        } else {
+            Shape::Full
+        }
+    }
+
+    /// The full output of this input record was refused: answer it reduced from now on (the
+    /// next transaction re-reads it).
+    pub fn note_refused(&self, source: &Source) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.len() >= REFUSED_MEMORY {
+            refused.clear();
+        }
+        refused.insert((source.topic.clone(), source.partition, source.offset));
     }
 
     /// The producer, for the transaction calls (offsets, commit, abort). Blocking calls.
@@ -144,26 +207,38 @@ impl Sink {
 
     /// Produces the original record to the DLQ — key, bytes and headers — with headers naming
     /// the error and where the record came from.
+    /// `Shape::Full` keeps the payload and original headers within their budgets;
+    /// `Shape::Reduced` keeps neither (for a DLQ topic that refused the full record).
     pub async fn send_dlq(
         &self,
         original: &OwnedMessage,
         error_class: &str,
         error: &str,
+        shape: Shape,
         metrics: &Metrics,
         epoch: u64,
     ) -> Result<(), KafkaError> {
         let source = Source::of(original);
-        let payload = original.payload().unwrap_or_default();
+        let full = shape == Shape::Full;
+        let payload = if full { original.payload().unwrap_or_default() } else { &[] };
         let mut headers = OwnedHeaders::new();
-        if let Some(original_headers) = original.headers() {
-            for h in original_headers.iter() {
+        let mut dropped = 0usize;
+        let mut kept_bytes = 0usize;
+        for h in original.headers().into_iter().flat_map(|hs| hs.iter()) {
+            let size = h.key.len() + h.value.map_or(0, <[u8]>::len);
+            if full && kept_bytes + size <= DLQ_MAX_ORIGINAL_HEADERS {
+                kept_bytes += size;
                 headers = headers.insert(Header { key: h.key, value: h.value });
+            } else {
+                dropped += 1;
             }
         }
-        let truncated = payload.len() > DLQ_MAX_PAYLOAD;
+        let truncated = original.payload().unwrap_or_default().len() > payload.len().min(DLQ_MAX_PAYLOAD);
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
-        let size = payload.len().to_string();
+        let size = original.payload().map_or(0, <[u8]>::len).to_string();
+        let dropped_text = dropped.to_string();
+        let error = crate::event::truncate_utf8(error, 4096);
         headers = headers
             .insert(Header { key: "perisai.error", value: Some(error) })
             .insert(Header { key: "perisai.error.class", value: Some(error_class) })
@@ -175,8 +250,12 @@ impl Sink {
         if truncated {
             headers = headers.insert(Header { key: "perisai.truncated", value: Some("true") });
         }
+        if dropped > 0 {
+            headers = headers.insert(Header { key: "perisai.original.headers.dropped", value: Some(dropped_text.as_str()) });
+        }
+        let key = original.key().map(|k| &k[..k.len().min(if full { DLQ_MAX_KEY } else { 256 })]);
         let body = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-        self.send(&self.dlq_topic, original.key(), body, headers, metrics, epoch).await
+        self.send(&self.dlq_topic, key, body, headers, metrics, epoch).await
     }
 
     async fn send(
@@ -191,8 +270,7 @@ impl Sink {
         if self.transactional {
             self.send_in_transaction(topic, key, payload, headers, metrics, epoch).await
         } else {
-            self.send_acked(topic, key, payload, headers, metrics).await;
-            Ok(())
+            self.send_acked(topic, key, payload, headers, metrics).await
         }
     }
 
@@ -226,7 +304,7 @@ impl Sink {
                 }
                 Err(e) => {
                     metrics.produce_errors.inc();
-                    return Err(e.into());
+                    return Err(if is_refusal(&e) { KafkaError::Refused(e) } else { e.into() });
                 }
             }
         };
@@ -244,13 +322,14 @@ impl Sink {
             Ok(Err((e, _))) => {
                 metrics.produce_errors.inc();
                 tracing::warn!(topic, error = %e, "produce failed inside a transaction; it will be aborted");
-                Err(e.into())
+                Err(if is_refusal(&e) { KafkaError::Refused(e) } else { e.into() })
             }
             Err(_canceled) => Err(KafkaError::TransactionEnded),
         }
     }
 
-    async fn send_acked(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders, metrics: &Metrics) {
+    /// Retries until acknowledged, except a refusal of the record itself, which is returned.
+    async fn send_acked(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders, metrics: &Metrics) -> Result<(), KafkaError> {
         let mut backoff = RETRY_BACKOFF_START;
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
@@ -258,7 +337,11 @@ impl Sink {
                 record = record.key(key);
             }
             match self.producer.send(record, Timeout::Never).await {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
+                Err((e, _)) if is_refusal(&e) => {
+                    metrics.produce_errors.inc();
+                    return Err(KafkaError::Refused(e));
+                }
                 Err((e, _)) => {
                     metrics.produce_errors.inc();
                     tracing::warn!(topic, error = %e, retry_in_ms = backoff.as_millis() as u64, "produce failed, retrying");

@@ -26,7 +26,7 @@ use crate::config::{Delivery, Settings};
 use crate::event::parse_upload;
 use context::WorkerContext;
 use transaction::{blocking, Outcome, Then, Transactions};
-use crate::kafka::sink::{Sink, Source};
+use crate::kafka::sink::{Shape, Sink, Source};
 use crate::kafka::watchdog::BrokerWatch;
 use crate::kafka::{consumer_config, KafkaError};
 use crate::metrics::{Metrics, Readiness};
@@ -294,12 +294,24 @@ async fn handle(
 ) {
     let source = Source::of(&message);
     let metrics = &shared.metrics;
+    // Reduced when this record's full output was refused before (exactly-once re-reads it).
+    let shape = shared.sink.shape_for(&source);
     let sent = match parse_upload(message.payload(), shared.max_event_bytes) {
         Ok(event) => {
             let verdict = shared.screen.screen(&event, received).await;
-            let json = serde_json::to_vec(&verdict).expect("verdicts always serialize");
             let started = Instant::now();
-            let sent = shared.sink.send_verdict(&event.media_id, &event.event_id, &json, &source, metrics, epoch).await;
+            let sent = send_with_fallback(&shared, &source, shape, "verdict", |shape| {
+                let json = match shape {
+                    Shape::Full => serde_json::to_vec(&verdict),
+                    Shape::Reduced => serde_json::to_vec(&verdict.compact()),
+                }
+                .expect("verdicts always serialize");
+                let sink = shared.sink.clone();
+                let (media_id, event_id, source) = (event.media_id.clone(), event.event_id.clone(), source.clone());
+                let metrics = shared.metrics.clone();
+                async move { sink.send_verdict(&media_id, &event_id, &json, &source, &metrics, epoch).await }
+            })
+            .await;
             metrics.observe_stage("produce", started.elapsed().as_secs_f64());
             if sent.is_ok() {
                 metrics.verdicts.with_label_values(&[verdict.action.as_str()]).inc();
@@ -310,7 +322,15 @@ async fn handle(
         Err(error) => {
             tracing::info!(topic = %source.topic, partition = source.partition, offset = source.offset,
                 class = error.class(), "unparseable event sent to the DLQ");
-            let sent = shared.sink.send_dlq(&message, error.class(), &error.to_string(), metrics, epoch).await;
+            let message = &message;
+            let (class, text) = (error.class(), error.to_string());
+            let sent = send_with_fallback(&shared, &source, shape, "DLQ record", |shape| {
+                let sink = shared.sink.clone();
+                let metrics = shared.metrics.clone();
+                let text = text.clone();
+                async move { sink.send_dlq(message, class, &text, shape, &metrics, epoch).await }
+            })
+            .await;
             if sent.is_ok() {
                 metrics.dlq_records.with_label_values(&[error.class()]).inc();
                 metrics.events.with_label_values(&["dlq"]).inc();
@@ -335,6 +355,40 @@ async fn handle(
     metrics.in_flight.set(in_flight as i64);
     drop(permit);
     shared.finished.notify_one();
+}
+
+/// Sends an event's output; when the topic refuses the record itself (too large, invalid), sends
+/// it reduced instead: at once at-least-once, in the next transaction exactly-once (this one
+/// aborts; the re-read event is answered reduced). A reduced record refused too means the topic
+/// refuses everything: at-least-once retries it until the topic takes it, exactly-once aborts.
+async fn send_with_fallback<F, Fut>(shared: &Shared, source: &Source, shape: Shape, what: &str, send: F) -> Result<(), KafkaError>
+where
+    F: Fn(Shape) -> Fut,
+    Fut: Future<Output = Result<(), KafkaError>>,
+{
+    let mut shape = shape;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match send(shape).await {
+            Err(KafkaError::Refused(error)) => {
+                tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset, %error, ?shape,
+                    "the output topic refused this event's {what}{}",
+                    if shape == Shape::Full { "; answering with a reduced one" } else { " even reduced: the topic refuses everything" });
+                if shape == Shape::Full {
+                    shared.sink.note_refused(source);
+                }
+                if shared.transactions.is_some() {
+                    return Err(KafkaError::Refused(error));
+                }
+                if shape == Shape::Reduced {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                shape = Shape::Reduced;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn set_paused(consumer: &StreamConsumer<WorkerContext>, pause: bool) {

@@ -392,6 +392,7 @@ impl History {
                 previous_action: upload.action,
                 changes,
             }),
+            truncated: false,
         };
         Some(Redecision { slot, partition: upload.partition, verdict })
     }
@@ -524,6 +525,7 @@ mod tests {
             latency_ms: 1.0,
             attributes: Default::default(),
             retro: None,
+            truncated: false,
         }
     }
 
