@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::bank::file::normalize_hash;
 use crate::bank::formats::{self, Format, RowError};
 use crate::bank::flood::QuarantineRequest;
-use crate::bank::record::{self, quarantine_key, record_key, BankEntryRecord, QuarantineRecord, BANK_ENTRY_SCHEMA, QUARANTINE_SCHEMA};
+use crate::bank::record::{self, quarantine_key, record_key, release_key, BankEntryRecord, QuarantineRecord, BANK_ENTRY_SCHEMA, QUARANTINE_SCHEMA};
 use crate::bank::{BankSet, ParsedHash, Signal};
 use crate::config::Settings;
 use crate::kafka::bank_feed::{self, BankFeedError};
@@ -158,8 +158,10 @@ pub async fn withdraw(
 }
 
 /// Releases quarantined entries (the trust-and-safety decision that the matches were not a
-/// flood): a `released` status each, after which workers apply the bank's action again and never
-/// quarantine the entry automatically. Returns how many were published and the arguments refused.
+/// flood): a `released` status each under the release key, which wins over any quarantine, so
+/// workers apply the bank's action again and never quarantine the entry automatically; and a
+/// tombstone on the quarantine key, which is then stale. Returns how many entries were released
+/// and the arguments refused.
 pub async fn release(
     settings: &Settings,
     bank: &str,
@@ -174,15 +176,17 @@ pub async fn release(
             Ok(hash) => {
                 let (key, value) = quarantine_record(bank, &hash, "released", "released by an operator", None);
                 records.push((key, Some(value)));
+                records.push((quarantine_key(bank, signal, &hash.to_hex()), None));
             }
             Err(problem) => refused.push(RowError { line: i as u64 + 1, problem }),
         }
     }
-    let published = bank_feed::publish(&settings.kafka, records).await?;
+    let published = bank_feed::publish(&settings.kafka, records).await? / 2;
     Ok((published, refused))
 }
 
-/// The bank topic record that sets an entry's quarantine status (see `bank::record`).
+/// The bank topic record that sets an entry's status (see `bank::record`): `quarantined` under
+/// its quarantine key, `released` under its release key.
 pub fn quarantine_record(
     bank: &str,
     hash: &ParsedHash,
@@ -203,7 +207,8 @@ pub fn quarantine_record(
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         by: crate::config::replica_name(),
     };
-    (quarantine_key(bank, hash.signal(), &hex), serde_json::to_vec(&value).expect("records serialize"))
+    let key = if status == "released" { release_key(bank, hash.signal(), &hex) } else { quarantine_key(bank, hash.signal(), &hex) };
+    (key, serde_json::to_vec(&value).expect("records serialize"))
 }
 
 /// Output formats of `perisai bank export`.

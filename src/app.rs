@@ -82,7 +82,7 @@ pub fn build_screen(
 ) -> Result<Arc<Screen>, AppError> {
     let scorer = build_scorer(settings, metrics)?;
     let flood = match mode {
-        Mode::Worker if !settings.kafka.banks_topic.is_empty() => start_flood_watch(settings, metrics),
+        Mode::Worker if !settings.kafka.banks_topic.is_empty() => start_flood_watch(settings, &banks, metrics),
         _ => None,
     };
     Ok(Arc::new(Screen::new(settings.clone(), banks, scorer, metrics.clone(), mode)?.with_flood_watch(flood)))
@@ -90,12 +90,17 @@ pub fn build_screen(
 
 /// The flood watch, and a task that publishes each entry it flags to the bank topic as
 /// quarantined (every worker then applies it). `None` when no bank sets a flood limit.
-fn start_flood_watch(settings: &Arc<Settings>, metrics: &Arc<Metrics>) -> Option<Arc<FloodWatch>> {
+fn start_flood_watch(settings: &Arc<Settings>, banks: &Arc<BankSet>, metrics: &Arc<Metrics>) -> Option<Arc<FloodWatch>> {
     let (watch, mut requests) = FloodWatch::new(&settings.banks)?;
     let settings = settings.clone();
     let metrics = metrics.clone();
+    let banks = banks.clone();
     tokio::spawn(async move {
         while let Some(request) = requests.recv().await {
+            // Another worker may have quarantined it meanwhile, or a person released it.
+            if banks.status_of(&request.bank, &request.hash).is_some() {
+                continue;
+            }
             let (key, value) = admin::quarantine_record(&request.bank, &request.hash, "quarantined", "flood", Some(&request));
             // Retried a few times: a quarantine lost to a broker hiccup leaves the flood going.
             for attempt in 1..=5 {

@@ -345,8 +345,14 @@ async fn a_flooding_entry_is_quarantined_on_every_worker_and_blocks_again_once_r
     // Released: blocks again on both, and stays so while the flood goes on.
     let out = perisai(&["bank", "release", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
     assert!(out.status.success());
-    let released = feeder.round() + 1;
-    let settled = released + 5;
+    let released = feeder.round();
+    let blocked_on_both = |s: &[Seen]| {
+        let by = target_actions_after(s, released);
+        by.len() == 2 && by.values().all(|actions| actions.iter().any(|a| a == "block"))
+    };
+    let seen = wait_for(&watch, Duration::from_secs(30), blocked_on_both);
+    assert!(blocked_on_both(&seen), "not blocking again on both: {:?}", target_actions_after(&seen, released));
+    let settled = feeder.round() + 1;
     let seen = wait_for(&watch, Duration::from_secs(30), |s| target_actions_after(s, settled + 30).len() == 2);
     let later: Vec<&Seen> = seen.iter().filter(|v| v.event_id.starts_with("t-") && round_of(&v.event_id) > settled).collect();
     assert!(later.len() >= 30, "{} verdicts after the release", later.len());

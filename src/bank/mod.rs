@@ -159,8 +159,9 @@ pub struct Bank {
     /// id → slot map stays as small as the bank.
     entries: Vec<Option<Box<str>>>,
     free: Vec<u32>,
-    /// Quarantine status by hash (see `record`); hashes without one are absent.
-    status: HashMap<ParsedHash, EntryStatus, ahash::RandomState>,
+    /// Hashes quarantined, and hashes a person released (which wins): see `record`.
+    quarantined: HashSet<ParsedHash, ahash::RandomState>,
+    released: HashSet<ParsedHash, ahash::RandomState>,
 }
 
 /// An entry's quarantine status.
@@ -182,7 +183,8 @@ impl Bank {
             pdq_staging: None,
             entries: Vec::new(),
             free: Vec::new(),
-            status: HashMap::default(),
+            quarantined: HashSet::default(),
+            released: HashSet::default(),
         }
     }
 
@@ -268,15 +270,29 @@ impl Bank {
         self.id_of(hash).and_then(|id| self.entries[id as usize].as_deref())
     }
 
-    /// Sets (or with `None` clears) a hash's quarantine status: Quarantined or Released when
-    /// that changed whether its matches are quarantined, else Unchanged.
-    pub fn set_status(&mut self, hash: &ParsedHash, status: Option<EntryStatus>) -> Applied {
-        let before = match status {
-            Some(status) => self.status.insert(*hash, status),
-            None => self.status.remove(hash),
+    /// A hash's status: a release wins over a quarantine.
+    pub fn status_of(&self, hash: &ParsedHash) -> Option<EntryStatus> {
+        if self.released.contains(hash) {
+            Some(EntryStatus::Released)
+        } else if self.quarantined.contains(hash) {
+            Some(EntryStatus::Quarantined)
+        } else {
+            None
+        }
+    }
+
+    /// Applies a status change: Quarantined or Released when it changed whether the hash's
+    /// matches are quarantined, else Unchanged.
+    fn change_status(&mut self, hash: &ParsedHash, change: &Change<'_>) -> Applied {
+        let was = self.status_of(hash) == Some(EntryStatus::Quarantined);
+        match change {
+            Change::Quarantine => self.quarantined.insert(*hash),
+            Change::ClearQuarantine => self.quarantined.remove(hash),
+            Change::Release => self.released.insert(*hash),
+            Change::ClearRelease => self.released.remove(hash),
+            Change::Upsert { .. } | Change::Withdraw => false,
         };
-        let was = before == Some(EntryStatus::Quarantined);
-        match (was, status == Some(EntryStatus::Quarantined)) {
+        match (was, self.status_of(hash) == Some(EntryStatus::Quarantined)) {
             (false, true) => Applied::Quarantined,
             (true, false) => Applied::Released,
             _ => Applied::Unchanged,
@@ -284,7 +300,7 @@ impl Bank {
     }
 
     pub fn quarantined_count(&self) -> usize {
-        self.status.values().filter(|&&s| s == EntryStatus::Quarantined).count()
+        self.quarantined.iter().filter(|h| !self.released.contains(*h)).count()
     }
 
     pub fn count(&self, signal: Signal) -> usize {
@@ -329,7 +345,7 @@ impl Bank {
             distance: None,
             quality: None,
             transform: None,
-            status: self.status.get(&hash).copied(),
+            status: self.status_of(&hash),
             hash,
         }
     }
@@ -581,6 +597,11 @@ impl BankSet {
         self.write().journal.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// The quarantine status of one bank's hash (`None` also for an unknown bank).
+    pub fn status_of(&self, bank: &str, hash: &ParsedHash) -> Option<EntryStatus> {
+        self.read().banks.iter().find(|b| b.name() == bank)?.status_of(hash)
+    }
+
     /// The bank state's position as a map (partition → next offset): see [`BankSet::version`].
     pub fn positions(&self) -> BTreeMap<i32, i64> {
         self.read().positions.clone()
@@ -732,9 +753,9 @@ fn apply_one(banks: &mut [Bank], update: &BankUpdate<'_>, journal: Option<&mut V
     let applied = match &update.change {
         Change::Upsert { entry } => bank.upsert(&update.hash, entry).map_err(|e| Rejection::IndexFull(e.to_string()))?,
         Change::Withdraw => bank.withdraw(&update.hash),
-        Change::Quarantine => bank.set_status(&update.hash, Some(EntryStatus::Quarantined)),
-        Change::Release => bank.set_status(&update.hash, Some(EntryStatus::Released)),
-        Change::ClearStatus => bank.set_status(&update.hash, None),
+        change @ (Change::Quarantine | Change::ClearQuarantine | Change::Release | Change::ClearRelease) => {
+            bank.change_status(&update.hash, change)
+        }
     };
     if let Some(journal) = journal {
         if !matches!(applied, Applied::Unchanged | Applied::Absent) {

@@ -2,12 +2,13 @@
 //! a null value (tombstone) withdraws it. The topic is log-compacted, so the last record per key
 //! is the entry's state; docs/schemas/bank_entry.schema.json is the value's JSON Schema.
 //!
-//! Beside each entry's key, `BANK/SIGNAL/HASH/quarantine` holds the entry's quarantine status
-//! (`perisai.bank_quarantine/v1`): `quarantined`, written by a worker that saw the entry flood,
-//! or `released`, written by `perisai bank release` (a person's decision: the entry is never
-//! quarantined automatically again; a tombstone clears the status altogether). A separate key,
-//! so that re-importing a partner's list never lifts a quarantine and lifting one never touches
-//! the entry.
+//! Beside each entry's key, two status keys (values `perisai.bank_quarantine/v1`):
+//! `BANK/SIGNAL/HASH/quarantine`, written `quarantined` by a worker that saw the entry flood, and
+//! `BANK/SIGNAL/HASH/release`, written `released` by `perisai bank release` — a person's decision,
+//! which wins over any quarantine, earlier or later (a worker that saw the flood late cannot undo
+//! it, not even after compaction), and stops workers from quarantining the entry again. A
+//! tombstone clears either. Keys apart from the entry's, so that re-importing a partner's list
+//! never lifts a quarantine and lifting one never touches the entry.
 //!
 //! Records come from partners' lists, so each one is checked on its own: a bad record is
 //! rejected with a reason ([`Rejection`]) and never stops the others. Rejections, like every
@@ -23,8 +24,9 @@ use crate::config::valid_bank_name;
 
 pub const BANK_ENTRY_SCHEMA: &str = "perisai.bank_entry/v1";
 pub const QUARANTINE_SCHEMA: &str = "perisai.bank_quarantine/v1";
-/// The suffix of a quarantine status key: `BANK/SIGNAL/HASH/quarantine`.
+/// The suffixes of the status keys: `BANK/SIGNAL/HASH/quarantine`, `BANK/SIGNAL/HASH/release`.
 const QUARANTINE_SUFFIX: &str = "quarantine";
+const RELEASE_SUFFIX: &str = "release";
 
 /// Longest entry id kept (the partner's or case id): ids are echoed in every verdict.
 pub const MAX_ENTRY_BYTES: usize = 256;
@@ -58,9 +60,9 @@ pub fn quarantine_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
     format!("{}/{QUARANTINE_SUFFIX}", record_key(bank, signal, hash_hex))
 }
 
-/// Whether a key is an entry's quarantine status rather than the entry (exports skip these).
-pub fn is_quarantine_key(key: &str) -> bool {
-    key.split('/').nth(3) == Some(QUARANTINE_SUFFIX)
+/// The key of a person's release of an entry: `BANK/SIGNAL/HASH/release`.
+pub fn release_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
+    format!("{}/{RELEASE_SUFFIX}", record_key(bank, signal, hash_hex))
 }
 
 /// A quarantine status value: why a worker quarantined an entry. Readers need only the schema
@@ -102,10 +104,12 @@ pub enum Change<'a> {
     Withdraw,
     /// The entry's matches go to review instead of its bank's action (see the module docs).
     Quarantine,
-    /// A person lifted the quarantine: never quarantined automatically again.
+    /// The quarantine key cleared (a tombstone).
+    ClearQuarantine,
+    /// A person released the entry: its bank's action applies, it is never quarantined again.
     Release,
-    /// No status (a tombstone on the quarantine key).
-    ClearStatus,
+    /// The release key cleared (a tombstone).
+    ClearRelease,
 }
 
 /// Why a record was not applied; `reason()` is the metric label.
@@ -117,7 +121,7 @@ pub enum Rejection {
     UndeclaredBank(String),
     #[error("value is not a perisai.bank_entry/v1 JSON object: {0}")]
     MalformedValue(String),
-    #[error("unsupported schema (expected {BANK_ENTRY_SCHEMA}, or {QUARANTINE_SCHEMA} under a quarantine key)")]
+    #[error("unsupported schema (expected {BANK_ENTRY_SCHEMA}, or {QUARANTINE_SCHEMA} under a status key)")]
     SchemaVersion,
     #[error("value's bank, signal or hash differs from its key")]
     KeyMismatch,
@@ -184,9 +188,9 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
     let (Some(bank), Some(signal_text), Some(hash_text)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Rejection::BadKey);
     };
-    let quarantine = match parts.next() {
-        None => false,
-        Some(QUARANTINE_SUFFIX) => true,
+    let status_key = match parts.next() {
+        None => None,
+        Some(suffix @ (QUARANTINE_SUFFIX | RELEASE_SUFFIX)) => Some(suffix),
         Some(_) => return Err(Rejection::BadKey),
     };
     let signal = Signal::parse(signal_text).filter(|s| s.as_str() == signal_text).ok_or(Rejection::BadKey)?;
@@ -194,10 +198,19 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
         return Err(Rejection::BadKey);
     }
     let hash = checked_hash(signal, hash_text)?;
-    if quarantine {
-        let change = match value {
-            None => Change::ClearStatus,
-            Some(value) => check_quarantine(value, bank, signal_text, hash_text)?,
+    if let Some(suffix) = status_key {
+        let change = match (suffix, value) {
+            (QUARANTINE_SUFFIX, None) => Change::ClearQuarantine,
+            (_, None) => Change::ClearRelease,
+            (_, Some(value)) => {
+                let expected = if suffix == QUARANTINE_SUFFIX { "quarantined" } else { "released" };
+                check_status(value, bank, signal_text, hash_text, expected)?;
+                if suffix == QUARANTINE_SUFFIX {
+                    Change::Quarantine
+                } else {
+                    Change::Release
+                }
+            }
         };
         return Ok(BankUpdate { bank, hash, change });
     }
@@ -226,9 +239,9 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
     Ok(BankUpdate { bank, hash, change: Change::Upsert { entry } })
 }
 
-/// A quarantine value must name its schema, repeat its key and say its status; the rest is
-/// informative.
-fn check_quarantine(value: &[u8], bank: &str, signal: &str, hash: &str) -> Result<Change<'static>, Rejection> {
+/// A status value must name its schema, repeat its key and say the status its key holds; the
+/// rest is informative.
+fn check_status(value: &[u8], bank: &str, signal: &str, hash: &str, expected: &str) -> Result<(), Rejection> {
     #[derive(Deserialize)]
     struct StatusView<'a> {
         #[serde(borrow)]
@@ -252,9 +265,8 @@ fn check_quarantine(value: &[u8], bank: &str, signal: &str, hash: &str) -> Resul
         return Err(Rejection::KeyMismatch);
     }
     match view.status.as_deref() {
-        Some("quarantined") => Ok(Change::Quarantine),
-        Some("released") => Ok(Change::Release),
-        Some(_) => Err(Rejection::MalformedValue("`status` must be quarantined or released".into())),
+        Some(status) if status == expected => Ok(()),
+        Some(_) => Err(Rejection::MalformedValue(format!("`status` must be {expected} under this key"))),
         None => Err(Rejection::MalformedValue("missing field `status`".into())),
     }
 }
@@ -420,7 +432,7 @@ mod tests {
     #[test]
     fn quarantine_status_records() {
         let key = quarantine_key("ncii", Signal::Pdq, PDQ);
-        assert!(is_quarantine_key(&key) && !is_quarantine_key(&record_key("ncii", Signal::Pdq, PDQ)));
+        let release = release_key("ncii", Signal::Pdq, PDQ);
         let record = |bank: &str, schema: &str, status: &str| {
             serde_json::to_vec(&QuarantineRecord {
                 schema: schema.into(),
@@ -440,8 +452,12 @@ mod tests {
         let quarantined = status("ncii", QUARANTINE_SCHEMA);
         assert_eq!(decode(Some(key.as_bytes()), Some(&quarantined)).unwrap().change, Change::Quarantine);
         let released = record("ncii", QUARANTINE_SCHEMA, "released");
-        assert_eq!(decode(Some(key.as_bytes()), Some(&released)).unwrap().change, Change::Release);
-        assert_eq!(decode(Some(key.as_bytes()), None).unwrap().change, Change::ClearStatus);
+        assert_eq!(decode(Some(release.as_bytes()), Some(&released)).unwrap().change, Change::Release);
+        assert_eq!(decode(Some(key.as_bytes()), None).unwrap().change, Change::ClearQuarantine);
+        assert_eq!(decode(Some(release.as_bytes()), None).unwrap().change, Change::ClearRelease);
+        // Each key holds its own status only.
+        assert_eq!(decode(Some(key.as_bytes()), Some(&released)).unwrap_err().reason(), "malformed_value");
+        assert_eq!(decode(Some(release.as_bytes()), Some(&quarantined)).unwrap_err().reason(), "malformed_value");
         assert_eq!(
             decode(Some(key.as_bytes()), Some(&record("ncii", QUARANTINE_SCHEMA, "maybe"))).unwrap_err().reason(),
             "malformed_value"

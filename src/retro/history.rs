@@ -81,6 +81,9 @@ impl Upload {
     }
 }
 
+/// (bank, signal, entry id): a bank entry as verdicts name it.
+pub type EntryKey = (String, String, String);
+
 /// A re-decision: the verdict to write, and the state to record once it is written.
 #[derive(Debug, Clone)]
 pub struct Redecision {
@@ -161,7 +164,14 @@ impl History {
         match &verdict.retro {
             Some(retro) => {
                 let slot = self.slot_of(&retro.upload_event_id).ok_or(Skip::Unknown)?;
-                self.record(slot, &verdict);
+                let upload = self.get(slot).ok_or(Skip::Unknown)?;
+                let latest = upload.latest.as_deref().unwrap_or(upload.event_id());
+                // Only the verdict that supersedes the latest one moves the upload on: one this
+                // replica wrote itself is known already, and an older one read back late (or one
+                // superseding a verdict that is no longer the latest) would move it back.
+                if verdict.event_id != latest && retro.supersedes == latest {
+                    self.record(slot, &verdict);
+                }
                 Ok(None)
             }
             None => self.remember(verdict, partition, offset, time_ms).map(Some),
@@ -322,8 +332,16 @@ impl History {
     /// Re-decides one upload with the banks as they are now: `None` when its bank matches are
     /// what its latest verdict says. Matches on quarantined entries are left as the verdict had
     /// them (retro does not act on a flood), and so are dihedral matches (the verdict carries
-    /// the upload's PDQ hash as uploaded, not its rotations).
-    pub fn redecide(&self, slot: u32, banks: &BankSet, media_error_action: Action, policy_version: &str) -> Option<Redecision> {
+    /// the upload's PDQ hash as uploaded, not its rotations) unless their entry is in `removed`
+    /// (withdrawn or replaced since).
+    pub fn redecide(
+        &self,
+        slot: u32,
+        banks: &BankSet,
+        removed: &BTreeSet<EntryKey>,
+        media_error_action: Action,
+        policy_version: &str,
+    ) -> Option<Redecision> {
         let upload = self.get(slot)?;
         let pdq = upload.pdq_quality.and_then(|q| Some((self.pdq.hash_of(slot)?, q)));
         let found = banks.match_signals(upload.md5.as_ref(), upload.sha256.as_ref(), pdq);
@@ -344,7 +362,7 @@ impl History {
             }
         }
         for (key, &reason) in &current {
-            if matches!(reason, Reason::HashMatch { transform: Some(_), .. }) {
+            if matches!(reason, Reason::HashMatch { transform: Some(_), .. }) && !removed.contains(key) {
                 now.entry(key.clone()).or_insert_with(|| reason.clone());
             }
         }
@@ -438,22 +456,32 @@ fn supersession_id(upload: &str, supersedes: &str, action: Action, reasons: &[Re
     format!("retro-{}", &hex::encode(digest.finalize())[..32])
 }
 
-/// Whether a bank state (`next` offset per partition) includes every record a verdict's
-/// `banks_version` names; a verdict without one (bank files only) is always covered.
-pub fn covers(state: &BTreeMap<i32, i64>, banks_version: Option<&str>) -> bool {
-    let Some(version) = banks_version else { return true };
-    version.split(',').filter_map(|part| part.split_once(':')).all(|(p, o)| {
-        match (p.trim().parse::<i32>(), o.trim().parse::<i64>()) {
-            (Ok(p), Ok(o)) => state.get(&p).is_some_and(|&next| next >= o),
-            _ => true,
-        }
-    })
+/// A verdict's `banks_version` (`PARTITION:NEXT_OFFSET,...`) as a map; unreadable parts are left out.
+pub fn parse_version(version: &str) -> BTreeMap<i32, i64> {
+    version
+        .split(',')
+        .filter_map(|part| part.split_once(':'))
+        .filter_map(|(p, o)| Some((p.trim().parse().ok()?, o.trim().parse().ok()?)))
+        .collect()
+}
+
+/// Whether a bank state (next offset per partition) includes every record `version` names.
+pub fn covers(state: &BTreeMap<i32, i64>, version: &BTreeMap<i32, i64>) -> bool {
+    version.iter().all(|(p, o)| state.get(p).is_some_and(|next| next >= o))
+}
+
+/// Raises `into` to `version` partition by partition (the newest bank state of several verdicts).
+pub fn merge_version(into: &mut BTreeMap<i32, i64>, version: &BTreeMap<i32, i64>) {
+    for (&p, &o) in version {
+        let next = into.entry(p).or_insert(o);
+        *next = (*next).max(o);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bank::record::{quarantine_key, record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
+    use crate::bank::record::{quarantine_key, record_key, release_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
     use crate::bank::{Bank, Signal, TopicRecord};
     use crate::config::OnBadRow;
     use crate::metrics::Metrics;
@@ -566,12 +594,19 @@ mod tests {
         }
     }
 
+    fn removed_of(changes: &[BankChange]) -> BTreeSet<EntryKey> {
+        changes
+            .iter()
+            .filter_map(|c| Some((c.bank.clone(), c.hash.signal().as_str().to_string(), c.old_entry.clone()?)))
+            .collect()
+    }
+
     fn redecide_all(history: &mut History, banks: &Banks, changes: &[BankChange]) -> Vec<Verdict> {
         let mut out = Vec::new();
         for change in changes {
             let bank = banks.set.settings().into_iter().find(|b| b.name == change.bank).unwrap();
             for slot in history.candidates(change, &bank) {
-                if let Some(r) = history.redecide(slot, &banks.set, Action::Review, "p2") {
+                if let Some(r) = history.redecide(slot, &banks.set, &removed_of(changes), Action::Review, "p2") {
                     history.record(slot, &r.verdict);
                     out.push(r.verdict);
                 }
@@ -643,15 +678,15 @@ mod tests {
         let mut history = History::new();
         history.take(verdict("e1", &md5(1), None), 0, 0, 0).unwrap();
         banks.put("ncii", Signal::Md5, &md5(1), "c");
-        let first = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
-        let twice = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        let first = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").unwrap();
+        let twice = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").unwrap();
         assert_eq!(first.verdict.event_id, twice.verdict.event_id, "a replica that writes it twice writes a duplicate");
         history.record(0, &first.verdict);
         banks.send(record_key("ncii", Signal::Md5, &md5(1)), None);
-        let undone = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        let undone = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").unwrap();
         history.record(0, &undone.verdict);
         banks.put("ncii", Signal::Md5, &md5(1), "c");
-        let redone = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        let redone = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").unwrap();
         assert_eq!(redone.verdict.action, first.verdict.action);
         assert_ne!(redone.verdict.event_id, first.verdict.event_id, "it supersedes another verdict: a new id");
     }
@@ -665,15 +700,67 @@ mod tests {
         history.take(verdict("e1", &md5(1), None), 3, 40, 0).unwrap();
         assert_eq!(history.take(verdict("e1", &md5(1), None), 3, 41, 0), Err(Skip::Duplicate));
         banks.put("ncii", Signal::Md5, &md5(1), "c");
-        let r = history.redecide(0, &banks.set, Action::Review, "p").unwrap();
+        let r = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").unwrap();
         assert_eq!(r.partition, 3);
         assert_eq!(history.take(r.verdict.clone(), 3, 50, 0), Ok(None));
         assert_eq!(history.get(0).unwrap().action, Action::Block);
-        assert!(history.redecide(0, &banks.set, Action::Review, "p").is_none());
+        assert!(history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").is_none());
         let mut stranger = r.verdict;
         stranger.retro.as_mut().unwrap().upload_event_id = "nobody".into();
         assert_eq!(history.take(stranger, 3, 51, 0), Err(Skip::Unknown));
         assert_eq!(history.len(), 1);
+    }
+
+    /// Its own verdicts read back late never move an upload back: after "block" then "allow"
+    /// were written, reading the "block" back changes nothing, and re-adding the entry blocks.
+    #[test]
+    fn a_late_read_back_never_moves_an_upload_back() {
+        let mut banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        history.take(verdict("e1", &md5(1), None), 0, 0, 0).unwrap();
+        let mut written = Vec::new();
+        for value in [true, false] {
+            if value {
+                banks.put("ncii", Signal::Md5, &md5(1), "c");
+            } else {
+                banks.send(record_key("ncii", Signal::Md5, &md5(1)), None);
+            }
+            let r = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").unwrap();
+            history.record(0, &r.verdict);
+            written.push(r.verdict);
+        }
+        for v in &written {
+            history.take(v.clone(), 0, 1, 0).unwrap();
+        }
+        assert_eq!(history.get(0).unwrap().action, Action::Allow, "the latest stays the latest");
+        banks.put("ncii", Signal::Md5, &md5(1), "c");
+        let again = history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").expect("re-added: block again");
+        assert_eq!(again.verdict.action, Action::Block);
+        assert_eq!(again.verdict.retro.unwrap().supersedes, written[1].event_id);
+    }
+
+    /// A dihedral match (which retro cannot recompute) stays, unless its entry was withdrawn.
+    #[test]
+    fn a_dihedral_match_goes_only_with_its_entry() {
+        let banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        let mut v = verdict("e1", &md5(1), Some(pdq(5)));
+        v.action = Action::Block;
+        v.reasons.push(Reason::HashMatch {
+            bank: "ncii".into(),
+            signal: "pdq".into(),
+            entry: "d-1".into(),
+            action: Action::Block,
+            distance: Some(3),
+            quality: Some(90),
+            transform: Some("rotate90".into()),
+            quarantined: false,
+        });
+        history.take(v, 0, 0, 0).unwrap();
+        assert!(history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").is_none(), "kept as it was");
+        let removed: BTreeSet<EntryKey> = [("ncii".to_string(), "pdq".to_string(), "d-1".to_string())].into_iter().collect();
+        let undone = history.redecide(0, &banks.set, &removed, Action::Review, "p").expect("withdrawn: undone");
+        assert_eq!(undone.verdict.action, Action::Allow);
     }
 
     /// Retro does not act on a quarantined entry; once released, it does.
@@ -685,7 +772,8 @@ mod tests {
         let quarantine = |status: &str| {
             let (key, value) =
                 crate::admin::quarantine_record("ncii", &ParsedHash::Md5(crate::bank::file::decode_hex::<16>(md5(1).as_bytes()).unwrap()), status, "t", None);
-            assert_eq!(key, quarantine_key("ncii", Signal::Md5, &md5(1)));
+            let expected = if status == "released" { release_key("ncii", Signal::Md5, &md5(1)) } else { quarantine_key("ncii", Signal::Md5, &md5(1)) };
+            assert_eq!(key, expected);
             (key, Some(value))
         };
         let (key, value) = quarantine("quarantined");
@@ -727,10 +815,13 @@ mod tests {
     #[test]
     fn covers_compares_every_partition() {
         let state: BTreeMap<i32, i64> = [(0, 10), (1, 5)].into_iter().collect();
-        assert!(covers(&state, None));
-        assert!(covers(&state, Some("0:10,1:5")));
-        assert!(covers(&state, Some("0:3")));
-        assert!(!covers(&state, Some("0:11,1:5")));
-        assert!(!covers(&state, Some("2:1")));
+        assert!(covers(&state, &BTreeMap::new()), "bank files only: nothing to wait for");
+        assert!(covers(&state, &parse_version("0:10,1:5")));
+        assert!(covers(&state, &parse_version("0:3")));
+        assert!(!covers(&state, &parse_version("0:11,1:5")));
+        assert!(!covers(&state, &parse_version("2:1")));
+        let mut merged = parse_version("0:3,1:9");
+        merge_version(&mut merged, &parse_version("0:7,2:1"));
+        assert_eq!(merged, parse_version("0:7,1:9,2:1"));
     }
 }

@@ -27,7 +27,7 @@
 
 pub mod history;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ use crate::config::Settings;
 use crate::event::Verdict;
 use crate::kafka::{consumer_config, producer_config};
 use crate::metrics::{Metrics, Readiness};
-use history::{History, Redecision};
+use history::{EntryKey, History, Redecision};
 
 /// How often old uploads are forgotten and the partitions' floors committed.
 const HOUSEKEEPING: Duration = Duration::from_secs(2);
@@ -101,6 +101,9 @@ impl ConsumerContext for RetroContext {
 struct Rebuild {
     end: i64,
     started: Instant,
+    /// The newest bank state any verdict read back names: its uploads wait for our banks to
+    /// reach it before they are re-decided.
+    version: BTreeMap<i32, i64>,
 }
 
 /// The role's state, owned by its one thread.
@@ -112,10 +115,16 @@ pub struct RetroRole {
     history: History,
     rebuilding: BTreeMap<i32, Rebuild>,
     held: BTreeSet<i32>,
-    /// Uploads decided with banks newer than ours: re-decided once ours cover theirs.
-    waiting: Vec<(u32, Box<str>)>,
+    /// Uploads decided with banks newer than ours: re-decided once ours cover theirs (and not
+    /// before, whatever else asks for them).
+    waiting: Vec<(u32, BTreeMap<i32, i64>)>,
+    waiting_slots: HashSet<u32>,
     /// Uploads to re-decide on this turn.
     due: BTreeSet<u32>,
+    /// Entries withdrawn or replaced since the last turn: their dihedral matches go too.
+    removed: BTreeSet<EntryKey>,
+    /// After a failed write, writing waits until then.
+    retry_at: Option<Instant>,
     /// Why each due upload is being re-decided (for the metric): added | withdrawn | released | verdict | rebuild.
     causes: HashMap<u32, &'static str>,
     /// Names this replica in the `perisai.worker` header.
@@ -134,7 +143,10 @@ impl RetroRole {
             rebuilding: BTreeMap::new(),
             held: BTreeSet::new(),
             waiting: Vec::new(),
+            waiting_slots: HashSet::new(),
             due: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            retry_at: None,
             causes: HashMap::new(),
             instance: crate::app::instance_name(),
         }
@@ -158,7 +170,11 @@ impl RetroRole {
             .map_err(|source| RetroError::Subscribe { topic: kafka.verdict_topic.clone(), source })?;
         let mut producer_settings = kafka.clone();
         producer_settings.delivery = crate::config::Delivery::AtLeastOnce;
-        let producer: FutureProducer = producer_config(&producer_settings).create().map_err(RetroError::Producer)?;
+        let mut producer_config = producer_config(&producer_settings);
+        // A write that cannot be delivered fails within 30 s and is retried: the loop must not
+        // stand still for librdkafka's default 5 minutes (and leave the group meanwhile).
+        producer_config.set("message.timeout.ms", "30000");
+        let producer: FutureProducer = producer_config.create().map_err(RetroError::Producer)?;
         let mut last_housekeeping = Instant::now();
         tracing::info!(group = %self.settings.retro.group_id, topic = %kafka.verdict_topic, window = %self.settings.retro.window, "retro: reading verdicts");
         while !stop.load(Ordering::Acquire) {
@@ -211,12 +227,19 @@ impl RetroRole {
             }
             None => return,
         };
-        let banks_version: Option<Box<str>> = verdict.banks_version.as_deref().map(Into::into);
-        if let Ok(Some(slot)) = self.history.take(verdict, partition, offset, time_ms) {
-            // While a partition is read back, its uploads are re-decided all at once at the end.
-            if !self.rebuilding.contains_key(&partition) {
-                self.waiting.push((slot, banks_version.unwrap_or_default()));
-            }
+        let version = verdict.banks_version.as_deref().map(history::parse_version).unwrap_or_default();
+        let taken = self.history.take(verdict, partition, offset, time_ms);
+        // While a partition is read back, its uploads are re-decided all at once at the end.
+        if let Some(rebuild) = self.rebuilding.get_mut(&partition) {
+            history::merge_version(&mut rebuild.version, &version);
+        } else if let Ok(Some(slot)) = taken {
+            self.wait_for_banks(slot, version);
+        }
+    }
+
+    fn wait_for_banks(&mut self, slot: u32, version: BTreeMap<i32, i64>) {
+        if self.waiting_slots.insert(slot) {
+            self.waiting.push((slot, version));
         }
     }
 
@@ -228,13 +251,13 @@ impl RetroRole {
             return;
         }
         let seconds = rebuild.started.elapsed().as_secs_f64();
-        self.rebuilding.remove(&partition);
+        let Some(rebuild) = self.rebuilding.remove(&partition) else { return };
         self.metrics.retro_rebuild_seconds.observe(seconds);
         let slots = self.history.slots_of(partition);
         tracing::info!(partition, uploads = slots.len(), seconds, "retro: verdict partition read back; re-deciding its uploads");
         for slot in slots {
-            self.due.insert(slot);
             self.causes.entry(slot).or_insert("rebuild");
+            self.wait_for_banks(slot, rebuild.version.clone());
         }
         self.publish_readiness();
     }
@@ -258,7 +281,7 @@ impl RetroRole {
                                 i64::MAX
                             }
                         };
-                        self.rebuilding.insert(p, Rebuild { end, started: Instant::now() });
+                        self.rebuilding.insert(p, Rebuild { end, started: Instant::now(), version: BTreeMap::new() });
                         // An empty partition is read back at once (else end-of-partition says so).
                         if end == 0 {
                             self.note_progress(p, 0);
@@ -295,9 +318,17 @@ impl RetroRole {
                 Applied::Released => "released",
                 _ => "added",
             };
+            if let Some(old) = &change.old_entry {
+                self.removed.insert((change.bank.clone(), change.hash.signal().as_str().to_string(), old.clone()));
+            }
+            // Uploads of a partition still being read back are re-decided when it ends, and
+            // uploads waiting for our banks when those catch up.
             for slot in slots {
-                self.due.insert(slot);
-                self.causes.insert(slot, cause);
+                let rebuilding = self.history.get(slot).is_some_and(|u| self.rebuilding.contains_key(&u.partition));
+                if !rebuilding && !self.waiting_slots.contains(&slot) {
+                    self.due.insert(slot);
+                    self.causes.insert(slot, cause);
+                }
             }
         }
     }
@@ -308,9 +339,10 @@ impl RetroRole {
         }
         let positions = self.banks.positions();
         let (ready, still): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.waiting).into_iter().partition(|(_, v)| v.is_empty() || history::covers(&positions, Some(v)));
+            std::mem::take(&mut self.waiting).into_iter().partition(|(_, v)| history::covers(&positions, v));
         self.waiting = still;
         for (slot, _) in ready {
+            self.waiting_slots.remove(&slot);
             self.due.insert(slot);
             self.causes.entry(slot).or_insert("verdict");
         }
@@ -319,13 +351,17 @@ impl RetroRole {
     /// Re-decides the due uploads and writes every changed decision, waiting for the broker's
     /// acknowledgements; a write that fails is retried on a later turn.
     fn write_due(&mut self, producer: &FutureProducer) {
-        if self.due.is_empty() {
+        if self.due.is_empty() || self.retry_at.is_some_and(|at| Instant::now() < at) {
             return;
         }
+        self.retry_at = None;
         let policy = &self.settings.policy;
         let due = std::mem::take(&mut self.due);
-        let redecisions: Vec<Redecision> =
-            due.iter().filter_map(|&slot| self.history.redecide(slot, &self.banks, policy.media_error_action, &policy.version)).collect();
+        let removed = std::mem::take(&mut self.removed);
+        let redecisions: Vec<Redecision> = due
+            .iter()
+            .filter_map(|&slot| self.history.redecide(slot, &self.banks, &removed, policy.media_error_action, &policy.version))
+            .collect();
         let topic = &self.settings.kafka.verdict_topic;
         let mut sent = Vec::with_capacity(redecisions.len());
         for r in redecisions {
@@ -362,8 +398,9 @@ impl RetroRole {
                 self.history.record(r.slot, &r.verdict);
             } else {
                 self.metrics.produce_errors.inc();
-                tracing::warn!(media_id = %r.verdict.media_id, "retro: writing a superseding verdict failed; retrying");
+                tracing::warn!(media_id = %r.verdict.media_id, "retro: writing a superseding verdict failed; retrying in a second");
                 self.due.insert(r.slot);
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
         for slot in &due {
