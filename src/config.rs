@@ -217,6 +217,10 @@ pub struct BankSettings {
     pub flood_baseline_multiple: f64,
 }
 
+fn default_non_image_action() -> Action {
+    Action::Allow
+}
+
 fn default_flood_baseline_multiple() -> f64 {
     10.0
 }
@@ -299,6 +303,10 @@ pub struct PolicySettings {
     pub version: String,
     /// Action for media that cannot be fetched or decoded. Never silently allowed by default.
     pub media_error_action: Action,
+    /// Action for non-image media (video, audio, documents), whose pixels are not screened
+    /// (exact hashes only) when no bank matches. Its verdicts always say so (`unscreened`).
+    #[serde(default = "default_non_image_action")]
+    pub non_image_action: Action,
     pub bands: Bands,
     #[serde(default)]
     pub overrides: Vec<BandOverride>,

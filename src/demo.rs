@@ -485,6 +485,7 @@ pub fn explain(verdict: &Verdict) -> String {
             Reason::Classifier { score, band, .. } => format!("nsfw {score:.3} band={band}"),
             Reason::LowQuality { quality, floor, .. } => format!("pdq quality {quality} < {floor}"),
             Reason::MediaError { error, .. } => format!("media_error {error}"),
+            Reason::Unscreened { .. } => "not an image: exact hashes only".into(),
         })
         .collect();
     if parts.is_empty() {

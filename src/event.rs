@@ -91,6 +91,9 @@ pub enum Reason {
     LowQuality { signal: String, quality: u8, floor: u8 },
     /// The media could not be fetched, decoded or classified.
     MediaError { error: String, detail: String },
+    /// The pixels were not screened: non-image media (video, documents) gets exact hashes only.
+    /// `action` is what `policy.non_image_action` gives that.
+    Unscreened { what: String, action: Action },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,6 +159,7 @@ impl Verdict {
                     Some(Reason::MediaError { error: error.clone(), detail: truncate_utf8(detail, 256).to_string() })
                 }
                 Reason::LowQuality { .. } => None,
+                Reason::Unscreened { .. } => Some(r.clone()),
             })
             .collect();
         Verdict { reasons, attributes: BTreeMap::new(), retro: None, truncated: true, ..self.clone() }

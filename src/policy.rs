@@ -17,6 +17,8 @@ pub struct Findings {
     pub low_quality: Vec<LowQuality>,
     pub classifier: Option<ClassifierFinding>,
     pub media_error: Option<MediaErrorFinding>,
+    /// What was not screened (non-image media), in words.
+    pub unscreened: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,9 @@ pub fn decide(findings: &Findings, policy: &PolicySettings, bands: Bands) -> (Ac
     if let Some(e) = &findings.media_error {
         reasons.push(Reason::MediaError { error: e.kind.clone(), detail: e.detail.clone() });
     }
+    if let Some(what) = &findings.unscreened {
+        reasons.push(Reason::Unscreened { what: what.clone(), action: policy.non_image_action });
+    }
     (action_of(&reasons, policy.media_error_action), reasons)
 }
 
@@ -109,6 +114,7 @@ pub fn action_of(reasons: &[Reason], media_error_action: Action) -> Action {
             },
             Reason::LowQuality { .. } => {}
             Reason::MediaError { .. } => action = action.max(media_error_action),
+            Reason::Unscreened { action: unscreened, .. } => action = action.max(*unscreened),
         }
     }
     if allowlisted {
@@ -128,6 +134,7 @@ mod tests {
         PolicySettings {
             version: "t".into(),
             media_error_action: Action::Review,
+            non_image_action: Action::Allow,
             bands: Bands { review: 0.8, block: 0.98 },
             overrides: vec![BandOverride { tenant: Some("acme".into()), surface: Some("dm".into()), review: 0.5, block: 0.9 }],
         }

@@ -53,6 +53,8 @@ struct Examined {
     pdq: Option<PdqSignal>,
     media_error: Option<MediaErrorFinding>,
     is_image: bool,
+    /// Non-image media: what was not screened.
+    unscreened: Option<String>,
 }
 
 impl Screen {
@@ -112,6 +114,7 @@ impl Screen {
             matches: banks.matches,
             low_quality: banks.low_quality,
             media_error: examined.media_error,
+            unscreened: examined.unscreened,
             ..Default::default()
         };
         let banks_version = banks.version;
@@ -179,6 +182,7 @@ impl Screen {
             pdq: None,
             media_error: Some(MediaErrorFinding { kind: "internal".into(), detail: e.to_string() }),
             is_image: false,
+            unscreened: None,
         })
     }
 
@@ -243,8 +247,21 @@ fn examine_blocking(
     let hashes = exact::exact_hashes(bytes);
     metrics.observe_stage("exact_hash", started.elapsed().as_secs_f64());
     let mut signals = Signals { md5: Some(hashes.md5), sha256: Some(hashes.sha256), ..Default::default() };
-    if declared_non_image(content_type) && !decode::looks_like_image(bytes) {
-        return Examined { signals, image: None, pdq: None, media_error: None, is_image: false };
+    // The bytes decide, not the declaration: an image declared as video is decoded, and one in a
+    // format that cannot be decoded is a media error, never an allow on exact hashes.
+    match decode::sniff(bytes) {
+        decode::Sniffed::NotImage if declared_non_image(content_type) => {
+            let what = format!("non-image media declared {}: exact hashes only", content_type.unwrap_or_default().trim());
+            return Examined { signals, image: None, pdq: None, media_error: None, is_image: false, unscreened: Some(what) };
+        }
+        decode::Sniffed::OtherImage(format) => {
+            let media_error = Some(MediaErrorFinding {
+                kind: "unsupported_format".into(),
+                detail: format!("{format} images cannot be decoded here, so their pixels cannot be screened"),
+            });
+            return Examined { signals, image: None, pdq: None, media_error, is_image: true, unscreened: None };
+        }
+        _ => {}
     }
     let started = Instant::now();
     let decoded = decode::decode(bytes, limits);
@@ -253,7 +270,7 @@ fn examine_blocking(
         Ok(image) => image,
         Err(e) => {
             let media_error = Some(MediaErrorFinding { kind: e.kind().into(), detail: e.to_string() });
-            return Examined { signals, image: None, pdq: None, media_error, is_image: true };
+            return Examined { signals, image: None, pdq: None, media_error, is_image: true, unscreened: None };
         }
     };
     signals.width = Some(image.width);
@@ -274,5 +291,5 @@ fn examine_blocking(
         signals.pdq = Some(p.hash.to_string());
         signals.pdq_quality = Some(p.quality);
     }
-    Examined { signals, image: Some(image), pdq, media_error: None, is_image: true }
+    Examined { signals, image: Some(image), pdq, media_error: None, is_image: true, unscreened: None }
 }

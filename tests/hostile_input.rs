@@ -372,6 +372,8 @@ fn check(case: &Case, out: &Output, topics: &Topics, validator: &jsonschema::Val
                 Expect::HashedOnly => {
                     assert!(errors.is_empty(), "{}: {v}", case.what);
                     assert_eq!(v["action"], "allow");
+                    let unscreened = v["reasons"].as_array().unwrap().iter().any(|r| r["kind"] == "unscreened" && r["action"] == "allow");
+                    assert!(unscreened, "{}: the verdict says the pixels were not screened: {v}", case.what);
                     assert!(v["signals"]["md5"].is_string() && v["signals"]["pdq"].is_null(), "{}: {v}", case.what);
                     "allow, exact hashes only".to_string()
                 }
@@ -608,6 +610,15 @@ async fn hostile_events_and_media() {
     c.media("zero bytes, no content type", json!({"inline": ""}), None, Expect::MediaError("unsupported_format", ""));
     c.media("zero bytes, declared video/mp4", json!({"inline": ""}), Some("video/mp4"), Expect::HashedOnly);
     c.media("PNG declared application/octet-stream", inline(&png(9, 32)), Some("application/octet-stream"), Expect::Decoded(32, 32));
+    // The bytes decide what is screened, not the declaration: never an allow on exact hashes
+    // for an image.
+    c.media("PNG declared video/mp4", inline(&png(10, 32)), Some("video/mp4"), Expect::Decoded(32, 32));
+    let ico = [0u8, 0, 1, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0x68, 4, 0, 0, 22, 0, 0, 0];
+    c.media("ICO declared application/octet-stream", inline(&ico), Some("application/octet-stream"), Expect::MediaError("unsupported_format", "ICO"));
+    let heic = [&[0u8, 0, 0, 0x18][..], b"ftypheic", &[0, 0, 0, 0], b"mif1heic"].concat();
+    c.media("HEIC declared video/mp4", inline(&heic), Some("video/mp4"), Expect::MediaError("unsupported_format", "HEIF"));
+    let junk = [&[0x00][..], &png(11, 32)].concat();
+    c.media("PNG behind a junk byte, declared video/mp4", inline(&junk), Some("video/mp4"), Expect::MediaError("unsupported_format", "junk"));
 
     // Path media.
     c.media("path ../../etc/passwd", json!({"path": "../../etc/passwd"}), Some("image/png"), Expect::MediaError("path", ""));

@@ -99,6 +99,77 @@ pub fn looks_like_image(bytes: &[u8]) -> bool {
     is_jpeg(bytes) || other_format(bytes).is_some()
 }
 
+/// What the bytes are, whatever the upload declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A format [`decode`] takes.
+    Decodable,
+    /// An image this service cannot decode (the name says which): it cannot be screened.
+    OtherImage(&'static str),
+    /// Nothing says image.
+    NotImage,
+}
+
+/// How far into the bytes an image signature still counts: a few junk bytes in front of a
+/// picture break decoders, not every viewer.
+const DISGUISE_WINDOW: usize = 16;
+
+/// Looks at the first bytes: decodable image, another image format, or not an image at all.
+/// Images behind a few junk bytes count as images (that cannot be decoded as they are).
+pub fn sniff(bytes: &[u8]) -> Sniffed {
+    if looks_like_image(bytes) {
+        return Sniffed::Decodable;
+    }
+    if let Some(name) = other_image(bytes) {
+        return Sniffed::OtherImage(name);
+    }
+    let disguised = (1..=DISGUISE_WINDOW.min(bytes.len().saturating_sub(1)))
+        .any(|skip| looks_like_image(&bytes[skip..]) || other_image(&bytes[skip..]).is_some());
+    if disguised {
+        return Sniffed::OtherImage("image behind leading junk bytes");
+    }
+    Sniffed::NotImage
+}
+
+/// Image formats recognised by their signature but not decoded here.
+fn other_image(bytes: &[u8]) -> Option<&'static str> {
+    let starts = |magic: &[u8]| bytes.starts_with(magic);
+    // ISO base media files name their kind in the `ftyp` box: HEIF/HEIC and AVIF are images,
+    // MP4 and QuickTime brands are video.
+    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        let brand = &bytes[8..12];
+        let image_brands: [&[u8; 4]; 10] =
+            [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"];
+        return image_brands.iter().any(|b| brand == *b).then_some("HEIF/AVIF");
+    }
+    if starts(&[0xFF, 0x0A]) || starts(b"\x00\x00\x00\x0cJXL \r\n\x87\n") {
+        return Some("JPEG XL");
+    }
+    if starts(b"\x00\x00\x00\x0cjP  \r\n\x87\n") || starts(&[0xFF, 0x4F, 0xFF, 0x51]) {
+        return Some("JPEG 2000");
+    }
+    if starts(b"8BPS") {
+        return Some("Photoshop");
+    }
+    let head = &bytes[..bytes.len().min(1024)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if text.trim_start().starts_with("<svg") || (text.trim_start().starts_with("<?xml") && text.contains("<svg")) {
+        return Some("SVG");
+    }
+    match image::guess_format(bytes).ok()? {
+        ImageFormat::Ico => Some("ICO"),
+        ImageFormat::Avif => Some("AVIF"),
+        ImageFormat::Pnm => Some("PNM"),
+        ImageFormat::Dds => Some("DDS"),
+        ImageFormat::Hdr => Some("Radiance HDR"),
+        ImageFormat::OpenExr => Some("OpenEXR"),
+        ImageFormat::Farbfeld => Some("farbfeld"),
+        ImageFormat::Qoi => Some("QOI"),
+        ImageFormat::Tga => Some("TGA"),
+        _ => None,
+    }
+}
+
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
     if is_jpeg(bytes) {
         return decode_jpeg(bytes, limits);
@@ -354,6 +425,30 @@ mod tests {
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, ImageFormat::Png).unwrap();
         out.into_inner()
+    }
+
+    /// The bytes decide what is screened: images in formats that cannot be decoded, or behind a
+    /// few junk bytes, are images (media errors downstream), video containers are not.
+    #[test]
+    fn sniffing_finds_images_whatever_they_are_declared() {
+        let png = small_png();
+        assert_eq!(sniff(&png), Sniffed::Decodable);
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10]), Sniffed::Decodable);
+        let ico = [0u8, 0, 1, 0, 1, 0, 16, 16, 0, 0, 1, 0, 32, 0, 0x68, 4, 0, 0, 22, 0, 0, 0];
+        assert_eq!(sniff(&ico), Sniffed::OtherImage("ICO"));
+        let box_of = |brand: &[u8; 4]| [&[0u8, 0, 0, 0x18][..], b"ftyp", brand, &[0, 0, 0, 0], b"mif1"].concat();
+        assert_eq!(sniff(&box_of(b"heic")), Sniffed::OtherImage("HEIF/AVIF"));
+        assert_eq!(sniff(&box_of(b"avif")), Sniffed::OtherImage("HEIF/AVIF"));
+        assert_eq!(sniff(&box_of(b"isom")), Sniffed::NotImage, "MP4 video");
+        assert_eq!(sniff(b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00"), Sniffed::OtherImage("JPEG XL"));
+        assert_eq!(sniff(b"<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"/>"), Sniffed::OtherImage("SVG"));
+        let mut junk = vec![0x00];
+        junk.extend_from_slice(&png);
+        assert_eq!(sniff(&junk), Sniffed::OtherImage("image behind leading junk bytes"));
+        assert_eq!(decode(&junk, &DecodeLimits::default()).unwrap_err().kind(), "unsupported_format");
+        assert_eq!(sniff(b"plain text, not a picture"), Sniffed::NotImage);
+        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        assert_eq!(sniff(&noise), Sniffed::NotImage);
     }
 
     #[test]
