@@ -148,7 +148,7 @@ fn verdict(i: u32, pdq: PdqHash) -> Verdict {
         banks_version: Some("0:0".into()),
         decided_at: "2026-11-29T12:00:00.000Z".into(),
         latency_ms: 31.5,
-        attributes: [("uploader".to_string(), serde_json::json!("u-1234"))].into_iter().collect(),
+        attributes: perisai::event::Attributes::from_json(r#"{"uploader":"u-1234"}"#).expect("an object"),
         retro: None,
         truncated: false,
     }

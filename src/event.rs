@@ -1,9 +1,9 @@
 //! Wire types: upload events in (`perisai.upload/v1`), verdicts out (`perisai.verdict/v1`).
 //! Plain data; docs/schemas/ holds the JSON Schemas these serialize to.
 
-use std::collections::BTreeMap;
-
+use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 pub const UPLOAD_SCHEMA: &str = "perisai.upload/v1";
 pub const VERDICT_SCHEMA: &str = "perisai.verdict/v1";
@@ -31,8 +31,59 @@ pub struct UploadEvent {
     pub media: MediaRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploaded_at: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
+}
+
+/// An event's `attributes` object, kept as the JSON text it came in — numbers beyond 64 bits,
+/// key order, escapes — so that verdicts hand it back byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct Attributes(Option<Box<RawValue>>);
+
+impl Attributes {
+    /// From JSON text, which must be an object.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let raw = RawValue::from_string(text.to_string()).map_err(|e| e.to_string())?;
+        Self::checked(raw)
+    }
+
+    fn checked(raw: Box<RawValue>) -> Result<Self, String> {
+        if raw.get().trim_start().starts_with('{') {
+            Ok(Self(Some(raw)))
+        } else {
+            Err("`attributes` must be an object".into())
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|raw| raw.get().trim() == "{}")
+    }
+
+    /// The JSON text ("{}" when absent).
+    pub fn json(&self) -> &str {
+        self.0.as_ref().map_or("{}", |raw| raw.get())
+    }
+}
+
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(raw) => raw.serialize(serializer),
+            None => serializer.serialize_map(Some(0)).and_then(serde::ser::SerializeMap::end),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::checked(Box::<RawValue>::deserialize(deserializer)?).map_err(D::Error::custom)
+    }
 }
 
 /// Exactly one of inline bytes, a URL on an allowlisted host, or a path under the configured root.
@@ -128,8 +179,8 @@ pub struct Verdict {
     pub banks_version: Option<String>,
     pub decided_at: String,
     pub latency_ms: f64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
     /// Present only on a retroactive verdict: one the retro role wrote because the banks changed
     /// after the upload was screened. Its `event_id` is its own (consumers deduplicate on it);
     /// the same re-decision written twice has the same `event_id`.
@@ -162,7 +213,7 @@ impl Verdict {
                 Reason::Unscreened { .. } => Some(r.clone()),
             })
             .collect();
-        Verdict { reasons, attributes: BTreeMap::new(), retro: None, truncated: true, ..self.clone() }
+        Verdict { reasons, attributes: Attributes::default(), retro: None, truncated: true, ..self.clone() }
     }
 }
 
@@ -214,6 +265,9 @@ pub enum EventError {
     Schema(String),
     #[error("`{field}` is {size} bytes, over the {limit}-byte limit")]
     FieldTooLarge { field: &'static str, size: usize, limit: usize },
+    /// The same key twice in one object: JSON parsers disagree on which one wins.
+    #[error("{0}")]
+    DuplicateKey(String),
 }
 
 impl EventError {
@@ -226,6 +280,7 @@ impl EventError {
             EventError::SchemaVersion(_) => "schema_version",
             EventError::Schema(_) => "schema",
             EventError::FieldTooLarge { .. } => "field_too_large",
+            EventError::DuplicateKey(_) => "duplicate_key",
         }
     }
 }
@@ -236,20 +291,31 @@ pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEv
     if bytes.len() > max_bytes {
         return Err(EventError::TooLarge { size: bytes.len(), limit: max_bytes });
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| EventError::InvalidJson(e.to_string()))?;
-    match value.get("schema") {
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        return Err(EventError::InvalidJson("starts with a UTF-8 byte order mark: send the JSON without it".into()));
+    }
+    // Syntax and duplicate keys first, in one pass over the whole document: "last wins" would
+    // let two readers of the same event see different media.
+    serde_json::from_slice::<NoDuplicateKeys>(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => EventError::DuplicateKey(e.to_string()),
+        _ => EventError::InvalidJson(e.to_string()),
+    })?;
+    #[derive(Deserialize)]
+    struct SchemaOnly {
+        schema: Option<serde_json::Value>,
+    }
+    let probe: Option<SchemaOnly> = serde_json::from_slice(bytes).ok();
+    match probe.and_then(|p| p.schema) {
         Some(serde_json::Value::String(s)) if s == UPLOAD_SCHEMA => {}
-        Some(serde_json::Value::String(s)) => return Err(EventError::SchemaVersion(s.clone())),
+        Some(serde_json::Value::String(s)) => return Err(EventError::SchemaVersion(s)),
         _ => return Err(EventError::Schema("missing string field `schema`".into())),
     }
-    if let Some(attributes) = value.get("attributes") {
-        let size = serde_json::to_vec(attributes).map_or(usize::MAX, |v| v.len());
-        if size > MAX_ATTRIBUTES_BYTES {
-            return Err(EventError::FieldTooLarge { field: "attributes", size, limit: MAX_ATTRIBUTES_BYTES });
+    let event: UploadEvent = serde_json::from_slice(bytes).map_err(|e| EventError::Schema(e.to_string()))?;
+    for (field, value) in [("event_id", &event.event_id), ("media_id", &event.media_id), ("tenant", &event.tenant)] {
+        if value.trim().is_empty() {
+            return Err(EventError::Schema(format!("`{field}` must not be empty")));
         }
     }
-    let event: UploadEvent = serde_json::from_value(value).map_err(|e| EventError::Schema(e.to_string()))?;
     let labels = [
         ("event_id", event.event_id.len(), MAX_ID_BYTES),
         ("media_id", event.media_id.len(), MAX_ID_BYTES),
@@ -257,16 +323,66 @@ pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEv
         ("surface", event.surface.as_deref().map_or(0, str::len), MAX_LABEL_BYTES),
         ("content_type", event.content_type.as_deref().map_or(0, str::len), MAX_LABEL_BYTES),
         ("uploaded_at", event.uploaded_at.as_deref().map_or(0, str::len), MAX_LABEL_BYTES),
+        ("attributes", event.attributes.json().len(), MAX_ATTRIBUTES_BYTES),
     ];
     if let Some(&(field, size, limit)) = labels.iter().find(|(_, size, limit)| size > limit) {
         return Err(EventError::FieldTooLarge { field, size, limit });
     }
-    for (field, value) in [("event_id", &event.event_id), ("media_id", &event.media_id), ("tenant", &event.tenant)] {
-        if value.trim().is_empty() {
-            return Err(EventError::Schema(format!("`{field}` must not be empty")));
-        }
-    }
     Ok(event)
+}
+
+/// Walks a JSON document and fails on an object with the same key twice, at any depth.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !keys.insert(key.clone()) {
+                return Err(A::Error::custom(format!("duplicate key {:?}", truncate_utf8(&key, 64))));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +397,37 @@ mod tests {
     fn parses_the_documented_example() {
         let e = parse_upload(Some(GOOD.as_bytes()), 1 << 20).unwrap();
         assert_eq!(e.media, MediaRef::Url("https://media.example/abc.jpg".into()));
-        assert_eq!(e.attributes["uploader"], "u-9");
+        assert_eq!(e.attributes.json(), r#"{"uploader":"u-9"}"#);
+    }
+
+    /// Attributes come back byte for byte: integers beyond 64 bits, key order, escapes.
+    #[test]
+    fn attributes_pass_through_byte_exact() {
+        let attributes = r#"{"z":1, "big":123456789012345678901234567890,"f":1.10,"s":"\u00e9"}"#;
+        let text = GOOD.replace(r#"{"uploader":"u-9"}"#, attributes);
+        let e = parse_upload(Some(text.as_bytes()), 1 << 20).unwrap();
+        assert_eq!(e.attributes.json(), attributes);
+        let out = serde_json::to_string(&e).unwrap();
+        assert!(out.contains(attributes), "{out}");
+    }
+
+    #[test]
+    fn duplicate_keys_and_byte_order_marks_are_refused_by_name() {
+        for (text, needle) in [
+            (GOOD.replacen(r#""event_id":"e-1","#, r#""event_id":"e-1","event_id":"e-2","#, 1), "event_id"),
+            (GOOD.replacen(r#""schema":"perisai.upload/v1","#, r#""schema":"perisai.upload/v1","schema":"perisai.upload/v1","#, 1), "schema"),
+            (GOOD.replacen(r#"{"uploader":"u-9"}"#, r#"{"a":{"b":1,"b":2}}"#, 1), "b"),
+        ] {
+            let err = parse_upload(Some(text.as_bytes()), 1 << 20).unwrap_err();
+            assert_eq!(err.class(), "duplicate_key", "{text}");
+            assert!(err.to_string().contains(&format!("{needle:?}")), "{err}");
+        }
+        let twice = GOOD.replacen(r#""media":{"url":"https://media.example/abc.jpg"}"#, r#""media":{"url":"https://media.example/abc.jpg","url":"https://evil.example/x.jpg"}"#, 1);
+        assert_eq!(parse_upload(Some(twice.as_bytes()), 1 << 20).unwrap_err().class(), "duplicate_key");
+        let bom = [&[0xEF, 0xBB, 0xBF][..], GOOD.as_bytes()].concat();
+        let err = parse_upload(Some(&bom), 1 << 20).unwrap_err();
+        assert_eq!(err.class(), "invalid_json");
+        assert!(err.to_string().contains("byte order mark"), "{err}");
     }
 
     #[test]

@@ -564,6 +564,10 @@ async fn hostile_events_and_media() {
     c.raw("JSON nested 100,000 deep", Some([b"[".repeat(100_000), b"]".repeat(100_000)].concat()), Expect::Dlq("invalid_json"));
     c.raw("JSON array, not an object", Some(b"[1,2,3]".to_vec()), Expect::Dlq("schema"));
     c.raw("JSON null", Some(b"null".to_vec()), Expect::Dlq("schema"));
+    // Two readers must never see two different events in one record.
+    let twice = br#"{"schema":"perisai.upload/v1","event_id":"e-dup","media_id":"m","tenant":"t","media":{"url":"https://a.example/x.jpg"},"media":{"inline":""}}"#;
+    c.raw("`media` twice", Some(twice.to_vec()), Expect::Dlq("duplicate_key"));
+    c.raw("UTF-8 byte order mark", Some([&[0xEF, 0xBB, 0xBF][..], br#"{"schema":"perisai.upload/v1"}"#].concat()), Expect::Dlq("invalid_json"));
     c.raw("schema perisai.upload/v2", Some(br#"{"schema":"perisai.upload/v2","event_id":"e"}"#.to_vec()), Expect::Dlq("schema_version"));
     c.raw("schema is a number", Some(br#"{"schema":1}"#.to_vec()), Expect::Dlq("schema"));
     c.raw("missing media", Some(br#"{"schema":"perisai.upload/v1","event_id":"e","media_id":"m","tenant":"t"}"#.to_vec()), Expect::Dlq("schema"));

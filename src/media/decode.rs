@@ -158,14 +158,13 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
     }
     match image::guess_format(bytes).ok()? {
         ImageFormat::Ico => Some("ICO"),
-        ImageFormat::Avif => Some("AVIF"),
         ImageFormat::Pnm => Some("PNM"),
         ImageFormat::Dds => Some("DDS"),
         ImageFormat::Hdr => Some("Radiance HDR"),
         ImageFormat::OpenExr => Some("OpenEXR"),
         ImageFormat::Farbfeld => Some("farbfeld"),
         ImageFormat::Qoi => Some("QOI"),
-        ImageFormat::Tga => Some("TGA"),
+        // (TGA has no signature to recognise; AVIF is caught by its `ftyp` brand above.)
         _ => None,
     }
 }

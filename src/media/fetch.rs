@@ -140,6 +140,15 @@ impl MediaFetcher {
         BASE64.decode(data).map_err(|e| {
             // The decoder's own message quotes the offending byte; the offset is enough.
             FetchError::InvalidBase64(match e {
+                base64::DecodeError::InvalidByte(offset, b'\n' | b'\r') => {
+                    format!("a line break at offset {offset}: send base64 on one line (no MIME line wrapping)")
+                }
+                base64::DecodeError::InvalidByte(offset, b'=') => {
+                    format!("padding '=' at offset {offset}, before the end or more than two of it")
+                }
+                base64::DecodeError::InvalidByte(offset, b'-' | b'_') => {
+                    format!("a URL-safe base64 character at offset {offset}: use the standard alphabet (+ and /)")
+                }
                 base64::DecodeError::InvalidByte(offset, _) => format!("invalid character at offset {offset}"),
                 base64::DecodeError::InvalidLength(n) => format!("invalid length ({n} symbols)"),
                 base64::DecodeError::InvalidLastSymbol(offset, _) => {

@@ -408,6 +408,10 @@ impl RetroRole {
                 self.causes.remove(slot);
             }
         }
+        // A retry must still know which entries went, or their dihedral matches would stay.
+        if !self.due.is_empty() {
+            self.removed.extend(removed);
+        }
     }
 
     /// Forgets what left the window (or the memory bound) and commits each partition's floor.
