@@ -7,14 +7,12 @@
 
 pub mod guard;
 
-use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
-use tokio::io::AsyncReadExt;
 use url::{Host, Url};
 
 use crate::config::MediaSettings;
@@ -160,52 +158,19 @@ impl MediaFetcher {
     }
 
     async fn read_path(&self, rel: &str) -> Result<Vec<u8>, FetchError> {
-        let path_err = |msg: String| FetchError::Path(msg);
         let Some(root) = &self.path_root else {
-            return Err(path_err("path media is disabled (media.path_root is empty)".into()));
+            return Err(FetchError::Path("path media is disabled (media.path_root is empty)".into()));
         };
-        let rel_path = relative_path(rel).map_err(|why| path_err(format!("{rel:?}: {why}")))?;
-        let root = tokio::fs::canonicalize(root)
+        let rel_path = relative_path(rel).map_err(|why| FetchError::Path(format!("{rel:?}: {why}")))?;
+        let (root, name, max) = (root.clone(), rel.to_string(), self.max_bytes);
+        // Blocking file calls on a blocking thread; none of them can wait on a FIFO or a device.
+        let read = tokio::task::spawn_blocking(move || read_beneath(&root, &rel_path, max))
             .await
-            .map_err(|e| path_err(format!("media root is unavailable ({})", io_reason(&e))))?;
-        // Canonicalising resolves every symlink, so the prefix check below sees where the path
-        // really leads.
-        let full = match tokio::fs::canonicalize(root.join(&rel_path)).await {
-            Ok(p) => p,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(path_err(format!("{rel:?}: not found"))),
-            Err(e) => return Err(path_err(format!("{rel:?}: cannot be resolved ({})", io_reason(&e)))),
-        };
-        if !full.starts_with(&root) {
-            return Err(path_err(format!("{rel:?}: resolves outside the media root")));
-        }
-        // Checked before opening: opening a FIFO or device could block or never end.
-        let meta = tokio::fs::symlink_metadata(&full)
-            .await
-            .map_err(|e| path_err(format!("{rel:?}: cannot be read ({})", io_reason(&e))))?;
-        if !meta.is_file() {
-            return Err(path_err(format!("{rel:?}: not a regular file")));
-        }
-        if meta.len() > self.max_bytes as u64 {
-            return Err(self.too_large(format!("{rel:?} is {} bytes", meta.len())));
-        }
-        let file = tokio::fs::File::open(&full)
-            .await
-            .map_err(|e| path_err(format!("{rel:?}: cannot be opened ({})", io_reason(&e))))?;
-        let opened =
-            file.metadata().await.map_err(|e| path_err(format!("{rel:?}: cannot be read ({})", io_reason(&e))))?;
-        if !same_file(&meta, &opened) {
-            return Err(path_err(format!("{rel:?}: changed while being opened")));
-        }
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        // One byte past the limit tells a file that grew after the size check.
-        file.take(self.max_bytes as u64 + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| path_err(format!("{rel:?}: read failed ({})", io_reason(&e))))?;
-        if buf.len() > self.max_bytes {
-            return Err(self.too_large(format!("{rel:?} grew past the limit while being read")));
-        }
-        Ok(buf)
+            .map_err(|e| FetchError::Path(format!("{name:?}: reading thread failed ({e})")))?;
+        read.map_err(|problem| match problem {
+            PathProblem::TooLarge(what) => self.too_large(format!("{rel:?} {what}")),
+            PathProblem::Refused(what) => FetchError::Path(format!("{rel:?}: {what}")),
+        })
     }
 
     async fn fetch_url(&self, raw: &str) -> Result<Vec<u8>, FetchError> {
@@ -367,15 +332,55 @@ fn relative_path(rel: &str) -> Result<PathBuf, &'static str> {
     Ok(out)
 }
 
-#[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino() && b.is_file()
+enum PathProblem {
+    TooLarge(String),
+    Refused(String),
 }
 
-#[cfg(not(unix))]
-fn same_file(_a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    b.is_file()
+/// Opens `rel` under `root` one component at a time, each opened relative to the directory
+/// before it with `O_NOFOLLOW`: a symlink anywhere under the root — there all along, or swapped
+/// in for a directory a moment ago — fails the open instead of leading outside (there is no
+/// window between a check and the open). The file is opened `O_NONBLOCK`, so a FIFO or a device
+/// swapped in cannot block the worker (or its shutdown), and is then checked on the descriptor
+/// itself: a regular file, one link (a second hard link could be one made to a file outside the
+/// root, which no path check can tell), within the size limit. The root itself may be a symlink.
+fn read_beneath(root: &Path, rel: &Path, max: usize) -> Result<Vec<u8>, PathProblem> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let refused = |what: String| PathProblem::Refused(what);
+    let errno = |what: &str, e: rustix::io::Errno| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => refused(format!("{what}: it leads through a symlink (or a non-directory), which could point outside the media root")),
+        rustix::io::Errno::NOENT => refused("not found".into()),
+        e => refused(format!("{what}: {}", io_reason(&std::io::Error::from(e)))),
+    };
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut dir = openat(CWD, root, dir_flags, Mode::empty()).map_err(|e| errno("media root is unavailable", e))?;
+    let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    let Some((last, parents)) = parts.split_last() else { return Err(refused("names no file".into())) };
+    for part in parents {
+        dir = openat(&dir, *part, dir_flags | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| errno("cannot be resolved", e))?;
+    }
+    let file_flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = openat(&dir, *last, file_flags, Mode::empty()).map_err(|e| errno("cannot be opened", e))?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| refused(format!("cannot be read ({})", io_reason(&e))))?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file".into()));
+    }
+    if meta.nlink() > 1 {
+        return Err(refused(format!("has {} hard links; media files must have one (a link could lead outside the root)", meta.nlink())));
+    }
+    if meta.len() > max as u64 {
+        return Err(PathProblem::TooLarge(format!("is {} bytes", meta.len())));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    // One byte past the limit tells a file that grew after the size check.
+    file.take(max as u64 + 1).read_to_end(&mut buf).map_err(|e| refused(format!("read failed ({})", io_reason(&e))))?;
+    if buf.len() > max {
+        return Err(PathProblem::TooLarge("grew past the limit while being read".into()));
+    }
+    Ok(buf)
 }
 
 /// An I/O error's reason without any path (std's messages carry none; kept explicit).
