@@ -252,7 +252,23 @@ mod jpeg_errors {
     }
 }
 
+/// Most scans a JPEG may have. A baseline file has one, a progressive one about ten; each scan
+/// re-walks the whole coefficient buffer, so a few thousand tiny scans keep libjpeg busy for tens
+/// of seconds on a small file (what djpeg's `-maxscans` guards against).
+pub const MAX_JPEG_SCANS: usize = 100;
+
+/// Scans in a JPEG: its start-of-scan markers. Entropy-coded data stuffs every 0xFF byte with a
+/// zero, so `FF DA` there is always a marker; metadata segments could hold one by chance, which
+/// only ever over-counts.
+fn jpeg_scans(bytes: &[u8]) -> usize {
+    bytes.windows(2).filter(|w| w[0] == 0xFF && w[1] == 0xDA).count()
+}
+
 fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
+    let scans = jpeg_scans(bytes);
+    if scans > MAX_JPEG_SCANS {
+        return Err(DecodeError::LimitExceeded(format!("{scans} JPEG scans, over the limit of {MAX_JPEG_SCANS}")));
+    }
     match catch_unwind(AssertUnwindSafe(|| decode_jpeg_inner(bytes, limits))) {
         Ok(result) => result,
         Err(payload) => {
@@ -448,6 +464,26 @@ mod tests {
         assert_eq!(sniff(b"plain text, not a picture"), Sniffed::NotImage);
         let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         assert_eq!(sniff(&noise), Sniffed::NotImage);
+    }
+
+    /// A progressive JPEG with thousands of scans is refused before libjpeg spends seconds on
+    /// it; real progressive photos are far below the cap.
+    #[test]
+    fn jpegs_with_too_many_scans_are_refused_up_front() {
+        let photo = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pdq/images/jpg_progressive_chelsea.jpg")).unwrap();
+        let scans = jpeg_scans(&photo);
+        assert!((2..=20).contains(&scans), "{scans} scans");
+        assert!(decode(&photo, &DecodeLimits::default()).is_ok());
+        // The same header, then thousands of (empty) scans.
+        let sos = photo.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let mut bomb = photo[..sos].to_vec();
+        for _ in 0..5_000 {
+            bomb.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00]);
+        }
+        bomb.extend_from_slice(&[0xFF, 0xD9]);
+        let err = decode(&bomb, &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err.kind(), "too_large");
+        assert!(err.to_string().contains("5000 JPEG scans"), "{err}");
     }
 
     #[test]
