@@ -39,7 +39,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use perisai::bank::{Applied, BankChange, ParsedHash};
-use perisai::config::{BankSettings, OnBadRow};
+use perisai::config::BankSettings;
 use perisai::event::{Action, Reason, Signals, Verdict, VERDICT_SCHEMA};
 use perisai::hash::pdq::PdqHash;
 use perisai::retro::history::History;
@@ -428,17 +428,7 @@ fn memory(args: &[String]) {
         before / 1024,
         after / 1024
     );
-    let bank = BankSettings {
-        name: "ncii".into(),
-        file: String::new(),
-        action: Action::Block,
-        on_bad_row: OnBadRow::Fail,
-        pdq_threshold: 31,
-        pdq_quality_floor: 50,
-        dihedral: false,
-        flood_max_matches_per_minute: 0,
-        flood_baseline_multiple: 10.0,
-    };
+    let bank = BankSettings::new("ncii", Action::Block);
     let mut rng = Rng(42);
     for (name, make) in [
         ("pdq within 31 bits", Box::new(|rng: &mut Rng| ParsedHash::Pdq(rng.pdq())) as Box<dyn Fn(&mut Rng) -> ParsedHash>),

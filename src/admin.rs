@@ -145,14 +145,8 @@ pub async fn withdraw(
     hashes: &[String],
 ) -> Result<(usize, Vec<RowError>), AdminError> {
     check_bank(settings, bank)?;
-    let mut refused = Vec::new();
-    let mut records = Vec::new();
-    for (i, text) in hashes.iter().enumerate() {
-        match normalize_hash(signal, text) {
-            Ok(hash) => records.push((record_key(bank, signal, &hash), None)),
-            Err(problem) => refused.push(RowError { line: i as u64 + 1, problem }),
-        }
-    }
+    let (hashes, refused) = parse_arguments(signal, hashes);
+    let records = hashes.iter().map(|hash| (record_key(bank, signal, &hash.to_hex()), None)).collect();
     let published = bank_feed::publish(&settings.kafka, records).await?;
     Ok((published, refused))
 }
@@ -169,20 +163,28 @@ pub async fn release(
     hashes: &[String],
 ) -> Result<(usize, Vec<RowError>), AdminError> {
     check_bank(settings, bank)?;
+    let (hashes, refused) = parse_arguments(signal, hashes);
+    let mut records = Vec::with_capacity(hashes.len() * 2);
+    for hash in &hashes {
+        let (key, value) = quarantine_record(bank, hash, "released", "released by an operator", None);
+        records.push((key, Some(value)));
+        records.push((quarantine_key(bank, signal, &hash.to_hex()), None));
+    }
+    bank_feed::publish(&settings.kafka, records).await?;
+    Ok((hashes.len(), refused))
+}
+
+/// The hashes given on the command line, validated: the good ones, and each refused one by position.
+fn parse_arguments(signal: Signal, texts: &[String]) -> (Vec<ParsedHash>, Vec<RowError>) {
+    let mut hashes = Vec::new();
     let mut refused = Vec::new();
-    let mut records = Vec::new();
-    for (i, text) in hashes.iter().enumerate() {
+    for (i, text) in texts.iter().enumerate() {
         match normalize_hash(signal, text).and_then(|hex| crate::bank::file::parse_hash(signal, &hex)) {
-            Ok(hash) => {
-                let (key, value) = quarantine_record(bank, &hash, "released", "released by an operator", None);
-                records.push((key, Some(value)));
-                records.push((quarantine_key(bank, signal, &hash.to_hex()), None));
-            }
+            Ok(hash) => hashes.push(hash),
             Err(problem) => refused.push(RowError { line: i as u64 + 1, problem }),
         }
     }
-    let published = bank_feed::publish(&settings.kafka, records).await? / 2;
-    Ok((published, refused))
+    (hashes, refused)
 }
 
 /// The bank topic record that sets an entry's status (see `bank::record`): `quarantined` under

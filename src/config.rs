@@ -217,6 +217,23 @@ pub struct BankSettings {
     pub flood_baseline_multiple: f64,
 }
 
+impl BankSettings {
+    /// A bank with every optional setting at its default (no file: fed by the bank topic).
+    pub fn new(name: &str, action: Action) -> Self {
+        Self {
+            name: name.into(),
+            file: String::new(),
+            action,
+            on_bad_row: default_on_bad_row(),
+            pdq_threshold: default_pdq_threshold(),
+            pdq_quality_floor: default_pdq_quality_floor(),
+            dihedral: false,
+            flood_max_matches_per_minute: 0,
+            flood_baseline_multiple: default_flood_baseline_multiple(),
+        }
+    }
+}
+
 fn default_non_image_action() -> Action {
     Action::Allow
 }

@@ -240,21 +240,13 @@ async fn bank_command(command: BankCommand) -> anyhow::Result<ExitCode> {
             };
             anyhow::ensure!(!hashes.is_empty(), "no hashes given (arguments or --file)");
             let (published, refused) = admin::withdraw(&settings, &bank, signal, &hashes).await?;
-            for e in &refused {
-                eprintln!("perisai: hash #{}: {}", e.line, e.problem);
-            }
-            println!("{published} withdrawn from {bank}, {} refused", refused.len());
-            Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(report_hashes(published, &format!("withdrawn from {bank}"), &refused))
         }
         BankCommand::Release { config, bank, signal, hashes } => {
             let settings = load_settings(config.as_deref())?;
             init_logging("warn", "text");
             let (published, refused) = admin::release(&settings, &bank, signal, &hashes).await?;
-            for e in &refused {
-                eprintln!("perisai: hash #{}: {}", e.line, e.problem);
-            }
-            println!("{published} released in {bank}, {} refused", refused.len());
-            Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(report_hashes(published, &format!("released in {bank}"), &refused))
         }
         BankCommand::Export { config, bank, format } => {
             let settings = load_settings(config.as_deref())?;
@@ -262,6 +254,20 @@ async fn bank_command(command: BankCommand) -> anyhow::Result<ExitCode> {
             print!("{}", admin::export(&settings, &bank, format)?);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Reports hashes given as arguments: the refused ones by position, then the count; exit 1 when any
+/// was refused.
+fn report_hashes(published: usize, done: &str, refused: &[perisai::bank::formats::RowError]) -> ExitCode {
+    for e in refused {
+        eprintln!("perisai: hash #{}: {}", e.line, e.problem);
+    }
+    println!("{published} {done}, {} refused", refused.len());
+    if refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -21,6 +21,9 @@ use rdkafka::util::Timeout;
 
 const GOOD: u32 = 40;
 
+/// (key, payload, headers, expected outcome: "verdict" | "compact" | a DLQ error class)
+type Input = (String, Vec<u8>, Vec<(String, Vec<u8>)>, &'static str);
+
 fn event_with(event_id: &str, attributes: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "schema": "perisai.upload/v1", "event_id": event_id, "media_id": format!("m-{}", event_id.len()),
@@ -53,8 +56,7 @@ async fn run(mode: &str) {
         .set("message.max.bytes", "4000000")
         .create()
         .expect("producer");
-    // (key, payload, headers, expected outcome: "verdict" | "compact" | a DLQ error class)
-    let mut records: Vec<(String, Vec<u8>, Vec<(String, Vec<u8>)>, &str)> = Vec::new();
+    let mut records: Vec<Input> = Vec::new();
     for i in 0..GOOD {
         let id = format!("e-{i}");
         records.push((id.clone(), event_json(&id, &png(100 + i, 16), "image/png"), vec![], "verdict"));

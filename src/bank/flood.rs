@@ -135,20 +135,9 @@ impl FloodWatch {
 mod tests {
     use super::*;
     use crate::bank::{EntryStatus, Signal};
-    use crate::config::OnBadRow;
 
     fn settings(max: u32) -> BankSettings {
-        BankSettings {
-            name: "b".into(),
-            file: String::new(),
-            action: Action::Block,
-            on_bad_row: OnBadRow::Fail,
-            pdq_threshold: 31,
-            pdq_quality_floor: 50,
-            dihedral: false,
-            flood_max_matches_per_minute: max,
-            flood_baseline_multiple: 10.0,
-        }
+        BankSettings { flood_max_matches_per_minute: max, ..BankSettings::new("b", Action::Block) }
     }
 
     fn hit(n: u8, status: Option<EntryStatus>) -> BankMatch {

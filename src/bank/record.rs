@@ -176,6 +176,9 @@ struct ValueView<'a> {
     source: Option<Cow<'a, str>>,
     #[serde(borrow)]
     added_at: Option<Cow<'a, str>>,
+    /// Status values only (`quarantined` or `released`).
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     #[allow(dead_code)] // read to check its type; not kept
     tags: Option<Vec<Cow<'a, str>>>,
@@ -242,20 +245,7 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
 /// A status value must name its schema, repeat its key and say the status its key holds; the
 /// rest is informative.
 fn check_status(value: &[u8], bank: &str, signal: &str, hash: &str, expected: &str) -> Result<(), Rejection> {
-    #[derive(Deserialize)]
-    struct StatusView<'a> {
-        #[serde(borrow)]
-        schema: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        bank: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        signal: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        hash: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        status: Option<Cow<'a, str>>,
-    }
-    let view: StatusView<'_> = serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
+    let view: ValueView<'_> = serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
     match view.schema.as_deref() {
         Some(QUARANTINE_SCHEMA) => {}
         Some(_) => return Err(Rejection::SchemaVersion),

@@ -483,21 +483,10 @@ mod tests {
     use super::*;
     use crate::bank::record::{quarantine_key, record_key, release_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
     use crate::bank::{Bank, Signal, TopicRecord};
-    use crate::config::OnBadRow;
     use crate::metrics::Metrics;
 
     fn settings(name: &str) -> BankSettings {
-        BankSettings {
-            name: name.into(),
-            file: String::new(),
-            action: Action::Block,
-            on_bad_row: OnBadRow::Fail,
-            pdq_threshold: 31,
-            pdq_quality_floor: 50,
-            dihedral: false,
-            flood_max_matches_per_minute: 0,
-            flood_baseline_multiple: 10.0,
-        }
+        BankSettings::new(name, Action::Block)
     }
 
     fn pdq(seed: u64) -> PdqHash {
