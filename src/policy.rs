@@ -98,10 +98,15 @@ pub fn match_reason(m: &BankMatch) -> Reason {
     }
 }
 
+/// The media error of an image whose PDQ sample disagrees with its pixels (an image-scaling
+/// attack): review, and no allowlist match can allow it, since the hash it matched on is suspect.
+pub const SCALING_ANOMALY: &str = "scaling_anomaly";
+
 /// The action a verdict's reasons call for (see the module docs for the precedence).
 pub fn action_of(reasons: &[Reason], media_error_action: Action) -> Action {
     let mut action = Action::Allow;
     let mut allowlisted = false;
+    let mut suspect_hash = false;
     for reason in reasons {
         match reason {
             Reason::HashMatch { quarantined: true, .. } => action = action.max(Action::Review),
@@ -113,11 +118,14 @@ pub fn action_of(reasons: &[Reason], media_error_action: Action) -> Action {
                 _ => {}
             },
             Reason::LowQuality { .. } => {}
-            Reason::MediaError { .. } => action = action.max(media_error_action),
+            Reason::MediaError { error, .. } => {
+                action = action.max(media_error_action);
+                suspect_hash |= error == SCALING_ANOMALY;
+            }
             Reason::Unscreened { action: unscreened, .. } => action = action.max(*unscreened),
         }
     }
-    if allowlisted {
+    if allowlisted && !suspect_hash {
         Action::Allow
     } else {
         action
@@ -193,6 +201,20 @@ mod tests {
             let (action, reasons) = decide(&f, &p, p.bands);
             assert_eq!(action_of(&reasons, p.media_error_action), action, "{reasons:?}");
         }
+    }
+
+    /// A hash taken from a suspect sample cannot vouch for the image: no allowlist pass.
+    #[test]
+    fn a_scaling_anomaly_voids_the_allowlist() {
+        let p = policy();
+        let f = Findings {
+            matches: vec![hit("allow", Action::Allow)],
+            media_error: Some(MediaErrorFinding { kind: SCALING_ANOMALY.into(), detail: "x".into() }),
+            ..Default::default()
+        };
+        assert_eq!(decide(&f, &p, p.bands).0, Action::Review);
+        let f = Findings { matches: vec![hit("allow", Action::Allow), hit("csam", Action::Block)], ..f };
+        assert_eq!(decide(&f, &p, p.bands).0, Action::Block);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::hash::{exact, pdq};
 use crate::media::decode::{self, DecodeLimits, Image};
 use crate::media::fetch::{FetchError, MediaFetcher};
 use crate::metrics::Metrics;
-use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding};
+use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding, SCALING_ANOMALY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -291,5 +291,21 @@ fn examine_blocking(
         signals.pdq = Some(p.hash.to_string());
         signals.pdq_quality = Some(p.quality);
     }
-    Examined { signals, image: Some(image), pdq, media_error: None, is_image: true, unscreened: None }
+    // The `cli` convention hashes a sparse 512×512 sample of a large image: one whose sampled
+    // pixels alone were replaced would hash as anything. Such an image goes to review, and no
+    // allowlist match lets it through (see `policy::action_of`).
+    let media_error = match (pdq.is_some() && pdq_settings.convention == pdq::Convention::Cli)
+        .then(|| pdq::sampling_disagreement(&image))
+        .flatten()
+    {
+        Some(d) if d > pdq::SCALING_ANOMALY_THRESHOLD => Some(MediaErrorFinding {
+            kind: SCALING_ANOMALY.into(),
+            detail: format!(
+                "the 512x512 sample the PDQ hash is taken from disagrees with the picture ({d:.1} luma levels, over {}): an image-scaling attack?",
+                pdq::SCALING_ANOMALY_THRESHOLD
+            ),
+        }),
+        _ => None,
+    };
+    Examined { signals, image: Some(image), pdq, media_error, is_image: true, unscreened: None }
 }

@@ -179,6 +179,58 @@ pub fn hash_dihedral(img: &Image, convention: Convention) -> ([PdqHash; 8], u8) 
 /// Where coefficient (i, j) goes, and its sign, in a rotated or flipped image's DCT.
 type Transform = fn(usize, usize, f32) -> (usize, usize, f32);
 
+// ---------------------------------------------------------------- scaling attacks
+
+/// Cells per side of the thumbnails [`sampling_disagreement`] compares.
+const THUMB: usize = 32;
+
+/// Above this [`sampling_disagreement`] (mean luma levels) an image is a `scaling_anomaly`. Over the
+/// 237 fixture images (as 2048×2048 uploads, and the large ones as they are) the largest is about
+/// 13, on synthetic 5-pixel-wide stripes; real photos stay far lower. An attack that hides a photo
+/// behind another scores about 70 (tests/scaling_attack.rs prints both).
+pub const SCALING_ANOMALY_THRESHOLD: f32 = 25.0;
+
+/// How far the `Cli` convention's 512×512 nearest-neighbour grid is from the picture it stands
+/// for: the mean absolute luma difference (0–255) between a 32×32 thumbnail of that grid and one
+/// of a second grid sampled between its points, at an offset drawn at random (so that no one can
+/// plant pixels on both). On a photo the two agree within a few levels; an image whose sampled
+/// pixels alone were replaced (an image-scaling attack: the hash is then anything the attacker
+/// likes) disagrees by tens. `None` when the image is not resampled (no side over 512), or when
+/// its cells are under two pixels wide and the grids would share their pixels.
+pub fn sampling_disagreement(img: &Image) -> Option<f32> {
+    let (w, h) = (img.width as usize, img.height as usize);
+    if w < 2 * CLI_SIDE && h < 2 * CLI_SIDE {
+        return None;
+    }
+    let offset = || rand::random::<f64>() * 0.4 + 0.3;
+    let (ox, oy) = (offset(), offset());
+    let map = |src: usize, shift: f64| -> Vec<usize> {
+        (0..CLI_SIDE).map(|x| (((x as f64 + shift) * src as f64 / CLI_SIDE as f64) as usize).min(src - 1)).collect()
+    };
+    let thumb = |cols: &[usize], rows: &[usize]| -> Vec<f32> {
+        let bpp = img.channels.bytes_per_pixel();
+        let (cr, cg, cb) = luma_coeffs();
+        let mut cells = vec![0f32; THUMB * THUMB];
+        for (y, &sy) in rows.iter().enumerate() {
+            let row = &img.pixels[sy * w * bpp..(sy + 1) * w * bpp];
+            for (x, &sx) in cols.iter().enumerate() {
+                let luma = match img.channels {
+                    Channels::Gray => f32::from(row[sx]),
+                    Channels::Rgb => cr * f32::from(row[sx * 3]) + cg * f32::from(row[sx * 3 + 1]) + cb * f32::from(row[sx * 3 + 2]),
+                };
+                cells[(y * THUMB / CLI_SIDE) * THUMB + x * THUMB / CLI_SIDE] += luma;
+            }
+        }
+        let per_cell = (CLI_SIDE / THUMB * CLI_SIDE / THUMB) as f32;
+        cells.iter_mut().for_each(|c| *c /= per_cell);
+        cells
+    };
+    let sampled = thumb(&map(w, 0.0), &map(h, 0.0));
+    let between = thumb(&map(w, ox), &map(h, oy));
+    let total: f32 = sampled.iter().zip(&between).map(|(a, b)| (a - b).abs()).sum();
+    Some(total / (THUMB * THUMB) as f32)
+}
+
 // ---------------------------------------------------------------- pixels to luma rows
 
 /// Where luma rows come from: the image itself, or its nearest-neighbour resize.

@@ -206,8 +206,7 @@ impl Sink {
     }
 
     /// Produces the original record to the DLQ — key, bytes and headers — with headers naming
-    /// the error and where the record came from.
-    /// `Shape::Full` keeps the payload and original headers within their budgets;
+    /// the error and where the record came from. `Shape::Full` keeps the payload and original headers within their budgets;
     /// `Shape::Reduced` keeps neither (for a DLQ topic that refused the full record).
     pub async fn send_dlq(
         &self,

@@ -414,11 +414,6 @@ impl History {
         };
         Some(Redecision { slot, partition: upload.partition, verdict })
     }
-
-    /// Bytes held on the heap, roughly (for the memory benchmark's cross-check).
-    pub fn heap_bytes(&self) -> usize {
-        self.pdq.heap_bytes()
-    }
 }
 
 fn quarantined(r: &Reason) -> bool {

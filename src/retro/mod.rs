@@ -183,11 +183,12 @@ impl RetroRole {
             self.release_waiting();
             self.write_due(&producer);
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
-                self.housekeeping(&consumer);
+                self.housekeeping(&consumer, CommitMode::Async);
                 last_housekeeping = Instant::now();
             }
         }
-        self.housekeeping(&consumer);
+        // The last floors are committed before the consumer goes, so a successor reads no more back than needed.
+        self.housekeeping(&consumer, CommitMode::Sync);
         Ok(())
     }
 
@@ -415,7 +416,7 @@ impl RetroRole {
     }
 
     /// Forgets what left the window (or the memory bound) and commits each partition's floor.
-    fn housekeeping(&mut self, consumer: &BaseConsumer<RetroContext>) {
+    fn housekeeping(&mut self, consumer: &BaseConsumer<RetroContext>, mode: CommitMode) {
         let window_ms = i64::try_from(self.settings.retro.window_secs().saturating_mul(1000)).unwrap_or(i64::MAX);
         let cutoff = chrono::Utc::now().timestamp_millis().saturating_sub(window_ms);
         let (by_window, by_memory) = self.history.evict(cutoff, self.settings.retro.max_uploads);
@@ -440,7 +441,7 @@ impl RetroRole {
             let _ = offsets.add_partition_offset(&self.settings.kafka.verdict_topic, p, floor);
         }
         if offsets.count() > 0 {
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            if let Err(error) = consumer.commit(&offsets, mode) {
                 tracing::debug!(%error, "retro: committing partition floors");
             }
         }
