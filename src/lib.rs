@@ -9,8 +9,9 @@
 //! - [`event`]: wire types (upload events, verdicts, reasons). Plain data.
 //! - [`media`]: getting media bytes (inline, path, guarded URL fetch) and decoding them under limits.
 //! - [`hash`]: exact hashes and PDQ. Knows no banks.
-//! - [`bank`]: hash banks, their file and import formats, the bank topic's records, the PDQ
-//!   index, and the live bank set every screening thread shares.
+//! - [`bank`]: hash banks, their file and import formats, the bank topic's records (entries and
+//!   quarantine/release statuses), the PDQ index, the live bank set every screening thread
+//!   shares, and flood detection.
 //! - [`classify`]: the classifier trait, ONNX model, preprocessing, micro-batching.
 //! - [`policy`]: the pure decision from signals to a verdict.
 //! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
