@@ -119,6 +119,9 @@ pub struct RetroRole {
     /// before, whatever else asks for them).
     waiting: Vec<(u32, BTreeMap<i32, i64>)>,
     waiting_slots: HashSet<u32>,
+    /// Partitions read back whose uploads wait, all together, for our banks to reach the newest
+    /// bank state their verdicts name.
+    settling: BTreeMap<i32, BTreeMap<i32, i64>>,
     /// Uploads to re-decide on this turn.
     due: BTreeSet<u32>,
     /// Entries withdrawn or replaced since the last turn: their dihedral matches go too.
@@ -144,6 +147,7 @@ impl RetroRole {
             held: BTreeSet::new(),
             waiting: Vec::new(),
             waiting_slots: HashSet::new(),
+            settling: BTreeMap::new(),
             due: BTreeSet::new(),
             removed: BTreeSet::new(),
             retry_at: None,
@@ -254,12 +258,9 @@ impl RetroRole {
         let seconds = rebuild.started.elapsed().as_secs_f64();
         let Some(rebuild) = self.rebuilding.remove(&partition) else { return };
         self.metrics.retro_rebuild_seconds.observe(seconds);
-        let slots = self.history.slots_of(partition);
-        tracing::info!(partition, uploads = slots.len(), seconds, "retro: verdict partition read back; re-deciding its uploads");
-        for slot in slots {
-            self.causes.entry(slot).or_insert("rebuild");
-            self.wait_for_banks(slot, rebuild.version.clone());
-        }
+        tracing::info!(partition, uploads = self.history.slots_of(partition).len(), seconds,
+            "retro: verdict partition read back; re-deciding its uploads once the banks are as new as its verdicts'");
+        self.settling.insert(partition, rebuild.version);
         self.publish_readiness();
     }
 
@@ -293,6 +294,7 @@ impl RetroRole {
                     for p in partitions {
                         self.held.remove(&p);
                         self.rebuilding.remove(&p);
+                        self.settling.remove(&p);
                         let dropped = self.history.drop_partition(p);
                         self.metrics.retro_evicted.with_label_values(&["revoked"]).inc_by(dropped as u64);
                     }
@@ -325,8 +327,8 @@ impl RetroRole {
             // Uploads of a partition still being read back are re-decided when it ends, and
             // uploads waiting for our banks when those catch up.
             for slot in slots {
-                let rebuilding = self.history.get(slot).is_some_and(|u| self.rebuilding.contains_key(&u.partition));
-                if !rebuilding && !self.waiting_slots.contains(&slot) {
+                let later = self.history.get(slot).is_some_and(|u| self.rebuilding.contains_key(&u.partition) || self.settling.contains_key(&u.partition));
+                if !later && !self.waiting_slots.contains(&slot) {
                     self.due.insert(slot);
                     self.causes.insert(slot, cause);
                 }
@@ -335,10 +337,18 @@ impl RetroRole {
     }
 
     fn release_waiting(&mut self) {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && self.settling.is_empty() {
             return;
         }
         let positions = self.banks.positions();
+        let settled: Vec<i32> = self.settling.iter().filter(|(_, v)| history::covers(&positions, v)).map(|(&p, _)| p).collect();
+        for partition in settled {
+            self.settling.remove(&partition);
+            for slot in self.history.slots_of(partition) {
+                self.due.insert(slot);
+                self.causes.entry(slot).or_insert("rebuild");
+            }
+        }
         let (ready, still): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.waiting).into_iter().partition(|(_, v)| history::covers(&positions, v));
         self.waiting = still;
