@@ -51,37 +51,12 @@ use perisai::event::Action;
 use perisai::hash::exact::exact_hashes;
 use perisai::hash::pdq::PdqHash;
 
+#[path = "support/live.rs"]
+mod live;
+
+use live::{arg, brokers, die, free_port, perisai_binary, unique};
+
 const PARTITIONS: i32 = 3;
-
-fn die(msg: &str) -> ! {
-    eprintln!("bank_live bench: {msg}");
-    std::process::exit(2)
-}
-
-fn brokers() -> String {
-    std::env::var("PERISAI_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
-}
-
-fn worker_binary() -> PathBuf {
-    std::env::var_os("PERISAI_BENCH_BIN").map_or_else(|| env!("CARGO_BIN_EXE_perisai").into(), Into::into)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| die(&format!("{name}: cannot parse {v:?}"))))
-        .unwrap_or(default)
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("bench-{prefix}-{}", nanos % 1_000_000_000)
-}
 
 /// (name, partitions, topic configs)
 type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
@@ -142,7 +117,7 @@ fn write_config(dir: &Path, brokers: &str, t: &Topics, port: u16, n: usize) -> P
 }
 
 fn spawn_worker(config: &Path, log: &Path, name: &str) -> Child {
-    Command::new(worker_binary())
+    Command::new(perisai_binary())
         .args(["run", "--config"])
         .arg(config)
         .env("HOSTNAME", name)

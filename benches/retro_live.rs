@@ -44,37 +44,12 @@ use perisai::event::{Action, Reason, Signals, Verdict, VERDICT_SCHEMA};
 use perisai::hash::pdq::PdqHash;
 use perisai::retro::history::History;
 
+#[path = "support/live.rs"]
+mod live;
+
+use live::{arg, brokers, die, free_port, perisai_binary, unique};
+
 const PARTITIONS: i32 = 3;
-
-fn die(msg: &str) -> ! {
-    eprintln!("retro_live bench: {msg}");
-    std::process::exit(2)
-}
-
-fn brokers() -> String {
-    std::env::var("PERISAI_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
-}
-
-fn binary() -> PathBuf {
-    std::env::var_os("PERISAI_BENCH_BIN").map_or_else(|| env!("CARGO_BIN_EXE_perisai").into(), Into::into)
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| die(&format!("{name}: cannot parse {v:?}"))))
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("bench-{prefix}-{}", nanos % 1_000_000_000)
-}
 
 /// A deterministic stream of 64-bit values.
 struct Rng(u64);
@@ -205,7 +180,7 @@ fn write_config(dir: &Path, brokers: &str, t: &Topics, port: u16) -> PathBuf {
 }
 
 fn spawn_retro(config: &Path, log: &Path) -> Child {
-    Command::new(binary())
+    Command::new(perisai_binary())
         .args(["retro", "--config"])
         .arg(config)
         .env("HOSTNAME", "bench-retro")
