@@ -1,8 +1,6 @@
 //! Wire types: upload events in (`perisai.upload/v1`), verdicts out (`perisai.verdict/v1`).
 //! Plain data; docs/schemas/ holds the JSON Schemas these serialize to.
 
-use std::borrow::Cow;
-
 use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -296,15 +294,20 @@ pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEv
     if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
         return Err(EventError::InvalidJson("starts with a UTF-8 byte order mark: send the JSON without it".into()));
     }
-    // Syntax and duplicate keys first, in one pass over the whole document that also picks out
-    // the schema: "last wins" would let two readers of the same event see different media.
-    let checked = serde_json::from_slice::<NoDuplicateKeys>(bytes).map_err(|e| match e.classify() {
+    // Syntax and duplicate keys first, in one pass over the whole document: "last wins" would
+    // let two readers of the same event see different media.
+    serde_json::from_slice::<NoDuplicateKeys>(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => EventError::DuplicateKey(e.to_string()),
         _ => EventError::InvalidJson(e.to_string()),
     })?;
-    match checked.schema {
-        Some(s) if s == UPLOAD_SCHEMA => {}
-        Some(s) => return Err(EventError::SchemaVersion(s.into_owned())),
+    #[derive(Deserialize)]
+    struct SchemaOnly {
+        schema: Option<serde_json::Value>,
+    }
+    let probe: Option<SchemaOnly> = serde_json::from_slice(bytes).ok();
+    match probe.and_then(|p| p.schema) {
+        Some(serde_json::Value::String(s)) if s == UPLOAD_SCHEMA => {}
+        Some(serde_json::Value::String(s)) => return Err(EventError::SchemaVersion(s)),
         _ => return Err(EventError::Schema("missing string field `schema`".into())),
     }
     let event: UploadEvent = serde_json::from_slice(bytes).map_err(|e| EventError::Schema(e.to_string()))?;
@@ -328,18 +331,10 @@ pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEv
     Ok(event)
 }
 
-/// Walks a JSON document and fails on an object with the same key twice, at any depth; picks out
-/// the outermost object's `schema` when it is a string.
-struct NoDuplicateKeys<'de> {
-    /// This value, when it is a string (borrowed unless it has escapes).
-    text: Option<Cow<'de, str>>,
-    /// This object's `schema` string.
-    schema: Option<Cow<'de, str>>,
-}
+/// Walks a JSON document and fails on an object with the same key twice, at any depth.
+struct NoDuplicateKeys;
 
-const NOTHING: NoDuplicateKeys<'static> = NoDuplicateKeys { text: None, schema: None };
-
-impl<'de> Deserialize<'de> for NoDuplicateKeys<'de> {
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(NoDuplicateKeysVisitor)
     }
@@ -348,53 +343,45 @@ impl<'de> Deserialize<'de> for NoDuplicateKeys<'de> {
 struct NoDuplicateKeysVisitor;
 
 impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
-    type Value = NoDuplicateKeys<'de>;
+    type Value = NoDuplicateKeys;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(NOTHING)
+        Ok(NoDuplicateKeys)
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(NOTHING)
+        Ok(NoDuplicateKeys)
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(NOTHING)
+        Ok(NoDuplicateKeys)
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(NOTHING)
+        Ok(NoDuplicateKeys)
     }
-    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys { text: Some(Cow::Borrowed(text)), schema: None })
-    }
-    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys { text: Some(Cow::Owned(text.to_string())), schema: None })
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(NOTHING)
+        Ok(NoDuplicateKeys)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
-        Ok(NOTHING)
+        Ok(NoDuplicateKeys)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut keys = std::collections::HashSet::new();
-        let mut schema = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if !keys.insert(key.clone()) {
                 return Err(A::Error::custom(format!("duplicate key {:?}", truncate_utf8(&key, 64))));
             }
-            let value = map.next_value::<NoDuplicateKeys>()?;
-            if key == "schema" {
-                schema = value.text;
-            }
+            map.next_value::<NoDuplicateKeys>()?;
         }
-        // Nested objects' `schema` is returned too, and dropped by the caller's caller.
-        Ok(NoDuplicateKeys { text: None, schema })
+        Ok(NoDuplicateKeys)
     }
 }
 
@@ -430,7 +417,6 @@ mod tests {
             (GOOD.replacen(r#""event_id":"e-1","#, r#""event_id":"e-1","event_id":"e-2","#, 1), "event_id"),
             (GOOD.replacen(r#""schema":"perisai.upload/v1","#, r#""schema":"perisai.upload/v1","schema":"perisai.upload/v1","#, 1), "schema"),
             (GOOD.replacen(r#"{"uploader":"u-9"}"#, r#"{"a":{"b":1,"b":2}}"#, 1), "b"),
-            (GOOD.replacen(r#"{"uploader":"u-9"}"#, r#"{"schema":{"x":1,"x":2}}"#, 1), "x"),
         ] {
             let err = parse_upload(Some(text.as_bytes()), 1 << 20).unwrap_err();
             assert_eq!(err.class(), "duplicate_key", "{text}");

@@ -301,20 +301,36 @@ fn init_logging(level: &str, format: &str) {
     }
 }
 
-/// What `run` and `retro` start alike: settings and logs, the HTTP endpoints (first, so that
-/// `/readyz` says what is loading), then every bank, live.
-struct Service {
-    settings: Arc<Settings>,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-    server: MetricsServer,
-    banks: Arc<BankSet>,
-    feed: Option<perisai::kafka::bank_feed::BankFeed>,
-}
-
-async fn start_service(config: Option<PathBuf>) -> anyhow::Result<Service> {
+async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = Arc::new(load_settings(config.as_deref())?);
     init_logging(&settings.log.level, &settings.log.format);
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    // Metrics first: /readyz says what is loading while the banks are read.
+    let listen = settings.metrics.listen.parse().expect("validated address");
+    let server = MetricsServer::start(listen, metrics.clone(), readiness.clone())
+        .await
+        .with_context(|| format!("cannot serve metrics on {}", settings.metrics.listen))?;
+    tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+    let (banks, feed) = app::load_live_banks(&settings, &metrics, &readiness).await.context("loading banks")?;
+    let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker)?;
+    readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
+    let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
+    let summary = worker.run(shutdown_signal()).await?;
+    if let Some(feed) = feed {
+        tokio::task::spawn_blocking(move || feed.stop()).await.ok();
+    }
+    server.shutdown().await;
+    tracing::info!(events = summary.events, abandoned = summary.abandoned, "bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retro(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Arc::new(load_settings(config.as_deref())?);
+    init_logging(&settings.log.level, &settings.log.format);
+    if settings.kafka.banks_topic.is_empty() {
+        tracing::warn!("kafka.banks_topic is empty: banks never change, so retro only re-decides what it reads back at start");
+    }
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let listen = settings.metrics.listen.parse().expect("validated address");
@@ -323,33 +339,6 @@ async fn start_service(config: Option<PathBuf>) -> anyhow::Result<Service> {
         .with_context(|| format!("cannot serve metrics on {}", settings.metrics.listen))?;
     tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
     let (banks, feed) = app::load_live_banks(&settings, &metrics, &readiness).await.context("loading banks")?;
-    Ok(Service { settings, metrics, readiness, server, banks, feed })
-}
-
-/// Stops the bank feed, then the HTTP endpoints.
-async fn stop_service(feed: Option<perisai::kafka::bank_feed::BankFeed>, server: MetricsServer) {
-    if let Some(feed) = feed {
-        tokio::task::spawn_blocking(move || feed.stop()).await.ok();
-    }
-    server.shutdown().await;
-}
-
-async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let Service { settings, metrics, readiness, server, banks, feed } = start_service(config).await?;
-    let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker)?;
-    readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
-    let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
-    let summary = worker.run(shutdown_signal()).await?;
-    stop_service(feed, server).await;
-    tracing::info!(events = summary.events, abandoned = summary.abandoned, "bye");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn retro(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let Service { settings, metrics, readiness, server, banks, feed } = start_service(config).await?;
-    if settings.kafka.banks_topic.is_empty() {
-        tracing::warn!("kafka.banks_topic is empty: banks never change, so retro only re-decides what it reads back at start");
-    }
     readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
     let role = perisai::retro::RetroRole::new(settings.clone(), banks, metrics, readiness);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -362,7 +351,10 @@ async fn retro(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
         done = &mut task => done,
     };
-    stop_service(feed, server).await;
+    if let Some(feed) = feed {
+        tokio::task::spawn_blocking(move || feed.stop()).await.ok();
+    }
+    server.shutdown().await;
     outcome.context("retro thread")??;
     tracing::info!("bye");
     Ok(ExitCode::SUCCESS)

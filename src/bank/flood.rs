@@ -72,17 +72,10 @@ impl Counts {
     }
 }
 
-#[derive(Default)]
-struct State {
-    counts: HashMap<(String, ParsedHash), Counts>,
-    /// The bucket idle entries were last forgotten in.
-    swept: u64,
-}
-
 /// Counts matches per entry; see the module docs.
 pub struct FloodWatch {
     limits: HashMap<String, Limit>,
-    counts: Mutex<State>,
+    counts: Mutex<HashMap<(String, ParsedHash), Counts>>,
     started: Instant,
     requests: tokio::sync::mpsc::UnboundedSender<QuarantineRequest>,
 }
@@ -102,7 +95,7 @@ impl FloodWatch {
             return None;
         }
         let (requests, receiver) = tokio::sync::mpsc::unbounded_channel();
-        Some((Self { limits, counts: Mutex::new(State::default()), started: Instant::now(), requests }, receiver))
+        Some((Self { limits, counts: Mutex::new(HashMap::new()), started: Instant::now(), requests }, receiver))
     }
 
     /// Counts one upload's matches. Entries already quarantined, or released by a person, are
@@ -112,13 +105,8 @@ impl FloodWatch {
     }
 
     fn observe_at(&self, matches: &[BankMatch], now: u64) {
-        let mut counted = matches.iter().filter(|m| m.status.is_none() && self.limits.contains_key(&m.bank)).peekable();
-        // Most uploads match nothing: they never take the lock.
-        if counted.peek().is_none() {
-            return;
-        }
-        let mut state = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let State { counts, swept } = &mut *state;
+        let counted = matches.iter().filter(|m| m.status.is_none() && self.limits.contains_key(&m.bank));
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         for m in counted {
             let limit = self.limits[&m.bank];
             let entry = counts.entry((m.bank.clone(), m.hash)).or_insert_with(|| Counts::new(now));
@@ -136,10 +124,9 @@ impl FloodWatch {
                 });
             }
         }
-        // Forget idle entries once a minute, so the map holds only what matched this hour.
-        if now >= *swept + 6 && counts.len() > 1024 {
+        // Forget idle entries now and then, so the map holds only what matched this hour.
+        if now % 6 == 0 && counts.len() > 1024 {
             counts.retain(|_, c| now.saturating_sub(c.last) < IDLE_BUCKETS);
-            *swept = now;
         }
     }
 }
