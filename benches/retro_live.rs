@@ -118,7 +118,7 @@ fn verdict(i: u32, pdq: PdqHash) -> Verdict {
             score: 0.0123,
             band: "none".into(),
         }],
-        signals: Signals { md5: Some(md5), sha256: Some(sha), pdq: Some(pdq.to_string()), pdq_quality: Some(90), width: Some(1024), height: Some(768) },
+        signals: Signals { md5: Some(md5), sha256: Some(sha), pdq: Some(pdq.to_string()), pdq_quality: Some(90), width: Some(1024), height: Some(768), ..Default::default() },
         policy: "default-1".into(),
         banks_version: Some("0:0".into()),
         decided_at: "2026-11-29T12:00:00.000Z".into(),

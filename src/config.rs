@@ -174,6 +174,14 @@ pub struct HttpSettings {
 pub struct DecodeSettings {
     pub max_pixels: u64,
     pub max_side: u32,
+    /// Most memory one decode may need, counted from the header's layout (see `decode::plan`).
+    pub max_bytes: u64,
+    /// Memory all decodes of a worker may hold at once; a decode that does not fit waits.
+    pub memory_budget_bytes: u64,
+    /// How long one upload's decoding may take, its animation frames included.
+    pub deadline_ms: u64,
+    /// Animation frames screened per upload: all of them up to this many, spread evenly beyond.
+    pub max_frames: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -505,6 +513,13 @@ impl Settings {
         check(m.http.total_timeout_ms > 0, "media.http.total_timeout_ms: must be > 0".into());
         check(self.decode.max_pixels > 0, "decode.max_pixels: must be > 0".into());
         check(self.decode.max_side > 0, "decode.max_side: must be > 0".into());
+        check(self.decode.max_bytes > 0, "decode.max_bytes: must be > 0".into());
+        check(
+            self.decode.memory_budget_bytes >= self.decode.max_bytes,
+            "decode.memory_budget_bytes: must be at least decode.max_bytes, or the largest allowed decode could never start".into(),
+        );
+        check(self.decode.deadline_ms > 0, "decode.deadline_ms: must be > 0".into());
+        check(self.decode.max_frames > 0, "decode.max_frames: must be > 0".into());
         let mut names = std::collections::HashSet::new();
         for (i, bank) in self.banks.iter().enumerate() {
             check(

@@ -5,7 +5,7 @@
 //! on blocking threads, at most `worker.cpu_threads` at a time, never on the async runtime.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
@@ -34,6 +34,9 @@ pub struct Screen {
     banks: Arc<BankSet>,
     classifier: Option<Arc<dyn ImageScorer>>,
     cpu: Arc<Semaphore>,
+    /// The worker-wide decode memory budget, in KiB: a decode holds its planned bytes while it
+    /// runs, and one that does not fit waits (see `decode.memory_budget_bytes`).
+    decode_memory: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     mode: Mode,
     /// Workers count matches per entry to catch a flooding one (see `bank::flood`).
@@ -46,15 +49,38 @@ pub enum ScreenError {
     Fetcher(#[from] FetchError),
 }
 
-/// What the CPU stage produced from the media bytes.
+/// What the CPU stages produced from the media bytes.
+#[derive(Default)]
 struct Examined {
     signals: Signals,
+    /// The still image, kept for the classifier (preprocessed only if it is scored).
     image: Option<Image>,
-    pdq: Option<PdqSignal>,
+    /// One PDQ hash per picture shown: the still image, then each animation frame screened.
+    pdq: Vec<PdqSignal>,
+    /// The animation frames screened, preprocessed for the classifier (none without one).
+    frame_inputs: Vec<Vec<f32>>,
     media_error: Option<MediaErrorFinding>,
     is_image: bool,
     /// Non-image media: what was not screened.
     unscreened: Option<String>,
+}
+
+impl Examined {
+    fn failed(signals: Signals, kind: &str, detail: String) -> Self {
+        let media_error = Some(MediaErrorFinding { kind: kind.into(), detail });
+        Examined { signals, media_error, is_image: true, ..Default::default() }
+    }
+}
+
+/// How the screen treats one upload's pixels: the same for the still image and every frame.
+#[derive(Clone)]
+struct PixelWork {
+    pdq: crate::config::PdqSettings,
+    dihedral: bool,
+    /// Animation frames are preprocessed for the classifier as they are decoded (their pixels
+    /// are not kept); the still image is kept and preprocessed only if it is scored.
+    classify_frames: bool,
+    max_frames: usize,
 }
 
 impl Screen {
@@ -69,12 +95,14 @@ impl Screen {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let memory_kib = kib(settings.decode.memory_budget_bytes);
         Ok(Self {
             fetcher: MediaFetcher::new(&settings.media)?,
             settings,
             banks,
             classifier,
             cpu: Arc::new(Semaphore::new(threads)),
+            decode_memory: Arc::new(Semaphore::new(memory_kib as usize)),
             metrics,
             mode,
             flood: None,
@@ -108,7 +136,7 @@ impl Screen {
     pub async fn screen_bytes(&self, event: &UploadEvent, bytes: Vec<u8>, received: Instant) -> Verdict {
         let examined = self.examine(bytes, event.content_type.clone()).await;
         let started = Instant::now();
-        let banks = self.banks.match_media(&exact_of(&examined.signals), examined.pdq.as_ref());
+        let banks = self.banks.match_media(&exact_of(&examined.signals), &examined.pdq);
         self.metrics.observe_stage("match", started.elapsed().as_secs_f64());
         let mut findings = Findings {
             matches: banks.matches,
@@ -130,31 +158,48 @@ impl Screen {
             (Some(_), Some(_)) if blocked && self.mode == Mode::Worker => {
                 self.metrics.classifier_skipped.with_label_values(&["blocked_by_hash"]).inc()
             }
-            (Some(classifier), Some(image)) => match self.classify(classifier.as_ref(), image).await {
-                Ok(finding) => findings.classifier = Some(finding),
-                Err(e) => {
-                    findings.media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: e.to_string() });
+            (Some(classifier), Some(image)) => {
+                match self.classify(classifier.as_ref(), image, examined.frame_inputs).await {
+                    Ok(finding) => findings.classifier = Some(finding),
+                    Err(e) => {
+                        findings.media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: e.to_string() });
+                    }
                 }
-            },
+            }
         }
         let mut verdict = self.finish(event, findings, examined.signals, received);
         verdict.banks_version = banks_version;
         verdict
     }
 
-    async fn classify(&self, classifier: &dyn ImageScorer, image: Image) -> Result<ClassifierFinding, ClassifyError> {
+    /// Scores the still image and any animation frames screened; the finding is the highest
+    /// score, so the upload falls in the band of its worst picture.
+    async fn classify(
+        &self,
+        classifier: &dyn ImageScorer,
+        image: Image,
+        frame_inputs: Vec<Vec<f32>>,
+    ) -> Result<ClassifierFinding, ClassifyError> {
         let started = Instant::now();
         let input = self
             .on_cpu(move || preprocess::preprocess(&image))
             .await
             .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
-        let score = classifier.score(input).await?;
+        // All at once, so the batcher can put the frames in one batch.
+        let scores = futures::future::join_all(
+            std::iter::once(input).chain(frame_inputs).map(|input| classifier.score(input)),
+        )
+        .await;
+        let mut score = f32::MIN;
+        for s in scores {
+            score = score.max(s?.nsfw);
+        }
         self.metrics.observe_stage("classify", started.elapsed().as_secs_f64());
         Ok(ClassifierFinding {
             model: classifier.model_name().to_string(),
             model_sha256: classifier.model_sha256().chars().take(12).collect(),
             label: "nsfw".into(),
-            score: score.nsfw,
+            score,
         })
     }
 
@@ -168,22 +213,43 @@ impl Screen {
         tokio::task::spawn_blocking(work).await
     }
 
+    /// Exact hashes and sniffing, then — for images — the decode plan, a share of the decode
+    /// memory budget, and the decode and PDQ hashing of the still image and animation frames.
     async fn examine(&self, bytes: Vec<u8>, content_type: Option<String>) -> Examined {
-        let limits = DecodeLimits { max_pixels: self.settings.decode.max_pixels, max_side: self.settings.decode.max_side };
-        let pdq_settings = self.settings.pdq.clone();
-        let dihedral = self.banks.any_dihedral();
+        let d = &self.settings.decode;
+        let limits = DecodeLimits {
+            max_pixels: d.max_pixels,
+            max_side: d.max_side,
+            max_bytes: d.max_bytes,
+            deadline: Duration::from_millis(d.deadline_ms),
+        };
         let metrics = self.metrics.clone();
-        let examined = self
-            .on_cpu(move || examine_blocking(&bytes, content_type.as_deref(), &limits, &pdq_settings, dihedral, &metrics))
-            .await;
-        examined.unwrap_or_else(|e| Examined {
-            signals: Signals::default(),
-            image: None,
-            pdq: None,
-            media_error: Some(MediaErrorFinding { kind: "internal".into(), detail: e.to_string() }),
-            is_image: false,
-            unscreened: None,
-        })
+        let plan_limits = limits.clone();
+        let first = self.on_cpu(move || {
+            let planned = inspect_blocking(&bytes, content_type.as_deref(), &plan_limits, &metrics);
+            (bytes, planned)
+        });
+        let (bytes, (signals, plan)) = match first.await {
+            Ok((bytes, Ok(planned))) => (bytes, planned),
+            Ok((_, Err(examined))) => return examined,
+            Err(e) => return Examined::failed(Signals::default(), "internal", e.to_string()),
+        };
+        // Held until the decoded pixels are dropped (the classifier copies what it needs).
+        let _memory = self
+            .decode_memory
+            .clone()
+            .acquire_many_owned(kib(plan.bytes).min(kib(d.memory_budget_bytes)))
+            .await
+            .expect("semaphore never closed");
+        let work = PixelWork {
+            pdq: self.settings.pdq.clone(),
+            dihedral: self.banks.any_dihedral(),
+            classify_frames: self.classifier.is_some(),
+            max_frames: d.max_frames,
+        };
+        let metrics = self.metrics.clone();
+        let examined = self.on_cpu(move || decode_blocking(&bytes, signals, plan, &limits, &work, &metrics)).await;
+        examined.unwrap_or_else(|e| Examined::failed(Signals::default(), "internal", e.to_string()))
     }
 
     fn finish(&self, event: &UploadEvent, findings: Findings, signals: Signals, received: Instant) -> Verdict {
@@ -235,77 +301,216 @@ fn declared_non_image(content_type: Option<&str>) -> bool {
     })
 }
 
-fn examine_blocking(
+/// The first CPU stage: exact hashes, what the bytes are, and for a decodable image its decode
+/// plan. `Err` is the whole result (non-image media, an image that cannot be decoded).
+fn inspect_blocking(
     bytes: &[u8],
     content_type: Option<&str>,
     limits: &DecodeLimits,
-    pdq_settings: &crate::config::PdqSettings,
-    dihedral: bool,
     metrics: &Metrics,
-) -> Examined {
+) -> Result<(Signals, decode::Plan), Examined> {
     let started = Instant::now();
     let hashes = exact::exact_hashes(bytes);
     metrics.observe_stage("exact_hash", started.elapsed().as_secs_f64());
-    let mut signals = Signals { md5: Some(hashes.md5), sha256: Some(hashes.sha256), ..Default::default() };
+    let signals = Signals { md5: Some(hashes.md5), sha256: Some(hashes.sha256), ..Default::default() };
     // The bytes decide, not the declaration: an image declared as video is decoded, and one in a
     // format that cannot be decoded is a media error, never an allow on exact hashes.
     match decode::sniff(bytes) {
         decode::Sniffed::NotImage if declared_non_image(content_type) => {
             let what = format!("non-image media declared {}: exact hashes only", content_type.unwrap_or_default().trim());
-            return Examined { signals, image: None, pdq: None, media_error: None, is_image: false, unscreened: Some(what) };
+            return Err(Examined { signals, unscreened: Some(what), ..Default::default() });
         }
         decode::Sniffed::OtherImage(format) => {
-            let media_error = Some(MediaErrorFinding {
-                kind: "unsupported_format".into(),
-                detail: format!("{format} images cannot be decoded here, so their pixels cannot be screened"),
-            });
-            return Examined { signals, image: None, pdq: None, media_error, is_image: true, unscreened: None };
+            let detail = format!("{format} images cannot be decoded here, so their pixels cannot be screened");
+            return Err(Examined::failed(signals, "unsupported_format", detail));
         }
         _ => {}
     }
-    let started = Instant::now();
-    let decoded = decode::decode(bytes, limits);
-    metrics.observe_stage("decode", started.elapsed().as_secs_f64());
-    let image = match decoded {
-        Ok(image) => image,
-        Err(e) => {
-            let media_error = Some(MediaErrorFinding { kind: e.kind().into(), detail: e.to_string() });
-            return Examined { signals, image: None, pdq: None, media_error, is_image: true, unscreened: None };
-        }
-    };
-    signals.width = Some(image.width);
-    signals.height = Some(image.height);
-    let pdq = pdq_settings.enabled.then(|| {
-        let started = Instant::now();
-        let signal = if dihedral {
-            let (all, quality) = pdq::hash_dihedral(&image, pdq_settings.convention);
-            PdqSignal { hash: all[0], quality, dihedral: Some(all) }
-        } else {
-            let out = pdq::hash(&image, pdq_settings.convention);
-            PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
-        };
-        metrics.observe_stage("pdq", started.elapsed().as_secs_f64());
-        signal
-    });
-    if let Some(p) = &pdq {
-        signals.pdq = Some(p.hash.to_string());
-        signals.pdq_quality = Some(p.quality);
+    match decode::plan(bytes, limits) {
+        Ok(plan) => Ok((signals, plan)),
+        Err(e) => Err(Examined::failed(signals, e.kind(), e.to_string())),
     }
+}
+
+/// What PDQ and the scaling check make of one picture.
+struct Hashed {
+    pdq: Option<PdqSignal>,
+    /// How far the `cli` convention's 512×512 sample disagrees with the picture, when over the
+    /// threshold: an image-scaling attack?
+    anomaly: Option<f32>,
+}
+
+fn hash_picture(image: &Image, work: &PixelWork, metrics: &Metrics) -> Hashed {
+    if !work.pdq.enabled {
+        return Hashed { pdq: None, anomaly: None };
+    }
+    let started = Instant::now();
+    let pdq = if work.dihedral {
+        let (all, quality) = pdq::hash_dihedral(image, work.pdq.convention);
+        PdqSignal { hash: all[0], quality, dihedral: Some(all) }
+    } else {
+        let out = pdq::hash(image, work.pdq.convention);
+        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
+    };
+    metrics.observe_stage("pdq", started.elapsed().as_secs_f64());
     // The `cli` convention hashes a sparse 512×512 sample of a large image: one whose sampled
     // pixels alone were replaced would hash as anything. Such an image goes to review, and no
     // allowlist match lets it through (see `policy::action_of`).
-    let media_error = match (pdq.is_some() && pdq_settings.convention == pdq::Convention::Cli)
-        .then(|| pdq::sampling_disagreement(&image))
+    let anomaly = (work.pdq.convention == pdq::Convention::Cli)
+        .then(|| pdq::sampling_disagreement(image))
         .flatten()
-    {
-        Some(d) if d > pdq::SCALING_ANOMALY_THRESHOLD => Some(MediaErrorFinding {
-            kind: SCALING_ANOMALY.into(),
-            detail: format!(
-                "the 512x512 sample the PDQ hash is taken from disagrees with the picture ({d:.1} luma levels, over {}): an image-scaling attack?",
-                pdq::SCALING_ANOMALY_THRESHOLD
-            ),
-        }),
-        _ => None,
+        .filter(|&d| d > pdq::SCALING_ANOMALY_THRESHOLD);
+    Hashed { pdq: Some(pdq), anomaly }
+}
+
+fn scaling_anomaly(disagreement: f32, picture: &str) -> MediaErrorFinding {
+    MediaErrorFinding {
+        kind: SCALING_ANOMALY.into(),
+        detail: format!(
+            "the 512x512 sample the PDQ hash of {picture} is taken from disagrees with the picture ({disagreement:.1} luma levels, over {}): an image-scaling attack?",
+            pdq::SCALING_ANOMALY_THRESHOLD
+        ),
+    }
+}
+
+/// The second CPU stage: decode the still image and hash it, then decode the animation frames
+/// and hash (and preprocess) those screened, all before one deadline.
+fn decode_blocking(
+    bytes: &[u8],
+    mut signals: Signals,
+    plan: decode::Plan,
+    limits: &DecodeLimits,
+    work: &PixelWork,
+    metrics: &Metrics,
+) -> Examined {
+    let deadline = Instant::now() + limits.deadline;
+    let started = Instant::now();
+    let decoded = decode::decode_until(bytes, limits, deadline);
+    metrics.observe_stage("decode", started.elapsed().as_secs_f64());
+    let image = match decoded {
+        Ok(image) => image,
+        Err(e) => return Examined::failed(signals, e.kind(), e.to_string()),
     };
-    Examined { signals, image: Some(image), pdq, media_error, is_image: true, unscreened: None }
+    signals.width = Some(image.width);
+    signals.height = Some(image.height);
+    let still = hash_picture(&image, work, metrics);
+    let mut media_error = still.anomaly.map(|d| scaling_anomaly(d, "the image"));
+    let mut pdq: Vec<PdqSignal> = still.pdq.into_iter().collect();
+    if let Some(p) = pdq.first() {
+        signals.pdq = Some(p.hash.to_string());
+        signals.pdq_quality = Some(p.quality);
+    }
+    let mut frame_inputs = Vec::new();
+    if plan.animated {
+        let mut screened = Spread::new(work.max_frames);
+        let mut preprocess_error = None;
+        let decoded = decode::animation_frames(bytes, limits, deadline, |index, frame| {
+            if !screened.wants(index) {
+                return;
+            }
+            let frame = frame.to_image();
+            let hashed = hash_picture(&frame, work, metrics);
+            let input = if work.classify_frames {
+                match preprocess::preprocess(&frame) {
+                    Ok(input) => Some(input),
+                    Err(e) => {
+                        preprocess_error.get_or_insert(e);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            screened.keep(index, (hashed, input));
+        });
+        let frames = screened.into_kept();
+        signals.frames_screened = Some(frames.len() as u32);
+        for (index, (hashed, input)) in frames {
+            pdq.extend(hashed.pdq);
+            frame_inputs.extend(input);
+            if let (None, Some(d)) = (&media_error, hashed.anomaly) {
+                media_error = Some(scaling_anomaly(d, &format!("animation frame {index}")));
+            }
+        }
+        match decoded {
+            Ok(count) => signals.frames = Some(count as u32),
+            // What was screened still counts (a banned frame still blocks); the rest of the
+            // animation was not screened, which must not pass as an allow.
+            Err(e) => {
+                media_error.get_or_insert(MediaErrorFinding { kind: e.kind().into(), detail: format!("animation: {e}") });
+            }
+        }
+        if let Some(e) = preprocess_error {
+            media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: format!("animation frame: {e}") });
+        }
+    }
+    Examined { signals, image: Some(image), pdq, frame_inputs, media_error, is_image: true, unscreened: None }
+}
+
+/// Keeps at most `cap` items of a stream of unknown length, spread evenly: every item until
+/// the cap, then every second one, every fourth... (each time the kept ones overflow, the
+/// stride doubles and the kept items off the new stride are dropped).
+struct Spread<T> {
+    cap: usize,
+    stride: usize,
+    kept: Vec<(usize, T)>,
+}
+
+impl<T> Spread<T> {
+    fn new(cap: usize) -> Self {
+        Self { cap: cap.max(1), stride: 1, kept: Vec::new() }
+    }
+
+    /// Whether the item at `index` would be kept (items are offered in order).
+    fn wants(&self, index: usize) -> bool {
+        index % self.stride == 0
+    }
+
+    fn keep(&mut self, index: usize, item: T) {
+        self.kept.push((index, item));
+        while self.kept.len() > self.cap {
+            self.stride *= 2;
+            let stride = self.stride;
+            self.kept.retain(|(i, _)| i % stride == 0);
+        }
+    }
+
+    fn into_kept(self) -> Vec<(usize, T)> {
+        self.kept
+    }
+}
+
+/// Semaphore permits for a number of bytes (the budget counts KiB, so permits fit in a u32).
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_keeps_everything_up_to_the_cap_then_an_even_spread() {
+        let run = |cap: usize, n: usize| {
+            let mut spread = Spread::new(cap);
+            for i in 0..n {
+                if spread.wants(i) {
+                    spread.keep(i, ());
+                }
+            }
+            spread.into_kept().into_iter().map(|(i, _)| i).collect::<Vec<_>>()
+        };
+        assert_eq!(run(4, 3), vec![0, 1, 2]);
+        assert_eq!(run(4, 4), vec![0, 1, 2, 3]);
+        assert_eq!(run(4, 5), vec![0, 2, 4]);
+        assert_eq!(run(16, 1000).len(), 16, "{:?}", run(16, 1000));
+        let kept = run(16, 1000);
+        let gaps: Vec<usize> = kept.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g == gaps[0]), "evenly spread: {kept:?}");
+        assert!(*kept.last().unwrap() >= 1000 - gaps[0], "reaches the end: {kept:?}");
+        for n in 1..200 {
+            let kept = run(7, n);
+            assert!(!kept.is_empty() && kept.len() <= 7 && kept[0] == 0, "{n}: {kept:?}");
+        }
+    }
 }

@@ -238,9 +238,9 @@ fn decompression_bombs_are_refused_from_the_header() {
         other => panic!("PNG bomb not refused: {other:?}"),
     }
     // Within the side limit but over the pixel budget.
-    let small = DecodeLimits { max_pixels: 10_000, max_side: 20_000 };
+    let small = DecodeLimits { max_pixels: 10_000, max_side: 20_000, ..DecodeLimits::default() };
     assert_kind(&fixture("images/jpg_crop_513x300.jpg"), &small, "too_large");
     assert_kind(&fixture("decode/edge_la.png"), &small, "too_large");
-    let narrow = DecodeLimits { max_pixels: u64::MAX, max_side: 100 };
+    let narrow = DecodeLimits { max_pixels: u64::MAX, max_side: 100, ..DecodeLimits::default() };
     assert_kind(&fixture("images/jpg_crop_513x300.jpg"), &narrow, "too_large");
 }

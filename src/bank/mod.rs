@@ -549,17 +549,53 @@ impl BankSet {
         self.read().banks.iter().any(|b| b.settings.dihedral)
     }
 
-    /// Every bank's matches for one upload, and the bank state they came from.
-    pub fn match_media(&self, exact: &ExactHashes, pdq: Option<&PdqSignal>) -> Findings {
+    /// Every bank's matches for one upload, and the bank state they came from. `pdq` holds one
+    /// hash per picture the upload shows: the still image, then any animation frames screened.
+    ///
+    /// A block or review bank matches the upload when it matches any picture (closest matches
+    /// first, at most [`MAX_PDQ_MATCHES_PER_BANK`]); an allowlist's PDQ matches count only when
+    /// it matches every picture, so a known-good default image cannot vouch for banned frames.
+    /// Exact hashes cover the file's bytes, and so everything it shows.
+    pub fn match_media(&self, exact: &ExactHashes, pdq: &[PdqSignal]) -> Findings {
         let state = self.read();
         let mut findings = Findings { version: version_of(&state.positions), ..Default::default() };
         for bank in &state.banks {
             bank.match_exact(exact, &mut findings.matches);
         }
-        if let Some(pdq) = pdq {
-            for bank in &state.banks {
-                bank.match_pdq(pdq, &mut findings.matches, &mut findings.low_quality);
+        for bank in &state.banks {
+            let mut per_picture = Vec::with_capacity(pdq.len());
+            let mut low = Vec::new();
+            for signal in pdq {
+                let mut matches = Vec::new();
+                bank.match_pdq(signal, &mut matches, &mut low);
+                per_picture.push(matches);
             }
+            if let Some(lowest) = low.into_iter().min_by_key(|l| l.quality) {
+                findings.low_quality.push(lowest);
+            }
+            if per_picture.len() <= 1 {
+                findings.matches.extend(per_picture.into_iter().flatten());
+                continue;
+            }
+            if bank.settings.action == Action::Allow {
+                if per_picture.iter().all(|m| !m.is_empty()) {
+                    findings.matches.extend(per_picture.into_iter().next().unwrap_or_default());
+                }
+                continue;
+            }
+            let mut closest: HashMap<ParsedHash, BankMatch> = HashMap::new();
+            for m in per_picture.into_iter().flatten() {
+                match closest.get(&m.hash) {
+                    Some(seen) if seen.distance <= m.distance => {}
+                    _ => {
+                        closest.insert(m.hash, m);
+                    }
+                }
+            }
+            let mut merged: Vec<BankMatch> = closest.into_values().collect();
+            merged.sort_by(|a, b| (a.distance, &a.entry).cmp(&(b.distance, &b.entry)));
+            merged.truncate(MAX_PDQ_MATCHES_PER_BANK);
+            findings.matches.extend(merged);
         }
         findings
     }
@@ -614,7 +650,7 @@ impl BankSet {
             sha256: sha256.map(hex::encode).unwrap_or_default(),
         };
         let pdq = pdq.map(|(hash, quality)| PdqSignal { hash, quality, dihedral: None });
-        self.match_media(&exact, pdq.as_ref())
+        self.match_media(&exact, pdq.as_slice())
     }
 
     /// Before reading the whole topic: defer the PDQ indexes (built once by [`BankSet::end_bulk`]).
@@ -838,7 +874,7 @@ mod tests {
         assert_eq!((report.added, report.replaced, report.withdrawn, report.rejected), (1501, 1, 2, 2));
         assert_eq!(set.counts()[0].2, 1499);
         assert_eq!(set.version().as_deref(), Some(format!("0:{}", raw.len()).as_str()));
-        let found = |i| set.match_media(&exact(i), None).matches.first().map(|m| m.entry.clone());
+        let found = |i| set.match_media(&exact(i), &[]).matches.first().map(|m| m.entry.clone());
         assert_eq!(found(7).as_deref(), Some("e-7-again"));
         assert_eq!(found(9).as_deref(), Some("e-9-back"));
         assert_eq!(found(11), None);

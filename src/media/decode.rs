@@ -7,10 +7,11 @@
 //! the two references could disagree (CMYK, 16-bit), and never apply EXIF orientation, gamma or
 //! alpha compositing: the hashes and scores of the references are computed on the stored samples.
 
-use std::io::Cursor;
+use std::io::{self, BufRead, Cursor, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat};
+use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError, ImageFormat};
 
 /// Channel layout of decoded pixels. Alpha is always dropped (never composited) and palettes are
 /// expanded to RGB, which is what both references (CImg for PDQ, Pillow for the classifier) hash.
@@ -38,16 +39,21 @@ pub struct Image {
     pub pixels: Vec<u8>,
 }
 
-/// Bounds checked from the header before any pixel buffer is allocated.
+/// Bounds checked from the header before any pixel buffer is allocated, and the time decoding
+/// may take.
 #[derive(Debug, Clone)]
 pub struct DecodeLimits {
     pub max_pixels: u64,
     pub max_side: u32,
+    /// Most memory one decode may need, as [`plan`] counts it from the format's layout.
+    pub max_bytes: u64,
+    /// How long one upload's decoding (its still image and animation frames) may take.
+    pub deadline: Duration,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_pixels: 50_000_000, max_side: 20_000 }
+        Self { max_pixels: 50_000_000, max_side: 20_000, max_bytes: 512 << 20, deadline: Duration::from_secs(10) }
     }
 }
 
@@ -61,6 +67,11 @@ pub enum DecodeError {
     /// the canvas, a header over the decoder's own limits): no trustworthy dimensions to report.
     #[error("image exceeds the decode limits: {0}")]
     LimitExceeded(String),
+    /// The header shows a layout that needs more memory than one decode may take.
+    #[error("decoding needs {needed} bytes, over the per-decode budget of {budget} (decode.max_bytes)")]
+    OverBudget { needed: u64, budget: u64 },
+    #[error("decoding did not finish within {0:?} (decode.deadline_ms)")]
+    Deadline(Duration),
     #[error("corrupt image: {0}")]
     Corrupt(String),
 }
@@ -70,7 +81,10 @@ impl DecodeError {
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::Unsupported => "unsupported_format",
-            DecodeError::TooLarge { .. } | DecodeError::LimitExceeded(_) => "too_large",
+            DecodeError::TooLarge { .. } | DecodeError::LimitExceeded(_) | DecodeError::OverBudget { .. } => {
+                "too_large"
+            }
+            DecodeError::Deadline(_) => "decode_timeout",
             DecodeError::Corrupt(_) => "decode",
         }
     }
@@ -169,14 +183,250 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Decodes the image a still viewer shows (the first frame of an animation, the default image
+/// of an APNG), within `limits.deadline` from now.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
+    decode_until(bytes, limits, Instant::now() + limits.deadline)
+}
+
+/// [`decode`] against a deadline shared with other decoding of the same upload.
+pub fn decode_until(bytes: &[u8], limits: &DecodeLimits, deadline: Instant) -> Result<Image, DecodeError> {
     if is_jpeg(bytes) {
-        return decode_jpeg(bytes, limits);
+        return decode_jpeg(bytes, limits, deadline);
     }
     match other_format(bytes) {
-        Some(format) => decode_other(bytes, format, limits),
+        Some(format) => decode_other(bytes, format, limits, deadline),
         None => Err(DecodeError::Unsupported),
     }
+}
+
+// ---------------------------------------------------------------- budgets
+
+/// What decoding an upload will take, read from its header before any pixel buffer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub width: u32,
+    pub height: u32,
+    /// Peak memory of the decode, counted from the format's layout (see [`plan`]).
+    pub bytes: u64,
+    /// Whether [`animation_frames`] has frames to show besides the still image.
+    pub animated: bool,
+}
+
+/// Reads the header and counts the memory decoding will take at its peak: the decoder's own
+/// buffers in the stored layout (16-bit samples, alpha, CMYK, a progressive JPEG's coefficients,
+/// a GIF's canvas), the 8-bit RGB result, and for animations the compositing canvases and one
+/// frame. Refuses what is over the pixel limits or `limits.max_bytes`, so that a 40-byte GIF
+/// with a huge canvas costs a header read, not hundreds of megabytes.
+pub fn plan(bytes: &[u8], limits: &DecodeLimits) -> Result<Plan, DecodeError> {
+    let (width, height, layout, animated) = if is_jpeg(bytes) {
+        jpeg_layout(bytes)?
+    } else {
+        match other_format(bytes) {
+            Some(format) => other_layout(bytes, format, limits)?,
+            None => return Err(DecodeError::Unsupported),
+        }
+    };
+    check_limits(u64::from(width), u64::from(height), limits)?;
+    let pixels = u64::from(width) * u64::from(height);
+    let rgb = pixels.saturating_mul(3);
+    // Canvas, previous canvas and the frame being composited (RGBA each), then the frame as RGB.
+    let animation = if animated { pixels.saturating_mul(12).saturating_add(rgb) } else { 0 };
+    let needed = layout.saturating_add(rgb).saturating_add(animation);
+    if needed > limits.max_bytes {
+        return Err(DecodeError::OverBudget { needed, budget: limits.max_bytes });
+    }
+    Ok(Plan { width, height, bytes: needed, animated })
+}
+
+/// Width, height, bytes of libjpeg's buffers and output, and never animated.
+fn jpeg_layout(bytes: &[u8]) -> Result<(u32, u32, u64, bool), DecodeError> {
+    let header = catch_unwind(AssertUnwindSafe(|| {
+        mozjpeg::Decompress::with_err(jpeg_errors::manager())
+            .from_mem(bytes)
+            .map(|d| (d.width() as u64, d.height() as u64, d.components().len().max(1) as u64))
+    }));
+    let (width, height, components) = match header {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(DecodeError::Corrupt(e.to_string())),
+        Err(_) => return Err(DecodeError::Corrupt("unreadable JPEG header".into())),
+    };
+    // libjpeg pads to whole 16-pixel MCUs.
+    let padded = width.div_ceil(16).saturating_mul(16).saturating_mul(height.div_ceil(16).saturating_mul(16));
+    let output = padded.saturating_mul(components);
+    // A progressive file keeps every coefficient (2 bytes a sample) until its last scan. Any
+    // progressive frame marker counts: over-counting only makes the estimate safer.
+    let progressive = bytes.windows(2).any(|w| w[0] == 0xFF && matches!(w[1], 0xC2 | 0xC6 | 0xCA | 0xCE));
+    let coefficients = if progressive { output.saturating_mul(2) } else { 0 };
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok((clamp(width), clamp(height), output.saturating_add(coefficients), false))
+}
+
+/// Width, height, bytes of the decoder's buffer in the stored layout (plus a GIF's canvas), and
+/// whether the image is animated.
+fn other_layout(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<(u32, u32, u64, bool), DecodeError> {
+    let stripped = if format == ImageFormat::Png { png_precheck(bytes)? } else { None };
+    let mut reader = image::ImageReader::with_format(Cursor::new(stripped.as_deref().unwrap_or(bytes)), format);
+    reader.limits(image_limits(limits));
+    let decoder = catch_unwind(AssertUnwindSafe(|| reader.into_decoder()))
+        .map_err(|_| DecodeError::Corrupt("image decoder failed".into()))?
+        .map_err(map_image_error)?;
+    let (width, height) = decoder.dimensions();
+    let mut layout = decoder.total_bytes();
+    if format == ImageFormat::Gif {
+        layout = layout.saturating_add(u64::from(width) * u64::from(height) * 4);
+    }
+    Ok((width, height, layout, is_animated(bytes, format)))
+}
+
+/// Whether the image has animation frames viewers play. GIFs always go through the animation
+/// path (a GIF's frame count is only known by reading it), PNGs with an `acTL` chunk before
+/// their image data (APNG), WebPs whose `VP8X` header sets the animation flag.
+fn is_animated(bytes: &[u8], format: ImageFormat) -> bool {
+    match format {
+        ImageFormat::Gif => true,
+        ImageFormat::Png => png_chunks_before_idat(bytes).any(|(kind, _)| kind == *b"acTL"),
+        ImageFormat::WebP => bytes.len() > 20 && &bytes[12..16] == b"VP8X" && bytes[20] & 0x02 != 0,
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------- deadline
+
+/// How many bytes a decoder gets per read: small enough that the deadline is checked often.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Hands a decoder its input in slices of at most [`READ_CHUNK`] and fails every read once the
+/// deadline has passed. Decoders pull input as they go (libjpeg between scans and rows, the
+/// `image` decoders per chunk and frame), so a decode that runs long stops at its next read
+/// instead of holding a thread for tens of seconds.
+struct TimedReader<'a> {
+    inner: Cursor<&'a [u8]>,
+    deadline: Instant,
+}
+
+impl<'a> TimedReader<'a> {
+    fn new(bytes: &'a [u8], deadline: Instant) -> Self {
+        Self { inner: Cursor::new(bytes), deadline }
+    }
+}
+
+impl Read for TimedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for TimedReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "decode deadline passed"));
+        }
+        let data: &[u8] = self.inner.get_ref();
+        let start = (self.inner.position() as usize).min(data.len());
+        Ok(&data[start..(start + READ_CHUNK).min(data.len())])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+    }
+}
+
+impl Seek for TimedReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// A decoder's failure, named as the deadline when that is what stopped it.
+fn failed_by(error: DecodeError, deadline: Instant, limits: &DecodeLimits) -> DecodeError {
+    match error {
+        DecodeError::Corrupt(_) | DecodeError::Unsupported if Instant::now() >= deadline => {
+            DecodeError::Deadline(limits.deadline)
+        }
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------- animation
+
+/// Most animation frames decoded for one upload, screened or not.
+pub const MAX_ANIMATION_FRAMES: usize = 10_000;
+
+/// Most canvas pixels composited for one upload's animation (frames × canvas): every frame is
+/// composited on the whole canvas, so a long animation on a large canvas costs seconds even when
+/// each frame is a single pixel. About a second of CPU; a 480×270 GIF may have 7,700 frames.
+pub const MAX_ANIMATION_PIXELS: u64 = 1_000_000_000;
+
+/// One composited animation frame, as a viewer shows it.
+pub struct Frame<'a>(&'a image::RgbaImage);
+
+impl Frame<'_> {
+    /// The frame's pixels, alpha dropped as for still images.
+    pub fn to_image(&self) -> Image {
+        let (width, height) = self.0.dimensions();
+        let pixels = self.0.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+        Image { width, height, channels: Channels::Rgb, pixels }
+    }
+}
+
+/// Decodes the frames an animated GIF, APNG or WebP plays, each composited on the canvas as
+/// viewers show it, and hands them to `visit` in order with their index. Returns how many there
+/// were: 0 for still images (and for an APNG's default image, which is not a frame unless the
+/// file says so; [`decode`] covers it).
+pub fn animation_frames(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    deadline: Instant,
+    mut visit: impl FnMut(usize, Frame<'_>),
+) -> Result<usize, DecodeError> {
+    let Some(format) = other_format(bytes).filter(|&f| is_animated(bytes, f)) else {
+        return Ok(0);
+    };
+    let stripped = if format == ImageFormat::Png { png_precheck(bytes)? } else { None };
+    let bytes = stripped.as_deref().unwrap_or(bytes);
+    let decode_all = || -> Result<usize, DecodeError> {
+        let reader = TimedReader::new(bytes, deadline);
+        let frames = match format {
+            ImageFormat::Png => image::codecs::png::PngDecoder::with_limits(reader, image_limits(limits))
+                .and_then(|d| d.apng())
+                .map(|d| d.into_frames()),
+            ImageFormat::Gif => image::codecs::gif::GifDecoder::new(reader).and_then(|mut d| {
+                d.set_limits(image_limits(limits))?;
+                Ok(d.into_frames())
+            }),
+            _ => image::codecs::webp::WebPDecoder::new(reader).and_then(|mut d| {
+                d.set_limits(image_limits(limits))?;
+                Ok(d.into_frames())
+            }),
+        }
+        .map_err(map_image_error)?;
+        let mut count = 0;
+        let mut composited = 0u64;
+        for frame in frames {
+            let frame = frame.map_err(map_image_error)?;
+            if Instant::now() >= deadline {
+                return Err(DecodeError::Deadline(limits.deadline));
+            }
+            let (width, height) = frame.buffer().dimensions();
+            composited = composited.saturating_add(u64::from(width) * u64::from(height));
+            if count == MAX_ANIMATION_FRAMES || composited > MAX_ANIMATION_PIXELS {
+                return Err(DecodeError::LimitExceeded(format!(
+                    "animation longer than {count} frames of {width}x{height}: over {MAX_ANIMATION_FRAMES} frames or {MAX_ANIMATION_PIXELS} composited pixels"
+                )));
+            }
+            visit(count, Frame(frame.buffer()));
+            count += 1;
+        }
+        Ok(count)
+    };
+    catch_unwind(AssertUnwindSafe(decode_all))
+        .unwrap_or_else(|_| Err(DecodeError::Corrupt("animation decoder failed".into())))
+        .map_err(|e| failed_by(e, deadline, limits))
 }
 
 fn check_limits(width: u64, height: u64, limits: &DecodeLimits) -> Result<(), DecodeError> {
@@ -264,12 +514,12 @@ fn jpeg_scans(bytes: &[u8]) -> usize {
     bytes.windows(2).filter(|w| w[0] == 0xFF && w[1] == 0xDA).count()
 }
 
-fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
+fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits, deadline: Instant) -> Result<Image, DecodeError> {
     let scans = jpeg_scans(bytes);
     if scans > MAX_JPEG_SCANS {
         return Err(DecodeError::LimitExceeded(format!("{scans} JPEG scans, over the limit of {MAX_JPEG_SCANS}")));
     }
-    match catch_unwind(AssertUnwindSafe(|| decode_jpeg_inner(bytes, limits))) {
+    let result = match catch_unwind(AssertUnwindSafe(|| decode_jpeg_inner(bytes, limits, deadline))) {
         Ok(result) => result,
         Err(payload) => {
             let msg = if let Some(f) = payload.downcast_ref::<jpeg_errors::Fatal>() {
@@ -283,12 +533,14 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError
             };
             Err(DecodeError::Corrupt(msg))
         }
-    }
+    };
+    result.map_err(|e| failed_by(e, deadline, limits))
 }
 
-fn decode_jpeg_inner(bytes: &[u8], limits: &DecodeLimits) -> Result<Image, DecodeError> {
+fn decode_jpeg_inner(bytes: &[u8], limits: &DecodeLimits, deadline: Instant) -> Result<Image, DecodeError> {
     let corrupt = |e: std::io::Error| DecodeError::Corrupt(e.to_string());
-    let dec = mozjpeg::Decompress::with_err(jpeg_errors::manager()).from_mem(bytes).map_err(corrupt)?;
+    let reader = TimedReader::new(bytes, deadline);
+    let dec = mozjpeg::Decompress::with_err(jpeg_errors::manager()).from_reader(reader).map_err(corrupt)?;
     let (width, height) = (dec.width() as u64, dec.height() as u64);
     // Before jpeg_start_decompress, which allocates the coefficient buffers of progressive files.
     check_limits(width, height, limits)?;
@@ -350,25 +602,20 @@ fn map_image_error(e: ImageError) -> DecodeError {
 /// An indexed image whose PLTE length is not a multiple of 3 is invalid (PNG spec 11.2.3) and
 /// makes png 0.18 slice past the palette and panic while expanding it; it is refused here.
 fn png_precheck(bytes: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
-    let mut pos = 8; // signature
     let mut iccp = Vec::new();
     let mut indexed = false;
-    while let Some(header) = bytes.get(pos..pos + 8) {
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let kind = &header[4..8];
-        let data_start = pos + 8;
-        match kind {
-            b"IDAT" | b"IEND" => break,
+    for (kind, chunk) in png_chunks_before_idat(bytes) {
+        let declared = &bytes[chunk.start..chunk.start + 4];
+        let len = u32::from_be_bytes([declared[0], declared[1], declared[2], declared[3]]) as usize;
+        match &kind {
             // Colour type is IHDR's tenth byte; 3 is indexed.
-            b"IHDR" => indexed = bytes.get(data_start + 9) == Some(&3),
-            b"iCCP" => iccp.push(pos..data_start.saturating_add(len).saturating_add(4).min(bytes.len())),
+            b"IHDR" => indexed = bytes.get(chunk.start + 8 + 9) == Some(&3),
+            b"iCCP" => iccp.push(chunk),
             b"PLTE" if indexed && len % 3 != 0 => {
                 return Err(DecodeError::Corrupt(format!("PNG palette of {len} bytes, not a multiple of 3")));
             }
             _ => {}
         }
-        // length, type, data, CRC
-        pos = data_start.saturating_add(len).saturating_add(4).min(bytes.len());
     }
     if iccp.is_empty() {
         return Ok(None);
@@ -383,24 +630,49 @@ fn png_precheck(bytes: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
     Ok(Some(out))
 }
 
-fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<Image, DecodeError> {
-    let stripped = if format == ImageFormat::Png { png_precheck(bytes)? } else { None };
-    let bytes = stripped.as_deref().unwrap_or(bytes);
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+/// The `image` decoders' own allocation limits: the same sides, and no more bytes than a whole
+/// decode may take.
+fn image_limits(limits: &DecodeLimits) -> image::Limits {
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
     lim.max_image_height = Some(limits.max_side);
-    // Room for the widest sample layout (16-bit RGBA) of the largest allowed image.
-    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 20));
-    reader.limits(lim);
-    let decoder = reader.into_decoder().map_err(map_image_error)?;
-    let (width, height) = decoder.dimensions();
-    check_limits(u64::from(width), u64::from(height), limits)?;
-    // Animated GIF/WebP/TIFF decoders read only the first frame through `ImageDecoder`.
-    let img = catch_unwind(AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)))
-        .map_err(|_| DecodeError::Corrupt("image decoder failed".into()))?
-        .map_err(map_image_error)?;
-    from_dynamic(img)
+    lim.max_alloc = Some(limits.max_bytes);
+    lim
+}
+
+/// A PNG's chunks before its first `IDAT` (or `IEND`): each one's type and byte range (length,
+/// type, data and CRC, cut at the end of the input).
+fn png_chunks_before_idat(bytes: &[u8]) -> impl Iterator<Item = ([u8; 4], std::ops::Range<usize>)> + '_ {
+    let mut pos = 8; // signature
+    std::iter::from_fn(move || {
+        let header = bytes.get(pos..pos + 8)?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = [header[4], header[5], header[6], header[7]];
+        if &kind == b"IDAT" || &kind == b"IEND" {
+            return None;
+        }
+        let start = pos;
+        pos = (pos + 8).saturating_add(len).saturating_add(4).min(bytes.len());
+        Some((kind, start..pos))
+    })
+}
+
+fn decode_other(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits, deadline: Instant) -> Result<Image, DecodeError> {
+    let stripped = if format == ImageFormat::Png { png_precheck(bytes)? } else { None };
+    let bytes = stripped.as_deref().unwrap_or(bytes);
+    let decode_still = || -> Result<Image, DecodeError> {
+        let mut reader = image::ImageReader::with_format(TimedReader::new(bytes, deadline), format);
+        reader.limits(image_limits(limits));
+        let decoder = reader.into_decoder().map_err(map_image_error)?;
+        let (width, height) = decoder.dimensions();
+        check_limits(u64::from(width), u64::from(height), limits)?;
+        // Animated GIF/WebP/APNG decoders read only the first (or default) image through
+        // `ImageDecoder`; [`animation_frames`] reads the rest.
+        from_dynamic(DynamicImage::from_decoder(decoder).map_err(map_image_error)?)
+    };
+    catch_unwind(AssertUnwindSafe(decode_still))
+        .unwrap_or_else(|_| Err(DecodeError::Corrupt("image decoder failed".into())))
+        .map_err(|e| failed_by(e, deadline, limits))
 }
 
 fn from_dynamic(img: DynamicImage) -> Result<Image, DecodeError> {

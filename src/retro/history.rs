@@ -396,8 +396,7 @@ impl History {
                 sha256: upload.sha256.map(hex::encode),
                 pdq: pdq.map(|(h, _)| h.to_string()),
                 pdq_quality: pdq.map(|(_, q)| q),
-                width: None,
-                height: None,
+                ..Default::default()
             },
             policy: policy_version.to_string(),
             banks_version: found.version,
@@ -528,8 +527,7 @@ mod tests {
                 sha256: None,
                 pdq: pdq.map(|h| h.to_string()),
                 pdq_quality: pdq.map(|_| 90),
-                width: None,
-                height: None,
+                ..Default::default()
             },
             policy: "p".into(),
             banks_version: None,
