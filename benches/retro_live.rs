@@ -110,6 +110,7 @@ fn verdict(i: u32, pdq: PdqHash) -> Verdict {
         event_id: format!("evt-{i:09}"),
         media_id: format!("media-{i:09}"),
         tenant: "acme".into(),
+        surface: None,
         action: Action::Allow,
         reasons: vec![Reason::Classifier {
             model: "open_nsfw".into(),

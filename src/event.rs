@@ -175,6 +175,10 @@ pub struct Verdict {
     pub event_id: String,
     pub media_id: String,
     pub tenant: String,
+    /// The upload event's surface, when it named one: with the tenant, it picks the classifier
+    /// bands (policy replay re-decides with them). Optional in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surface: Option<String>,
     pub action: Action,
     pub reasons: Vec<Reason>,
     pub signals: Signals,

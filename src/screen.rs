@@ -271,6 +271,7 @@ impl Screen {
             event_id: event.event_id.clone(),
             media_id: event.media_id.clone(),
             tenant: event.tenant.clone(),
+            surface: event.surface.clone(),
             action,
             reasons,
             signals,

@@ -389,6 +389,7 @@ impl History {
             event_id,
             media_id: upload.media_id().to_string(),
             tenant: upload.tenant().to_string(),
+            surface: None,
             action,
             reasons,
             signals: Signals {
@@ -514,6 +515,7 @@ mod tests {
             event_id: event.into(),
             media_id: format!("m-{event}"),
             tenant: "t".into(),
+            surface: None,
             action: Action::Allow,
             reasons: vec![Reason::Classifier {
                 model: "m".into(),
