@@ -36,6 +36,8 @@ pub struct Metrics {
     /// From the event being read off the input topic to its verdict being acknowledged.
     pub event_seconds: Histogram,
     pub in_flight: IntGauge,
+    /// Bytes of the decode memory budget held by running decodes (their planned peaks).
+    pub decode_memory_reserved: IntGauge,
     /// topic, partition
     pub consumer_lag: IntGaugeVec,
     pub offsets_committed: IntCounter,
@@ -122,6 +124,12 @@ impl Metrics {
         );
         let in_flight = IntGauge::new("perisai_in_flight_events", "Events read but not yet acknowledged.").expect("valid");
         registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let decode_memory_reserved = IntGauge::new(
+            "perisai_decode_memory_reserved_bytes",
+            "Bytes of decode.memory_budget_bytes held by running decodes (their planned peaks).",
+        )
+        .expect("valid");
+        registry.register(Box::new(decode_memory_reserved.clone())).expect("unique metric");
         let consumer_lag =
             gauge_vec("perisai_consumer_lag", "Messages behind the high watermark, per partition.", &["topic", "partition"]);
         let offsets_committed = IntCounter::new("perisai_offset_commits_total", "Offset commits sent.").expect("valid");
@@ -229,6 +237,7 @@ impl Metrics {
             stage_seconds,
             event_seconds,
             in_flight,
+            decode_memory_reserved,
             consumer_lag,
             offsets_committed,
             produce_errors,

@@ -63,6 +63,8 @@ struct Examined {
     is_image: bool,
     /// Non-image media: what was not screened.
     unscreened: Option<String>,
+    /// The decode's share of the memory budget, held while the pixels live.
+    memory: Option<MemoryReservation>,
 }
 
 impl Examined {
@@ -234,13 +236,7 @@ impl Screen {
             Ok((_, Err(examined))) => return examined,
             Err(e) => return Examined::failed(Signals::default(), "internal", e.to_string()),
         };
-        // Held until the decoded pixels are dropped (the classifier copies what it needs).
-        let _memory = self
-            .decode_memory
-            .clone()
-            .acquire_many_owned(kib(plan.bytes).min(kib(d.memory_budget_bytes)))
-            .await
-            .expect("semaphore never closed");
+        let memory = self.reserve_decode_memory(plan.bytes).await;
         let work = PixelWork {
             pdq: self.settings.pdq.clone(),
             dihedral: self.banks.any_dihedral(),
@@ -249,7 +245,20 @@ impl Screen {
         };
         let metrics = self.metrics.clone();
         let examined = self.on_cpu(move || decode_blocking(&bytes, signals, plan, &limits, &work, &metrics)).await;
-        examined.unwrap_or_else(|e| Examined::failed(Signals::default(), "internal", e.to_string()))
+        let mut examined = examined.unwrap_or_else(|e| Examined::failed(Signals::default(), "internal", e.to_string()));
+        // Given back when the still image is dropped, after the classifier has read it.
+        examined.memory = Some(memory);
+        examined
+    }
+
+    /// Waits for `bytes` of the decode memory budget (at most the whole budget) and holds them
+    /// until the returned guard is dropped.
+    async fn reserve_decode_memory(&self, bytes: u64) -> MemoryReservation {
+        let permits = kib(bytes).min(kib(self.settings.decode.memory_budget_bytes));
+        let permit = self.decode_memory.clone().acquire_many_owned(permits).await.expect("semaphore never closed");
+        let bytes = i64::from(permits) * 1024;
+        self.metrics.decode_memory_reserved.add(bytes);
+        MemoryReservation { _permit: permit, bytes, metrics: self.metrics.clone() }
     }
 
     fn finish(&self, event: &UploadEvent, findings: Findings, signals: Signals, received: Instant) -> Verdict {
@@ -445,7 +454,7 @@ fn decode_blocking(
             media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: format!("animation frame: {e}") });
         }
     }
-    Examined { signals, image: Some(image), pdq, frame_inputs, media_error, is_image: true, unscreened: None }
+    Examined { signals, image: Some(image), pdq, frame_inputs, media_error, is_image: true, ..Default::default() }
 }
 
 /// Keeps at most `cap` items of a stream of unknown length, spread evenly: every item until
@@ -478,6 +487,19 @@ impl<T> Spread<T> {
 
     fn into_kept(self) -> Vec<(usize, T)> {
         self.kept
+    }
+}
+
+/// A share of the decode memory budget, given back (and taken off the gauge) when dropped.
+struct MemoryReservation {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: i64,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        self.metrics.decode_memory_reserved.sub(self.bytes);
     }
 }
 

@@ -199,6 +199,50 @@ fn gif(screen_w: u16, screen_h: u16, frames: usize, first: (u16, u16)) -> Vec<u8
     out
 }
 
+/// An uncompressed 16-bit RGBA TIFF header claiming `width`×`height`, with one strip of 8 bytes
+/// (decoding would need width × height × 8 bytes before reading a pixel).
+fn tiff_rgba16(width: u32, height: u32) -> Vec<u8> {
+    let entries: [(u16, u16, u32, u32); 10] = [
+        (256, 4, 1, width),      // ImageWidth, LONG
+        (257, 4, 1, height),     // ImageLength
+        (258, 3, 4, 0),          // BitsPerSample: 4 SHORTs at an offset, patched below
+        (259, 3, 1, 1),          // Compression: none
+        (262, 3, 1, 2),          // PhotometricInterpretation: RGB
+        (273, 4, 1, 0),          // StripOffsets, patched below
+        (277, 3, 1, 4),          // SamplesPerPixel
+        (278, 4, 1, height),     // RowsPerStrip
+        (279, 4, 1, 8),          // StripByteCounts
+        (338, 3, 1, 2),          // ExtraSamples: unassociated alpha
+    ];
+    let ifd_len = 2 + entries.len() * 12 + 4;
+    let (bits_at, strip_at) = (8 + ifd_len as u32, 8 + ifd_len as u32 + 8);
+    let mut out = b"II*\0".to_vec();
+    out.extend(8u32.to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    for (tag, kind, count, value) in entries {
+        let value = match tag {
+            258 => bits_at,
+            273 => strip_at,
+            _ => value,
+        };
+        out.extend(tag.to_le_bytes());
+        out.extend(kind.to_le_bytes());
+        out.extend(count.to_le_bytes());
+        if kind == 3 && count == 1 {
+            out.extend((value as u16).to_le_bytes());
+            out.extend([0, 0]);
+        } else {
+            out.extend(value.to_le_bytes());
+        }
+    }
+    out.extend(0u32.to_le_bytes());
+    for _ in 0..4 {
+        out.extend(16u16.to_le_bytes());
+    }
+    out.extend([0u8; 8]);
+    out
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pdq/images").join(name))
         .expect("fixture image")
@@ -232,6 +276,8 @@ fn hostile_builders_make_valid_files() {
     )
     .count();
     assert_eq!(frames, 20_000);
+    let tiff = image::load_from_memory(&tiff_rgba16(1, 1)).expect("TIFF decodes");
+    assert_eq!((tiff.width(), tiff.height(), tiff.color()), (1, 1, image::ColorType::Rgba16));
     let patched = jpeg_claiming(fixture("jpg_tiny_12x9.jpg"), 60_000, 50_000);
     let d = mozjpeg::Decompress::new_mem(&patched).expect("patched JPEG header");
     assert_eq!((d.width(), d.height()), (60_000, 50_000));
@@ -603,9 +649,16 @@ async fn hostile_events_and_media() {
     for _ in 0..3 {
         c.media("PNG with an iCCP profile inflating to 380 MB", inline(&flat_png(16, 16, Some(380_000_000))), Some("image/png"), Expect::Decoded(16, 16));
     }
-    c.media("GIF, 1000x1000 canvas, 20,000 frames", inline(&gif(1000, 1000, 20_000, (1, 1))), Some("image/gif"), Expect::Decoded(1000, 1000));
+    // Every frame is composited on the whole canvas: the work is bounded by composited pixels
+    // (and the deadline), and an animation that is not screened to its end is not allowed.
+    c.media("GIF, 1000x1000 canvas, 20,000 frames", inline(&gif(1000, 1000, 20_000, (1, 1))), Some("image/gif"), Expect::MediaError("too_large", "composited pixels"));
+    c.media("GIF, 100x100 canvas, 500 frames (screened, spread)", inline(&gif(100, 100, 500, (1, 1))), Some("image/gif"), Expect::Decoded(100, 100));
+    // 40 bytes and a 7000x7000 canvas: the plan counts the canvas, the frame and the compositing
+    // buffers from the header and refuses it before allocating any of them.
+    c.media("GIF, 40 bytes, 7000x7000 canvas (under max_pixels)", inline(&gif(7000, 7000, 2, (1, 1))), Some("image/gif"), Expect::MediaError("too_large", "decode.max_bytes"));
     c.media("GIF, 1x1 canvas, first frame 65535x65535", inline(&gif(1, 1, 2, (65535, 65535))), Some("image/gif"), Expect::MediaError("too_large", "image exceeds the decode limits"));
-    c.media("GIF, canvas 65535x65535", inline(&gif(65535, 65535, 1, (1, 1))), Some("image/gif"), Expect::MediaError("too_large", "image exceeds the decode limits"));
+    c.media("16-bit RGBA TIFF header, 7000x7000 (under max_pixels, 392 MB stored)", inline(&tiff_rgba16(7000, 7000)), Some("image/tiff"), Expect::MediaError("too_large", "decode.max_bytes"));
+    c.media("GIF, canvas 65535x65535", inline(&gif(65535, 65535, 1, (1, 1))), Some("image/gif"), Expect::MediaError("too_large", "exceeds the decode limits"));
     c.media("PDF declared image/jpeg", inline(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n"), Some("image/jpeg"), Expect::MediaError("unsupported_format", ""));
     c.media("HTML declared image/png", inline(b"<!doctype html><script>alert(1)</script>"), Some("image/png"), Expect::MediaError("unsupported_format", ""));
     c.media("JPEG magic then garbage", inline(&[&[0xFF, 0xD8, 0xFF, 0xE0][..], &[0x55; 500]].concat()), Some("image/jpeg"), Expect::MediaError("decode", ""));
@@ -700,6 +753,9 @@ async fn hostile_http_servers() {
     url("declares 50 GB", "/huge-declared", Expect::MediaError("too_large", "declares 50000000000 bytes"));
     url("64 MB chunked body, no length", "/huge-chunked", Expect::MediaError("too_large", "more than the limit"));
     url("HTTP 404", "/missing.png", Expect::MediaError("fetch", "404"));
+    // The server accepts the connection and never answers the TLS ClientHello.
+    let stalled_tls = json!({ "url": format!("https://127.0.0.1:{}/ok.png", server.port) });
+    c.media("TLS handshake that stalls", stalled_tls, Some("image/png"), Expect::MediaError("timeout", "TLS handshake did not finish"));
 
     let media_config = format!(
         r#"
@@ -708,7 +764,7 @@ max_bytes = {MAX_MEDIA_BYTES}
 
 [media.http]
 allow_hosts = ["127.0.0.1"]
-allow_schemes = ["http"]
+allow_schemes = ["http", "https"]
 allow_private_addresses = true
 connect_timeout_ms = 1000
 total_timeout_ms = 2000

@@ -758,6 +758,51 @@ mod tests {
         assert!(err.to_string().contains("5000 JPEG scans"), "{err}");
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/pdq/images/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// The plan counts what the decode will hold: libjpeg's output (whole MCUs), a progressive
+    /// file's coefficients, the RGB result; a GIF's canvas and compositing buffers.
+    #[test]
+    fn plans_count_the_stored_layout() {
+        let limits = DecodeLimits::default();
+        for (name, progressive) in [("jpg_444_coffee.jpg", false), ("jpg_progressive_chelsea.jpg", true)] {
+            let p = plan(&fixture(name), &limits).unwrap();
+            let (w, h) = (u64::from(p.width), u64::from(p.height));
+            let output = w.div_ceil(16) * 16 * (h.div_ceil(16) * 16) * 3;
+            let coefficients = if progressive { 2 * output } else { 0 };
+            assert_eq!(p.bytes, output + coefficients + w * h * 3, "{name}");
+            assert!(!p.animated);
+            assert!(decode(&fixture(name), &limits).is_ok());
+        }
+        // 40-odd bytes, a 7000×7000 canvas: under max_pixels, over the byte budget.
+        let mut gif = b"GIF89a".to_vec();
+        gif.extend([0x58, 0x1b, 0x58, 0x1b, 0x80, 0, 0, 0, 0, 0, 255, 255, 255]);
+        gif.extend([0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x44, 0x01, 0, 0x3b]);
+        match plan(&gif, &limits) {
+            Err(DecodeError::OverBudget { needed, budget }) => {
+                let canvas = 7000 * 7000;
+                assert_eq!(needed, canvas * 4 * 2 + canvas * 3 + canvas * 12 + canvas * 3);
+                assert_eq!(budget, limits.max_bytes);
+            }
+            other => panic!("expected the budget to refuse it: {other:?}"),
+        }
+        let small = DecodeLimits { max_bytes: 1 << 40, ..DecodeLimits::default() };
+        assert!(plan(&gif, &small).unwrap().animated, "GIFs always go through the animation path");
+    }
+
+    /// A decode past its deadline stops at its next read and says so.
+    #[test]
+    fn decodes_stop_at_the_deadline() {
+        let limits = DecodeLimits::default();
+        for bytes in [fixture("jpg_progressive_chelsea.jpg"), fixture("sk_coffee.png")] {
+            let err = decode_until(&bytes, &limits, Instant::now()).unwrap_err();
+            assert_eq!(err.kind(), "decode_timeout", "{err}");
+            assert!(decode_until(&bytes, &limits, Instant::now() + Duration::from_secs(5)).is_ok());
+        }
+    }
+
     #[test]
     fn iccp_chunks_are_dropped_before_decoding() {
         let png = small_png();

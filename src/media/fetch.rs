@@ -199,7 +199,11 @@ impl MediaFetcher {
                 }
                 (e, _) => e,
             })?;
-            let response = self.client.get(url.clone()).send().await.map_err(|e| self.request_error(e, &url))?;
+            let response = match self.client.get(url.clone()).send().await {
+                Ok(response) => response,
+                Err(e) if e.is_timeout() && url.scheme() == "https" => return Err(self.https_connect_timeout(&url).await),
+                Err(e) => return Err(self.request_error(e, &url)),
+            };
             if let Some(peer) = response.remote_addr() {
                 // The resolver has vetted names and check_url literals; this catches any path
                 // to a connection that bypassed both.
@@ -289,6 +293,39 @@ impl MediaFetcher {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+
+    /// The connect timeout covers the TCP connection and the TLS handshake alike. Which one
+    /// stalled is what an operator needs to know (a server that accepts and never answers TLS,
+    /// a proxy in the way, a plain-HTTP port), so one more TCP connection, to the same vetted
+    /// addresses, finds out.
+    async fn https_connect_timeout(&self, url: &Url) -> FetchError {
+        let ms = self.connect_timeout.as_millis();
+        let Some(host) = url.host_str() else {
+            return FetchError::Timeout(format!("{}: no connection within {ms} ms (media.http.connect_timeout_ms)", redact(url)));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = url.port_or_known_default().unwrap_or(443);
+        let probe = async {
+            let addrs = tokio::net::lookup_host((host, port)).await.ok()?;
+            for addr in addrs {
+                // Never a connection the resolver would have refused.
+                if !self.allow_private && guard::non_public_reason(addr.ip()).is_some() {
+                    continue;
+                }
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return Some(addr);
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(self.connect_timeout, probe).await {
+            Ok(Some(addr)) => FetchError::Timeout(format!(
+                "{}: TCP connected to {addr}, but the TLS handshake did not finish within {ms} ms (media.http.connect_timeout_ms)",
+                redact(url)
+            )),
+            _ => FetchError::Timeout(format!("{}: no TCP connection within {ms} ms (media.http.connect_timeout_ms)", redact(url))),
+        }
     }
 
     fn request_error(&self, err: reqwest::Error, url: &Url) -> FetchError {
