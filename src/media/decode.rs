@@ -249,7 +249,7 @@ fn jpeg_layout(bytes: &[u8]) -> Result<(u32, u32, u64, bool), DecodeError> {
     let (width, height, components) = match header {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return Err(DecodeError::Corrupt(e.to_string())),
-        Err(_) => return Err(DecodeError::Corrupt("unreadable JPEG header".into())),
+        Err(payload) => return Err(DecodeError::Corrupt(unwound_message(payload.as_ref()))),
     };
     // libjpeg pads to whole 16-pixel MCUs.
     let padded = width.div_ceil(16).saturating_mul(16).saturating_mul(height.div_ceil(16).saturating_mul(16));
@@ -519,22 +519,22 @@ fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits, deadline: Instant) -> Result
     if scans > MAX_JPEG_SCANS {
         return Err(DecodeError::LimitExceeded(format!("{scans} JPEG scans, over the limit of {MAX_JPEG_SCANS}")));
     }
-    let result = match catch_unwind(AssertUnwindSafe(|| decode_jpeg_inner(bytes, limits, deadline))) {
-        Ok(result) => result,
-        Err(payload) => {
-            let msg = if let Some(f) = payload.downcast_ref::<jpeg_errors::Fatal>() {
-                f.0.clone()
-            } else if let Some(s) = payload.downcast_ref::<String>() {
-                s.clone()
-            } else if let Some(s) = payload.downcast_ref::<&str>() {
-                (*s).to_string()
-            } else {
-                "JPEG decoder failed".to_string()
-            };
-            Err(DecodeError::Corrupt(msg))
-        }
-    };
-    result.map_err(|e| failed_by(e, deadline, limits))
+    catch_unwind(AssertUnwindSafe(|| decode_jpeg_inner(bytes, limits, deadline)))
+        .unwrap_or_else(|payload| Err(DecodeError::Corrupt(unwound_message(payload.as_ref()))))
+        .map_err(|e| failed_by(e, deadline, limits))
+}
+
+/// What libjpeg said when it gave up (its `error_exit` unwinds with it), or a panic's message.
+fn unwound_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(f) = payload.downcast_ref::<jpeg_errors::Fatal>() {
+        f.0.clone()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "JPEG decoder failed".to_string()
+    }
 }
 
 fn decode_jpeg_inner(bytes: &[u8], limits: &DecodeLimits, deadline: Instant) -> Result<Image, DecodeError> {
