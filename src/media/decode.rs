@@ -792,6 +792,40 @@ mod tests {
         assert!(plan(&gif, &small).unwrap().animated, "GIFs always go through the animation path");
     }
 
+    /// The fuzz seeds for the animation path are what they claim: an APNG whose default image is
+    /// not a frame, an animated WebP, a GIF; each frame composited at the canvas size.
+    #[test]
+    fn animation_seeds_play_their_frames() {
+        let limits = DecodeLimits::default();
+        for (name, frames, side) in
+            [("apng_hidden_default_2x2.png", 2, 2), ("anim_2frames_1x1.webp", 2, 1), ("anim_3x2.gif", 2, 3)]
+        {
+            let bytes = std::fs::read(format!("{}/fuzz/seeds/decode/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            assert!(plan(&bytes, &limits).unwrap().animated, "{name}");
+            let still = decode(&bytes, &limits).unwrap();
+            let mut sizes = Vec::new();
+            let count = animation_frames(&bytes, &limits, Instant::now() + limits.deadline, |i, frame| {
+                let image = frame.to_image();
+                sizes.push((i, image.width, image.height));
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(count, frames, "{name}");
+            assert!(sizes.iter().all(|&(_, w, h)| (w, h) == (still.width, still.height) && w == side), "{name}: {sizes:?}");
+        }
+        // The APNG's frames differ from its default image, which is not part of the animation.
+        let apng = std::fs::read(format!("{}/fuzz/seeds/decode/apng_hidden_default_2x2.png", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let still = decode(&apng, &limits).unwrap();
+        let mut first = None;
+        animation_frames(&apng, &limits, Instant::now() + limits.deadline, |i, frame| {
+            if i == 0 {
+                first = Some(frame.to_image().pixels);
+            }
+        })
+        .unwrap();
+        assert_eq!(&still.pixels[..3], &[10, 245, 5]);
+        assert_eq!(&first.unwrap()[..3], &[200, 55, 100]);
+    }
+
     /// A decode past its deadline stops at its next read and says so.
     #[test]
     fn decodes_stop_at_the_deadline() {
