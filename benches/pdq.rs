@@ -1,4 +1,4 @@
-//! PDQ hash core and decode+hash throughput.
+//! PDQ hash core, the image-scaling check, and decode+hash throughput.
 //!
 //! Test images come from the fixture photo `tests/fixtures/pdq/images/jpg_crop_1600x1200.jpg`,
 //! decoded once: "1 MP" is its top-left 1024×1024 crop, "12 MP" is 4000×3000 tiled from the
@@ -7,7 +7,7 @@
 //! then decode and hash one (Cli) per iteration.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use perisai::hash::pdq::{hash, Convention};
+use perisai::hash::pdq::{hash, sampling_disagreement, Convention};
 use perisai::media::decode::{decode, Channels, DecodeLimits, Image};
 
 fn photo() -> Image {
@@ -64,6 +64,19 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| hash(std::hint::black_box(img), conv))
             });
         }
+    }
+    g.finish();
+
+    // The image-scaling check every `cli` hash of an image over 512 px pays, beside that hash.
+    let mut g = c.benchmark_group("scaling_check");
+    g.sample_size(20);
+    for (name, img) in [("1MP", &one), ("12MP", &twelve)] {
+        g.bench_with_input(BenchmarkId::new("hash_cli", name), img, |b, img| {
+            b.iter(|| hash(std::hint::black_box(img), Convention::Cli))
+        });
+        g.bench_with_input(BenchmarkId::new("sampling_disagreement", name), img, |b, img| {
+            b.iter(|| sampling_disagreement(std::hint::black_box(img)))
+        });
     }
     g.finish();
 
