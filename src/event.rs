@@ -135,6 +135,10 @@ pub enum Reason {
         /// The entry is quarantined (it flooded): this match counts as review, not `action`.
         #[serde(default, skip_serializing_if = "is_false")]
         quarantined: bool,
+        /// An allowlist PDQ match that hashing the full image (the other convention) did not
+        /// confirm, or that the retro role found without pixels to confirm it: it allows nothing.
+        #[serde(default, skip_serializing_if = "is_false")]
+        unconfirmed: bool,
     },
     /// A classifier score, with the band it fell in (`none` when below every band).
     Classifier { model: String, model_sha256: String, label: String, score: f32, band: String },

@@ -95,6 +95,7 @@ pub fn match_reason(m: &BankMatch) -> Reason {
         quality: m.quality,
         transform: m.transform.map(str::to_string),
         quarantined: m.quarantined(),
+        unconfirmed: m.unconfirmed,
     }
 }
 
@@ -110,6 +111,7 @@ pub fn action_of(reasons: &[Reason], media_error_action: Action) -> Action {
     for reason in reasons {
         match reason {
             Reason::HashMatch { quarantined: true, .. } => action = action.max(Action::Review),
+            Reason::HashMatch { action: Action::Allow, unconfirmed: true, .. } => {}
             Reason::HashMatch { action: Action::Allow, .. } => allowlisted = true,
             Reason::HashMatch { action: bank_action, .. } => action = action.max(*bank_action),
             Reason::Classifier { band, .. } => match band.as_str() {
@@ -159,6 +161,7 @@ mod tests {
             transform: None,
             hash: crate::bank::ParsedHash::Md5([0; 16]),
             status: None,
+            unconfirmed: false,
         }
     }
 

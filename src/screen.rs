@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::bank::flood::FloodWatch;
-use crate::bank::{BankSet, PdqSignal};
+use crate::bank::{BankMatch, BankSet, ParsedHash, PdqSignal, Signal};
 use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
 use crate::event::{Action, Signals, UploadEvent, Verdict, VERDICT_SCHEMA};
@@ -138,8 +138,11 @@ impl Screen {
     pub async fn screen_bytes(&self, event: &UploadEvent, bytes: Vec<u8>, received: Instant) -> Verdict {
         let examined = self.examine(bytes, event.content_type.clone()).await;
         let started = Instant::now();
-        let banks = self.banks.match_media(&exact_of(&examined.signals), &examined.pdq);
+        let mut banks = self.banks.match_media(&exact_of(&examined.signals), &examined.pdq);
         self.metrics.observe_stage("match", started.elapsed().as_secs_f64());
+        if let Some(image) = &examined.image {
+            self.confirm_allowlist(&mut banks.matches, image).await;
+        }
         let mut findings = Findings {
             matches: banks.matches,
             low_quality: banks.low_quality,
@@ -172,6 +175,41 @@ impl Screen {
         let mut verdict = self.finish(event, findings, examined.signals, received);
         verdict.banks_version = banks_version;
         verdict
+    }
+
+    /// An allowlist PDQ match under the `cli` convention rests on a 512×512 sample of the image,
+    /// which an image-scaling attack controls below the scaling check's threshold too. So it
+    /// allows only when the full image (the `full` convention) also matches that allowlist
+    /// entry; otherwise it is marked unconfirmed and allows nothing. Costs one full-resolution
+    /// hash, only for images over 512 px that match an allowlist by PDQ (animation frames are
+    /// not confirmed one by one: the still image stands for them).
+    async fn confirm_allowlist(&self, matches: &mut [BankMatch], image: &Image) {
+        let resampled = image.width as usize > pdq::CLI_SIDE || image.height as usize > pdq::CLI_SIDE;
+        let needs = |m: &BankMatch| m.action == Action::Allow && m.signal == Signal::Pdq;
+        if self.settings.pdq.convention != pdq::Convention::Cli || !resampled || !matches.iter().any(needs) {
+            return;
+        }
+        let image = image.clone();
+        let dihedral = self.banks.any_dihedral();
+        let full = self.on_cpu(move || {
+            if dihedral {
+                let (all, quality) = pdq::hash_dihedral(&image, pdq::Convention::Full);
+                PdqSignal { hash: all[0], quality, dihedral: Some(all) }
+            } else {
+                let out = pdq::hash(&image, pdq::Convention::Full);
+                PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
+            }
+        });
+        let confirmed: Vec<(String, ParsedHash)> = match full.await {
+            Ok(full) => {
+                let none = exact::ExactHashes { md5: String::new(), sha256: String::new() };
+                self.banks.match_media(&none, &[full]).matches.into_iter().map(|m| (m.bank, m.hash)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for m in matches.iter_mut().filter(|m| needs(m)) {
+            m.unconfirmed = !confirmed.iter().any(|(bank, hash)| *bank == m.bank && *hash == m.hash);
+        }
     }
 
     /// Scores the still image and any animation frames screened; the finding is the highest

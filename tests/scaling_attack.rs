@@ -4,9 +4,18 @@
 //! (`pdq::sampling_disagreement`) must flag such images and no fixture photo.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
 
+use perisai::app;
+use perisai::bank::BankSet;
+use perisai::config::{BankSettings, OnBadRow, Settings, Switch};
+use perisai::event::{Action, MediaRef, Reason, UploadEvent, Verdict, UPLOAD_SCHEMA};
 use perisai::hash::pdq::{self, Convention, SCALING_ANOMALY_THRESHOLD};
 use perisai::media::decode::{self, Channels, DecodeLimits, Image};
+use perisai::metrics::Metrics;
+use perisai::policy;
+use perisai::screen::Mode;
 
 fn images_under(dir: &Path) -> Vec<(String, Image)> {
     let mut out = Vec::new();
@@ -85,4 +94,79 @@ fn scaling_attacks_are_flagged_and_photos_are_not() {
     let flagged = pdq::sampling_disagreement(&forged).unwrap();
     eprintln!("forged image disagreement {flagged:.2}");
     assert!(flagged > SCALING_ANOMALY_THRESHOLD, "{flagged}");
+}
+
+fn png_of(img: &Image) -> Vec<u8> {
+    let rgb = image::RgbImage::from_raw(img.width, img.height, img.pixels.clone()).expect("RGB pixels");
+    let mut out = std::io::Cursor::new(Vec::new());
+    rgb.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn allow_match(v: &Verdict) -> Option<bool> {
+    v.reasons.iter().find_map(|r| match r {
+        Reason::HashMatch { action: Action::Allow, unconfirmed, .. } => Some(*unconfirmed),
+        _ => None,
+    })
+}
+
+/// Below the scaling check's threshold an attack would still pass the `cli` sample, so an
+/// allowlist PDQ match allows only if the full image matches the entry too: an honest large
+/// upload of an allowlisted picture is allowed, the forged one's match is reported unconfirmed
+/// and allows nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_match_needs_the_full_image_to_agree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let photos = images_under(&root.join("tests/fixtures/pdq/images"));
+    let named = |n: &str| photos.iter().find(|(name, _)| name == n).map(|(_, i)| i.clone()).unwrap();
+    let victim = upscaled(&named("jpg_crop_1600x1200.jpg"), 2048);
+    let honest = upscaled(&named("sk_coffee.png"), 1024);
+    let forged = attacked(&victim, &upscaled(&named("sk_coffee.png"), 512));
+    let cli = |img: &Image| pdq::hash(img, Convention::Cli).hash.to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("known-good.csv");
+    std::fs::write(&file, format!("signal,hash,entry\npdq,{},honest\npdq,{},forged\n", cli(&honest), cli(&forged))).unwrap();
+    let mut settings = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
+    settings.classifier.enabled = Switch::Off;
+    settings.banks = vec![BankSettings {
+        name: "known-good".into(),
+        file: file.display().to_string(),
+        action: Action::Allow,
+        on_bad_row: OnBadRow::Fail,
+        pdq_threshold: 31,
+        pdq_quality_floor: 50,
+        dihedral: false,
+        flood_max_matches_per_minute: 0,
+        flood_baseline_multiple: 10.0,
+    }];
+    let settings = Arc::new(settings);
+    let metrics = Metrics::new();
+    let banks = Arc::new(BankSet::load(&settings.banks, &metrics).unwrap());
+    let screen = app::build_screen(&settings, banks, &metrics, Mode::ScoreAll).unwrap();
+    let event = UploadEvent {
+        schema: UPLOAD_SCHEMA.into(),
+        event_id: "e".into(),
+        media_id: "m".into(),
+        tenant: "t".into(),
+        surface: None,
+        content_type: None,
+        media: MediaRef::Path("upload".into()),
+        uploaded_at: None,
+        attributes: Default::default(),
+    };
+    let v = screen.screen_bytes(&event, png_of(&honest), Instant::now()).await;
+    assert_eq!((v.action, allow_match(&v)), (Action::Allow, Some(false)), "{v:?}");
+    let v = screen.screen_bytes(&event, png_of(&forged), Instant::now()).await;
+    assert_eq!(allow_match(&v), Some(true), "the forged image's allowlist match is unconfirmed: {v:?}");
+    assert_eq!(v.action, Action::Review, "{v:?}");
+    // The same reasons without the unconfirmed mark would have allowed it.
+    let mut trusted = v.reasons.clone();
+    for r in &mut trusted {
+        if let Reason::HashMatch { unconfirmed, .. } = r {
+            *unconfirmed = false;
+        }
+    }
+    trusted.retain(|r| !matches!(r, Reason::MediaError { .. }));
+    assert_eq!(policy::action_of(&trusted, Action::Review), Action::Allow);
 }

@@ -151,6 +151,7 @@ mod tests {
             transform: None,
             hash: ParsedHash::Md5([n; 16]),
             status,
+            unconfirmed: false,
         }
     }
 

@@ -73,6 +73,9 @@ pub struct BankMatch {
     pub hash: ParsedHash,
     /// The entry's quarantine status, if it has one.
     pub status: Option<EntryStatus>,
+    /// An allowlist PDQ match the other PDQ convention did not confirm (see
+    /// `Screen::confirm_allowlist`): reported, but it allows nothing.
+    pub unconfirmed: bool,
 }
 
 impl BankMatch {
@@ -347,6 +350,7 @@ impl Bank {
             transform: None,
             status: self.status_of(&hash),
             hash,
+            unconfirmed: false,
         }
     }
 

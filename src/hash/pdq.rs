@@ -130,7 +130,7 @@ impl<'de> serde::Deserialize<'de> for PdqHash {
 }
 
 /// Side of the `Cli` resize (`DOWNSAMPLE_DIMS` in pdqio.cpp).
-const CLI_SIDE: usize = 512;
+pub const CLI_SIDE: usize = 512;
 const MIN_HASHABLE_DIM: usize = 5;
 
 pub fn hash(img: &Image, convention: Convention) -> PdqOutput {

@@ -15,7 +15,7 @@ use hashbrown::HashTable;
 use sha2::{Digest, Sha256};
 
 use crate::bank::pdq_index::PdqIndex;
-use crate::bank::{Applied, BankChange, BankSet, ParsedHash};
+use crate::bank::{Applied, BankChange, BankSet, ParsedHash, Signal};
 use crate::config::BankSettings;
 use crate::event::{Action, Reason, Retro, RetroChange, Signals, Verdict, VERDICT_SCHEMA};
 use crate::hash::pdq::PdqHash;
@@ -358,7 +358,17 @@ impl History {
                     now.insert(key, kept.clone());
                 }
             } else {
-                now.insert(key, policy::match_reason(m));
+                let mut reason = policy::match_reason(m);
+                // An allowlist PDQ match allows only once the full image confirmed it (see
+                // `Screen::confirm_allowlist`); without the pixels, retro keeps what the screen
+                // decided and cannot confirm a match the screen never saw.
+                if m.action == Action::Allow && m.signal == Signal::Pdq {
+                    let confirmed = matches!(current.get(&key), Some(Reason::HashMatch { unconfirmed: false, .. }));
+                    if let Reason::HashMatch { unconfirmed, .. } = &mut reason {
+                        *unconfirmed = !confirmed;
+                    }
+                }
+                now.insert(key, reason);
             }
         }
         for (key, &reason) in &current {
@@ -550,7 +560,11 @@ mod tests {
 
     impl Banks {
         fn new(names: &[&str]) -> Self {
-            let set = BankSet::new(names.iter().map(|n| Bank::new(settings(n))).collect());
+            Self::with(names.iter().map(|n| settings(n)).collect())
+        }
+
+        fn with(settings: Vec<BankSettings>) -> Self {
+            let set = BankSet::new(settings.into_iter().map(Bank::new).collect());
             set.record_changes();
             Self { set, metrics: Metrics::new(), offset: 0 }
         }
@@ -723,6 +737,28 @@ mod tests {
         assert_eq!(again.verdict.retro.unwrap().supersedes, written[1].event_id);
     }
 
+    /// Retro has no pixels to confirm an allowlist PDQ match with the full image, so a match it
+    /// finds on its own allows nothing: a block entry added later still blocks.
+    #[test]
+    fn an_allowlist_match_found_by_retro_does_not_override_a_block() {
+        let mut banks = Banks::with(vec![BankSettings::new("good", Action::Allow), settings("csam")]);
+        let mut history = History::new();
+        let hash = pdq(77);
+        history.take(verdict("e1", &md5(1), Some(hash)), 0, 0, 0).unwrap();
+        let decide = |changes: &[BankChange], banks: &Banks, history: &mut History| {
+            let r = history.redecide(0, &banks.set, &removed_of(changes), Action::Review, "p2").expect("a re-decision");
+            history.record(0, &r.verdict);
+            r.verdict
+        };
+        let changes = banks.put("good", Signal::Pdq, &hash.to_string(), "g-1");
+        let v = decide(&changes, &banks, &mut history);
+        assert!(v.reasons.iter().any(|r| matches!(r, Reason::HashMatch { unconfirmed: true, .. })), "{v:?}");
+        assert_eq!(v.action, Action::Allow, "nothing to override");
+        let changes = banks.put("csam", Signal::Pdq, &hash.to_string(), "c-1");
+        let v = decide(&changes, &banks, &mut history);
+        assert_eq!(v.action, Action::Block, "{v:?}");
+    }
+
     /// A dihedral match (which retro cannot recompute) stays, unless its entry was withdrawn.
     #[test]
     fn a_dihedral_match_goes_only_with_its_entry() {
@@ -739,6 +775,7 @@ mod tests {
             quality: Some(90),
             transform: Some("rotate90".into()),
             quarantined: false,
+            unconfirmed: false,
         });
         history.take(v, 0, 0, 0).unwrap();
         assert!(history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").is_none(), "kept as it was");
