@@ -14,6 +14,7 @@
 //!   shares, and flood detection.
 //! - [`classify`]: the classifier trait, ONNX model, preprocessing, micro-batching.
 //! - [`policy`]: the pure decision from signals to a verdict.
+//! - [`live_policy`]: the policy in force, reloaded on SIGHUP or when the config file changes.
 //! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
 //! - [`kafka`]: client settings, the verdict/DLQ sink, the bank topic's reader (start-up load, then
 //!   live tail) and writer, the broker watchdog, the demo's embedded broker.
@@ -27,7 +28,7 @@
 //! - [`demo`]: the embedded demo: mock broker, sample media, a table of verdicts.
 //!
 //! Dependencies point one way: app/demo/admin/retro → pipeline, kafka, and pipeline → screen → media,
-//! hash, bank, classify, policy → event. Bank updates reach the bank set as plain records
+//! hash, bank, classify, live_policy, policy → event. Bank updates reach the bank set as plain records
 //! ([`bank::TopicRecord`]) handed over by `kafka::bank_feed`. `screen`, `media`, `hash`, `bank`, `classify` and `policy` never
 //! import `kafka` or `pipeline`; `hash` knows no banks; `policy` sees scores, not models.
 
@@ -40,6 +41,7 @@ pub mod demo;
 pub mod event;
 pub mod hash;
 pub mod kafka;
+pub mod live_policy;
 pub mod media;
 pub mod metrics;
 pub mod pipeline;

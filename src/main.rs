@@ -302,6 +302,7 @@ fn init_logging(level: &str, format: &str) {
 }
 
 async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let hangups = perisai::live_policy::hangups().context("listening for SIGHUP")?;
     let settings = Arc::new(load_settings(config.as_deref())?);
     init_logging(&settings.log.level, &settings.log.format);
     let metrics = Metrics::new();
@@ -315,8 +316,18 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let (banks, feed) = app::load_live_banks(&settings, &metrics, &readiness).await.context("loading banks")?;
     let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker)?;
     readiness.screen_ready.store(true, std::sync::atomic::Ordering::Release);
+    let reload = tokio::spawn(perisai::live_policy::watch(
+        screen.live_policy(),
+        config.clone(),
+        settings.clone(),
+        metrics.clone(),
+        hangups,
+        std::future::pending(),
+    ));
     let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
-    let summary = worker.run(shutdown_signal()).await?;
+    let summary = worker.run(shutdown_signal()).await;
+    reload.abort();
+    let summary = summary?;
     if let Some(feed) = feed {
         tokio::task::spawn_blocking(move || feed.stop()).await.ok();
     }
@@ -326,6 +337,14 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 async fn retro(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // SIGHUP reloads workers' policies; retro reads its policy at start (a restart applies a new
+    // one), but must not die of a SIGHUP sent to every replica.
+    let mut hangups = perisai::live_policy::hangups().context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP: the retro role reads its policy at start only; restart it to apply a new one");
+        }
+    });
     let settings = Arc::new(load_settings(config.as_deref())?);
     init_logging(&settings.log.level, &settings.log.format);
     if settings.kafka.banks_topic.is_empty() {

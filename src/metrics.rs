@@ -36,6 +36,8 @@ pub struct Metrics {
     /// From the event being read off the input topic to its verdict being acknowledged.
     pub event_seconds: Histogram,
     pub in_flight: IntGauge,
+    /// Policy reloads by result: applied, unchanged, error.
+    pub policy_reloads: IntCounterVec,
     /// Bytes of the decode memory budget held by running decodes (their planned peaks).
     pub decode_memory_reserved: IntGauge,
     /// topic, partition
@@ -124,6 +126,11 @@ impl Metrics {
         );
         let in_flight = IntGauge::new("perisai_in_flight_events", "Events read but not yet acknowledged.").expect("valid");
         registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let policy_reloads = counter_vec(
+            "perisai_policy_reload_total",
+            "Policy reloads (SIGHUP or a changed config file) by result: applied, unchanged, error (the old policy stays).",
+            &["result"],
+        );
         let decode_memory_reserved = IntGauge::new(
             "perisai_decode_memory_reserved_bytes",
             "Bytes of decode.memory_budget_bytes held by running decodes (their planned peaks).",
@@ -237,6 +244,7 @@ impl Metrics {
             stage_seconds,
             event_seconds,
             in_flight,
+            policy_reloads,
             decode_memory_reserved,
             consumer_lag,
             offsets_committed,

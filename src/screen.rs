@@ -15,6 +15,7 @@ use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
 use crate::event::{Action, Signals, UploadEvent, Verdict, VERDICT_SCHEMA};
 use crate::hash::{exact, pdq};
+use crate::live_policy::LivePolicy;
 use crate::media::decode::{self, DecodeLimits, Image};
 use crate::media::fetch::{FetchError, MediaFetcher};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct Screen {
     decode_memory: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     mode: Mode,
+    /// The policy in force: each verdict takes one snapshot (see `live_policy`).
+    policy: Arc<LivePolicy>,
     /// Workers count matches per entry to catch a flooding one (see `bank::flood`).
     flood: Option<Arc<FloodWatch>>,
 }
@@ -100,6 +103,7 @@ impl Screen {
         let memory_kib = kib(settings.decode.memory_budget_bytes);
         Ok(Self {
             fetcher: MediaFetcher::new(&settings.media)?,
+            policy: Arc::new(LivePolicy::new(settings.policy.clone())),
             settings,
             banks,
             classifier,
@@ -109,6 +113,11 @@ impl Screen {
             mode,
             flood: None,
         })
+    }
+
+    /// The policy this screen decides with, for the reload watcher.
+    pub fn live_policy(&self) -> Arc<LivePolicy> {
+        self.policy.clone()
     }
 
     /// Counts every verdict's matches with `flood`.
@@ -300,9 +309,9 @@ impl Screen {
     }
 
     fn finish(&self, event: &UploadEvent, findings: Findings, signals: Signals, received: Instant) -> Verdict {
-        let policy = &self.settings.policy;
-        let bands = policy::bands_for(policy, &event.tenant, event.surface.as_deref());
-        let (action, reasons) = policy::decide(&findings, policy, bands);
+        let policy = self.policy.current();
+        let bands = policy::bands_for(&policy, &event.tenant, event.surface.as_deref());
+        let (action, reasons) = policy::decide(&findings, &policy, bands);
         for m in &findings.matches {
             self.metrics.matches.with_label_values(&[&m.bank, m.signal.as_str()]).inc();
         }

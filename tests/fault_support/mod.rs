@@ -39,6 +39,8 @@ pub struct Seen {
     pub action: String,
     pub entry: Option<String>,
     pub banks_version: Option<String>,
+    /// The policy version that decided it.
+    pub policy: String,
     /// The first hash match is on a quarantined entry.
     pub quarantined: bool,
     /// Retroactive verdicts: the upload they re-decide, and the verdict they supersede.
@@ -108,6 +110,7 @@ impl Watcher {
                             .and_then(|r| r["entry"].as_str())
                             .map(str::to_string),
                         banks_version: verdict["banks_version"].as_str().map(str::to_string),
+                        policy: verdict["policy"].as_str().unwrap_or_default().to_string(),
                         quarantined: verdict["reasons"]
                             .as_array()
                             .and_then(|r| r.iter().find(|r| r["kind"] == "hash_match"))
@@ -215,7 +218,12 @@ pub fn event(i: u32) -> (String, Vec<u8>) {
 
 /// Events `0..n` of a run, produced to `topic` and acknowledged before the worker starts.
 pub async fn produce_events(brokers: &str, topic: &str, n: u32) {
-    let records: Vec<_> = (0..n).map(event).collect();
+    produce_events_range(brokers, topic, 0..n).await;
+}
+
+/// Events `range`, produced to `topic` and acknowledged.
+pub async fn produce_events_range(brokers: &str, topic: &str, range: std::ops::Range<u32>) {
+    let records: Vec<_> = range.map(event).collect();
     produce_all(&producer(brokers), topic, &records).await;
 }
 
