@@ -111,6 +111,21 @@ app.kubernetes.io/part-of: {{ include "perisai.name" . }}
 The configuration rendered into the ConfigMap: .Values.config with kafkaAuth's file paths and
 mechanism merged into kafka.client. Secrets (passwords) never pass through here: they are env.
 */}}
+{{/*
+The checksum that rolls the workers when their configuration changes. With policyReload.live
+the [policy] table is left out: workers notice the updated ConfigMap file and reload the policy
+themselves, without a restart (retro replicas, which read it at start, still roll).
+*/}}
+{{- define "perisai.workerConfigChecksum" -}}
+{{- if .Values.policyReload.live -}}
+{{- $values := deepCopy .Values }}
+{{- $_ := unset $values.config "policy" }}
+{{- include "perisai.config" (dict "Values" $values "Release" .Release "Chart" .Chart "Capabilities" .Capabilities "Template" .Template) | sha256sum }}
+{{- else -}}
+{{- include "perisai.config" . | sha256sum }}
+{{- end -}}
+{{- end -}}
+
 {{- define "perisai.config" -}}
 {{- $cfg := deepCopy .Values.config }}
 {{- $kafka := $cfg.kafka }}
