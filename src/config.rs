@@ -28,6 +28,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub media: MediaSettings,
     pub decode: DecodeSettings,
+    pub cache: CacheSettings,
     pub pdq: PdqSettings,
     #[serde(default)]
     pub banks: Vec<BankSettings>,
@@ -167,6 +168,16 @@ pub struct HttpSettings {
     pub connect_timeout_ms: u64,
     pub total_timeout_ms: u64,
     pub max_redirects: usize,
+}
+
+/// The screen's cache of what it learned per media SHA-256 (see `screen::cache`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Most entries; 0 turns the cache off.
+    pub max_entries: u64,
+    /// Most bytes the entries hold, by the cache's own count.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -520,6 +531,10 @@ impl Settings {
         );
         check(self.decode.deadline_ms > 0, "decode.deadline_ms: must be > 0".into());
         check(self.decode.max_frames > 0, "decode.max_frames: must be > 0".into());
+        check(
+            self.cache.max_entries == 0 || self.cache.max_bytes >= 1 << 20,
+            "cache.max_bytes: must be at least 1 MiB when the cache is on (cache.max_entries > 0)".into(),
+        );
         let mut names = std::collections::HashSet::new();
         for (i, bank) in self.banks.iter().enumerate() {
             check(

@@ -36,6 +36,11 @@ pub struct Metrics {
     /// From the event being read off the input topic to its verdict being acknowledged.
     pub event_seconds: Histogram,
     pub in_flight: IntGauge,
+    /// The screen's cache by media SHA-256: lookups by result (hit, miss), evictions, size.
+    pub screen_cache_lookups: IntCounterVec,
+    pub screen_cache_evictions: IntCounter,
+    pub screen_cache_entries: IntGauge,
+    pub screen_cache_bytes: IntGauge,
     /// Policy reloads by result: applied, unchanged, error.
     pub policy_reloads: IntCounterVec,
     /// Bytes of the decode memory budget held by running decodes (their planned peaks).
@@ -126,6 +131,24 @@ impl Metrics {
         );
         let in_flight = IntGauge::new("perisai_in_flight_events", "Events read but not yet acknowledged.").expect("valid");
         registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let screen_cache_lookups = counter_vec(
+            "perisai_screen_cache_lookups_total",
+            "Lookups of the screen's cache by media SHA-256: hit (decode, PDQ and inference skipped) or miss.",
+            &["result"],
+        );
+        let screen_cache_evictions =
+            IntCounter::new("perisai_screen_cache_evictions_total", "Entries the screen's cache evicted to stay within its bounds.")
+                .expect("valid");
+        registry.register(Box::new(screen_cache_evictions.clone())).expect("unique metric");
+        let screen_cache_entries =
+            IntGauge::new("perisai_screen_cache_entries", "Entries in the screen's cache (approximate).").expect("valid");
+        registry.register(Box::new(screen_cache_entries.clone())).expect("unique metric");
+        let screen_cache_bytes = IntGauge::new(
+            "perisai_screen_cache_bytes",
+            "Bytes the screen's cache holds by its own count (entries weigh at least cache.max_bytes / cache.max_entries).",
+        )
+        .expect("valid");
+        registry.register(Box::new(screen_cache_bytes.clone())).expect("unique metric");
         let policy_reloads = counter_vec(
             "perisai_policy_reload_total",
             "Policy reloads (SIGHUP or a changed config file) by result: applied, unchanged, error (the old policy stays).",
@@ -244,6 +267,10 @@ impl Metrics {
             stage_seconds,
             event_seconds,
             in_flight,
+            screen_cache_lookups,
+            screen_cache_evictions,
+            screen_cache_entries,
+            screen_cache_bytes,
             policy_reloads,
             decode_memory_reserved,
             consumer_lag,

@@ -2,15 +2,19 @@
 //! the `scan` command and the tests all call it.
 //!
 //! Media is fetched once and decoded once; PDQ and the classifier share the pixels. CPU work runs
-//! on blocking threads, at most `worker.cpu_threads` at a time, never on the async runtime.
+//! on blocking threads, at most `worker.cpu_threads` at a time, never on the async runtime. What
+//! the bytes alone decide is kept in a [`cache::ScreenCache`] by SHA-256, so a re-upload skips the
+//! decode, hashing and inference; bank matching and the policy run for every upload.
 
-use std::sync::Arc;
+pub mod cache;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use crate::bank::flood::FloodWatch;
-use crate::bank::{BankMatch, BankSet, ParsedHash, PdqSignal, Signal};
+use crate::bank::{BankMatch, BankSet, PdqSignal, Signal};
 use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
 use crate::event::{Action, Signals, UploadEvent, Verdict, VERDICT_SCHEMA};
@@ -20,6 +24,7 @@ use crate::media::decode::{self, DecodeLimits, Image};
 use crate::media::fetch::{FetchError, MediaFetcher};
 use crate::metrics::Metrics;
 use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding, SCALING_ANOMALY};
+use cache::{Learned, ScreenCache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -44,6 +49,8 @@ pub struct Screen {
     policy: Arc<LivePolicy>,
     /// Workers count matches per entry to catch a flooding one (see `bank::flood`).
     flood: Option<Arc<FloodWatch>>,
+    /// What the screen learned per media SHA-256; `None` when `cache.max_entries` is 0.
+    cache: Option<Arc<ScreenCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,28 +59,27 @@ pub enum ScreenError {
     Fetcher(#[from] FetchError),
 }
 
-/// What the CPU stages produced from the media bytes.
-#[derive(Default)]
-struct Examined {
-    signals: Signals,
-    /// The still image, kept for the classifier (preprocessed only if it is scored).
-    image: Option<Image>,
-    /// One PDQ hash per picture shown: the still image, then each animation frame screened.
-    pdq: Vec<PdqSignal>,
+/// One decode's pixels, for the classifier and the allowlist confirmation. Never cached.
+struct Pixels {
+    /// The still image.
+    image: Image,
     /// The animation frames screened, preprocessed for the classifier (none without one).
     frame_inputs: Vec<Vec<f32>>,
-    media_error: Option<MediaErrorFinding>,
-    is_image: bool,
-    /// Non-image media: what was not screened.
-    unscreened: Option<String>,
     /// The decode's share of the memory budget, held while the pixels live.
-    memory: Option<MemoryReservation>,
+    _memory: MemoryReservation,
 }
 
-impl Examined {
+/// The media being screened: its bytes (kept to decode again when a cached entry lacks what
+/// this upload needs) and its declared type.
+struct Media {
+    bytes: Arc<Vec<u8>>,
+    content_type: Option<String>,
+}
+
+impl Learned {
     fn failed(signals: Signals, kind: &str, detail: String) -> Self {
         let media_error = Some(MediaErrorFinding { kind: kind.into(), detail });
-        Examined { signals, media_error, is_image: true, ..Default::default() }
+        Learned { signals, media_error, is_image: true, ..Default::default() }
     }
 }
 
@@ -86,6 +92,13 @@ struct PixelWork {
     /// are not kept); the still image is kept and preprocessed only if it is scored.
     classify_frames: bool,
     max_frames: usize,
+}
+
+/// What one upload still needs beyond what was learned from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Needs {
+    score: bool,
+    full_pdq: bool,
 }
 
 impl Screen {
@@ -101,6 +114,8 @@ impl Screen {
             n => n,
         };
         let memory_kib = kib(settings.decode.memory_budget_bytes);
+        let cache = (settings.cache.max_entries > 0)
+            .then(|| Arc::new(ScreenCache::new(settings.cache.max_entries, settings.cache.max_bytes, metrics.clone())));
         Ok(Self {
             fetcher: MediaFetcher::new(&settings.media)?,
             policy: Arc::new(LivePolicy::new(settings.policy.clone())),
@@ -112,6 +127,7 @@ impl Screen {
             metrics,
             mode,
             flood: None,
+            cache,
         })
     }
 
@@ -124,6 +140,17 @@ impl Screen {
     pub fn with_flood_watch(mut self, flood: Option<Arc<FloodWatch>>) -> Self {
         self.flood = flood;
         self
+    }
+
+    /// Shares `cache` (tests: two screens, one cache) instead of this screen's own.
+    pub fn with_cache(mut self, cache: Option<Arc<ScreenCache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// This screen's cache, to share or inspect.
+    pub fn cache(&self) -> Option<Arc<ScreenCache>> {
+        self.cache.clone()
     }
 
     /// Screens one event. Never fails: media problems become a `media_error` reason.
@@ -145,77 +172,165 @@ impl Screen {
 
     /// Screens media bytes already in hand (the `scan` command, tests).
     pub async fn screen_bytes(&self, event: &UploadEvent, bytes: Vec<u8>, received: Instant) -> Verdict {
-        let examined = self.examine(bytes, event.content_type.clone()).await;
+        let media = Media { bytes: Arc::new(bytes), content_type: event.content_type.clone() };
+        let (mut learned, mut pixels, key) = self.learn(&media).await;
         let started = Instant::now();
-        let mut banks = self.banks.match_media(&exact_of(&examined.signals), &examined.pdq);
+        let mut banks = self.banks.match_media(&exact_of(&learned.signals), &learned.pdq);
         self.metrics.observe_stage("match", started.elapsed().as_secs_f64());
-        if let Some(image) = &examined.image {
-            self.confirm_allowlist(&mut banks.matches, image).await;
+        // A cached entry may lack what this upload needs now (the image was blocked when it was
+        // first seen, so never scored): fill it in from the pixels, decoding again if need be.
+        let needs = self.needs(&learned, &banks.matches);
+        if self.lacks(&learned, needs) {
+            let mut more = (*learned).clone();
+            self.complete(&mut more, &mut pixels, &media, needs).await;
+            learned = Arc::new(more);
+            if let (Some(cache), Some(key)) = (&self.cache, key) {
+                cache.update(key, learned.clone()).await;
+            }
         }
+        drop(pixels);
+        self.confirm_allowlist(&mut banks.matches, learned.full_pdq.as_ref());
         let mut findings = Findings {
             matches: banks.matches,
             low_quality: banks.low_quality,
-            media_error: examined.media_error,
-            unscreened: examined.unscreened,
+            media_error: learned.media_error.clone(),
+            unscreened: learned.unscreened.clone(),
             ..Default::default()
         };
-        let banks_version = banks.version;
+        if learned.decoded {
+            match (&self.classifier, needs.score) {
+                (None, _) => self.metrics.classifier_skipped.with_label_values(&["disabled"]).inc(),
+                (Some(_), false) => self.metrics.classifier_skipped.with_label_values(&["blocked_by_hash"]).inc(),
+                (Some(_), true) => findings.classifier = learned.classifier.clone(),
+            }
+        } else if !learned.is_image {
+            self.metrics.classifier_skipped.with_label_values(&["not_image"]).inc();
+        }
+        let mut verdict = self.finish(event, findings, learned.signals.clone(), received);
+        verdict.banks_version = banks.version;
+        verdict
+    }
 
-        let blocked = findings.matches.iter().any(|m| m.action == Action::Block);
-        match (&self.classifier, examined.image) {
-            (_, None) => {
-                if !examined.is_image {
-                    self.metrics.classifier_skipped.with_label_values(&["not_image"]).inc();
-                }
+    /// What the bytes tell, from the cache when an upload of the same bytes was screened before
+    /// (concurrent uploads of one new image are screened once), else from a decode. Returns the
+    /// pixels when this call decoded them, and the cache key.
+    async fn learn(&self, media: &Media) -> (Arc<Learned>, Option<Pixels>, Option<[u8; 32]>) {
+        let limits = self.limits();
+        let metrics = self.metrics.clone();
+        let (bytes, content_type) = (media.bytes.clone(), media.content_type.clone());
+        let inspected = self.on_cpu(move || inspect_blocking(&bytes, content_type.as_deref(), &limits, &metrics)).await;
+        let (signals, plan) = match inspected {
+            Ok(Ok(planned)) => planned,
+            Ok(Err(learned)) => return (Arc::new(learned), None, None),
+            Err(e) => return (Arc::new(Learned::failed(Signals::default(), "internal", e.to_string())), None, None),
+        };
+        let key = signals.sha256.as_deref().and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok());
+        let (Some(cache), Some(key)) = (&self.cache, key) else {
+            let (mut learned, mut pixels) = self.decode(media, signals, plan).await;
+            self.complete_fresh(&mut learned, &mut pixels, media).await;
+            return (Arc::new(learned), pixels, None);
+        };
+        // The computing caller keeps its pixels; callers that waited for it get none.
+        let slot = Mutex::new(None);
+        let (learned, _fresh) = cache
+            .get_or_learn(key, async {
+                let (mut learned, mut pixels) = self.decode(media, signals, plan).await;
+                self.complete_fresh(&mut learned, &mut pixels, media).await;
+                *slot.lock().expect("slot") = pixels;
+                Arc::new(learned)
+            })
+            .await;
+        (learned, slot.into_inner().expect("slot"), Some(key))
+    }
+
+    /// After a fresh decode: what the upload needs on the banks as they are now, so that
+    /// concurrent duplicates waiting for this one find it done.
+    async fn complete_fresh(&self, learned: &mut Learned, pixels: &mut Option<Pixels>, media: &Media) {
+        let matches = self.banks.match_media(&exact_of(&learned.signals), &learned.pdq).matches;
+        let needs = self.needs(learned, &matches);
+        self.complete(learned, pixels, media, needs).await;
+    }
+
+    /// What the verdict on these matches needs from the pixels: a classifier score (unless a
+    /// bank blocks and this is a worker), the full-resolution hash (an allowlist PDQ match of a
+    /// resampled image, see [`Screen::confirm_allowlist`]).
+    fn needs(&self, learned: &Learned, matches: &[BankMatch]) -> Needs {
+        let blocked = matches.iter().any(|m| m.action == Action::Block);
+        let resampled = learned.signals.width.zip(learned.signals.height).is_some_and(|(w, h)| {
+            w as usize > pdq::CLI_SIDE || h as usize > pdq::CLI_SIDE
+        });
+        Needs {
+            score: learned.decoded && self.classifier.is_some() && (self.mode == Mode::ScoreAll || !blocked),
+            full_pdq: learned.decoded
+                && resampled
+                && self.settings.pdq.enabled
+                && self.settings.pdq.convention == pdq::Convention::Cli
+                && matches.iter().any(|m| m.action == Action::Allow && m.signal == Signal::Pdq),
+        }
+    }
+
+    fn lacks(&self, learned: &Learned, needs: Needs) -> bool {
+        let scored_by_this_model = learned.classifier.as_ref().zip(self.classifier.as_ref()).is_some_and(|(finding, model)| {
+            finding.model == model.model_name() && model.model_sha256().starts_with(finding.model_sha256.as_str())
+        });
+        (needs.score && !scored_by_this_model) || (needs.full_pdq && learned.full_pdq.is_none())
+    }
+
+    /// Fills in what `needs` asks and `learned` lacks, from `pixels` or from a fresh decode.
+    async fn complete(&self, learned: &mut Learned, pixels: &mut Option<Pixels>, media: &Media, needs: Needs) {
+        if !self.lacks(learned, needs) {
+            return;
+        }
+        if pixels.is_none() {
+            let (Some(signals), Ok(plan)) = (Some(learned.signals.clone()), decode::plan(&media.bytes, &self.limits())) else {
+                return;
+            };
+            let (again, decoded) = self.decode(media, signals, plan).await;
+            if decoded.is_none() {
+                learned.media_error.get_or_insert(again.media_error.unwrap_or_else(|| MediaErrorFinding {
+                    kind: "internal".into(),
+                    detail: "the image decoded before did not decode again".into(),
+                }));
+                return;
             }
-            (None, Some(_)) => self.metrics.classifier_skipped.with_label_values(&["disabled"]).inc(),
-            (Some(_), Some(_)) if blocked && self.mode == Mode::Worker => {
-                self.metrics.classifier_skipped.with_label_values(&["blocked_by_hash"]).inc()
-            }
-            (Some(classifier), Some(image)) => {
-                match self.classify(classifier.as_ref(), image, examined.frame_inputs).await {
-                    Ok(finding) => findings.classifier = Some(finding),
+            *pixels = decoded;
+        }
+        let Some(p) = pixels.as_ref() else { return };
+        if needs.full_pdq && learned.full_pdq.is_none() {
+            let image = p.image.clone();
+            let dihedral = self.banks.any_dihedral();
+            learned.full_pdq = self.on_cpu(move || full_pdq(&image, dihedral)).await.ok();
+        }
+        if needs.score {
+            if let Some(classifier) = &self.classifier {
+                match self.classify(classifier.as_ref(), p).await {
+                    Ok(finding) => learned.classifier = Some(finding),
                     Err(e) => {
-                        findings.media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: e.to_string() });
+                        learned.media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: e.to_string() });
                     }
                 }
             }
         }
-        let mut verdict = self.finish(event, findings, examined.signals, received);
-        verdict.banks_version = banks_version;
-        verdict
     }
 
     /// An allowlist PDQ match under the `cli` convention rests on a 512×512 sample of the image,
     /// which an image-scaling attack controls below the scaling check's threshold too. So it
     /// allows only when the full image (the `full` convention) also matches that allowlist
-    /// entry; otherwise it is marked unconfirmed and allows nothing. Costs one full-resolution
-    /// hash, only for images over 512 px that match an allowlist by PDQ (animation frames are
+    /// entry; otherwise it is marked unconfirmed and allows nothing. The full-resolution hash is
+    /// taken only for images over 512 px that match an allowlist by PDQ (animation frames are
     /// not confirmed one by one: the still image stands for them).
-    async fn confirm_allowlist(&self, matches: &mut [BankMatch], image: &Image) {
-        let resampled = image.width as usize > pdq::CLI_SIDE || image.height as usize > pdq::CLI_SIDE;
+    fn confirm_allowlist(&self, matches: &mut [BankMatch], full: Option<&PdqSignal>) {
         let needs = |m: &BankMatch| m.action == Action::Allow && m.signal == Signal::Pdq;
-        if self.settings.pdq.convention != pdq::Convention::Cli || !resampled || !matches.iter().any(needs) {
+        if self.settings.pdq.convention != pdq::Convention::Cli || !matches.iter().any(needs) {
             return;
         }
-        let image = image.clone();
-        let dihedral = self.banks.any_dihedral();
-        let full = self.on_cpu(move || {
-            if dihedral {
-                let (all, quality) = pdq::hash_dihedral(&image, pdq::Convention::Full);
-                PdqSignal { hash: all[0], quality, dihedral: Some(all) }
-            } else {
-                let out = pdq::hash(&image, pdq::Convention::Full);
-                PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
-            }
-        });
-        let confirmed: Vec<(String, ParsedHash)> = match full.await {
-            Ok(full) => {
-                let none = exact::ExactHashes { md5: String::new(), sha256: String::new() };
-                self.banks.match_media(&none, &[full]).matches.into_iter().map(|m| (m.bank, m.hash)).collect()
-            }
-            Err(_) => Vec::new(),
+        let Some(full) = full else {
+            // Not resampled (cli and full hash the same pixels) or not decoded: nothing to confirm.
+            return;
         };
+        let none = exact::ExactHashes { md5: String::new(), sha256: String::new() };
+        let confirmed: Vec<_> =
+            self.banks.match_media(&none, std::slice::from_ref(full)).matches.into_iter().map(|m| (m.bank, m.hash)).collect();
         for m in matches.iter_mut().filter(|m| needs(m)) {
             m.unconfirmed = !confirmed.iter().any(|(bank, hash)| *bank == m.bank && *hash == m.hash);
         }
@@ -223,20 +338,16 @@ impl Screen {
 
     /// Scores the still image and any animation frames screened; the finding is the highest
     /// score, so the upload falls in the band of its worst picture.
-    async fn classify(
-        &self,
-        classifier: &dyn ImageScorer,
-        image: Image,
-        frame_inputs: Vec<Vec<f32>>,
-    ) -> Result<ClassifierFinding, ClassifyError> {
+    async fn classify(&self, classifier: &dyn ImageScorer, pixels: &Pixels) -> Result<ClassifierFinding, ClassifyError> {
         let started = Instant::now();
+        let image = pixels.image.clone();
         let input = self
             .on_cpu(move || preprocess::preprocess(&image))
             .await
             .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
         // All at once, so the batcher can put the frames in one batch.
         let scores = futures::future::join_all(
-            std::iter::once(input).chain(frame_inputs).map(|input| classifier.score(input)),
+            std::iter::once(input).chain(pixels.frame_inputs.iter().cloned()).map(|input| classifier.score(input)),
         )
         .await;
         let mut score = f32::MIN;
@@ -262,40 +373,32 @@ impl Screen {
         tokio::task::spawn_blocking(work).await
     }
 
-    /// Exact hashes and sniffing, then — for images — the decode plan, a share of the decode
-    /// memory budget, and the decode and PDQ hashing of the still image and animation frames.
-    async fn examine(&self, bytes: Vec<u8>, content_type: Option<String>) -> Examined {
+    fn limits(&self) -> DecodeLimits {
         let d = &self.settings.decode;
-        let limits = DecodeLimits {
+        DecodeLimits {
             max_pixels: d.max_pixels,
             max_side: d.max_side,
             max_bytes: d.max_bytes,
             deadline: Duration::from_millis(d.deadline_ms),
-        };
-        let metrics = self.metrics.clone();
-        let plan_limits = limits.clone();
-        let first = self.on_cpu(move || {
-            let planned = inspect_blocking(&bytes, content_type.as_deref(), &plan_limits, &metrics);
-            (bytes, planned)
-        });
-        let (bytes, (signals, plan)) = match first.await {
-            Ok((bytes, Ok(planned))) => (bytes, planned),
-            Ok((_, Err(examined))) => return examined,
-            Err(e) => return Examined::failed(Signals::default(), "internal", e.to_string()),
-        };
+        }
+    }
+
+    /// A share of the decode memory budget, then the decode and PDQ hashing of the still image
+    /// and the animation frames. The pixels come back unless decoding failed.
+    async fn decode(&self, media: &Media, signals: Signals, plan: decode::Plan) -> (Learned, Option<Pixels>) {
         let memory = self.reserve_decode_memory(plan.bytes).await;
         let work = PixelWork {
             pdq: self.settings.pdq.clone(),
             dihedral: self.banks.any_dihedral(),
             classify_frames: self.classifier.is_some(),
-            max_frames: d.max_frames,
+            max_frames: self.settings.decode.max_frames,
         };
-        let metrics = self.metrics.clone();
-        let examined = self.on_cpu(move || decode_blocking(&bytes, signals, plan, &limits, &work, &metrics)).await;
-        let mut examined = examined.unwrap_or_else(|e| Examined::failed(Signals::default(), "internal", e.to_string()));
-        // Given back when the still image is dropped, after the classifier has read it.
-        examined.memory = Some(memory);
-        examined
+        let (bytes, limits, metrics) = (media.bytes.clone(), self.limits(), self.metrics.clone());
+        match self.on_cpu(move || decode_blocking(&bytes, signals, plan, &limits, &work, &metrics)).await {
+            Ok((learned, Some((image, frame_inputs)))) => (learned, Some(Pixels { image, frame_inputs, _memory: memory })),
+            Ok((learned, None)) => (learned, None),
+            Err(e) => (Learned::failed(Signals::default(), "internal", e.to_string()), None),
+        }
     }
 
     /// Waits for `bytes` of the decode memory budget (at most the whole budget) and holds them
@@ -365,7 +468,7 @@ fn inspect_blocking(
     content_type: Option<&str>,
     limits: &DecodeLimits,
     metrics: &Metrics,
-) -> Result<(Signals, decode::Plan), Examined> {
+) -> Result<(Signals, decode::Plan), Learned> {
     let started = Instant::now();
     let hashes = exact::exact_hashes(bytes);
     metrics.observe_stage("exact_hash", started.elapsed().as_secs_f64());
@@ -375,17 +478,17 @@ fn inspect_blocking(
     match decode::sniff(bytes) {
         decode::Sniffed::NotImage if declared_non_image(content_type) => {
             let what = format!("non-image media declared {}: exact hashes only", content_type.unwrap_or_default().trim());
-            return Err(Examined { signals, unscreened: Some(what), ..Default::default() });
+            return Err(Learned { signals, unscreened: Some(what), ..Default::default() });
         }
         decode::Sniffed::OtherImage(format) => {
             let detail = format!("{format} images cannot be decoded here, so their pixels cannot be screened");
-            return Err(Examined::failed(signals, "unsupported_format", detail));
+            return Err(Learned::failed(signals, "unsupported_format", detail));
         }
         _ => {}
     }
     match decode::plan(bytes, limits) {
         Ok(plan) => Ok((signals, plan)),
-        Err(e) => Err(Examined::failed(signals, e.kind(), e.to_string())),
+        Err(e) => Err(Learned::failed(signals, e.kind(), e.to_string())),
     }
 }
 
@@ -439,14 +542,14 @@ fn decode_blocking(
     limits: &DecodeLimits,
     work: &PixelWork,
     metrics: &Metrics,
-) -> Examined {
+) -> (Learned, Option<(Image, Vec<Vec<f32>>)>) {
     let deadline = Instant::now() + limits.deadline;
     let started = Instant::now();
     let decoded = decode::decode_until(bytes, limits, deadline);
     metrics.observe_stage("decode", started.elapsed().as_secs_f64());
     let image = match decoded {
         Ok(image) => image,
-        Err(e) => return Examined::failed(signals, e.kind(), e.to_string()),
+        Err(e) => return (Learned::failed(signals, e.kind(), e.to_string()), None),
     };
     signals.width = Some(image.width);
     signals.height = Some(image.height);
@@ -501,7 +604,19 @@ fn decode_blocking(
             media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: format!("animation frame: {e}") });
         }
     }
-    Examined { signals, image: Some(image), pdq, frame_inputs, media_error, is_image: true, ..Default::default() }
+    let learned = Learned { signals, pdq, media_error, is_image: true, decoded: true, ..Default::default() };
+    (learned, Some((image, frame_inputs)))
+}
+
+/// The still image's PDQ hash at full resolution (all 8 transforms when a bank asks for them).
+fn full_pdq(image: &Image, dihedral: bool) -> PdqSignal {
+    if dihedral {
+        let (all, quality) = pdq::hash_dihedral(image, pdq::Convention::Full);
+        PdqSignal { hash: all[0], quality, dihedral: Some(all) }
+    } else {
+        let out = pdq::hash(image, pdq::Convention::Full);
+        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
+    }
 }
 
 /// Keeps at most `cap` items of a stream of unknown length, spread evenly: every item until
