@@ -53,22 +53,18 @@ fn summary_lines(report: &Report) -> Vec<String> {
     let mut lines = vec![
         format!("proposed policy {:?} against the current configuration's {:?}", report.proposed_version, report.current_version),
         format!(
-            "verdicts: {} — {} read, {} replayed; skipped: {} retroactive, {} (the latest per upload kept), {}, {} malformed",
-            input.source,
-            input.read,
-            input.replayed,
-            input.retro_skipped,
-            plural(input.duplicates, "earlier verdict of an upload read again", "earlier verdicts of uploads read again"),
-            plural(input.other_tenants, "of another tenant", "of other tenants"),
-            input.problems.count,
+            "verdicts: {} — {} read, {} replayed; skipped: {} retroactive, {} superseded by a later verdict of the same upload, {} of other tenants, {} malformed",
+            input.source, input.read, input.replayed, input.retro_skipped, input.duplicates, input.other_tenants, input.problems.count,
         ),
     ];
-    if let Some(model) = &report.model {
-        lines.push(format!(
+    match (&report.model, input.model_mismatch) {
+        (None, _) => {}
+        (Some(model), 0) => lines.push(format!("model: the proposed bands are calibrated for model {model}; every scored verdict is its")),
+        (Some(model), n) => lines.push(format!(
             "model: the proposed bands are calibrated for model {model}; {} scored by another model {} left out of the tables (listed at the end)",
-            plural(input.model_mismatch, "verdict", "verdicts"),
-            if input.model_mismatch == 1 { "is" } else { "are" },
-        ));
+            plural(n, "verdict", "verdicts"),
+            if n == 1 { "is" } else { "are" },
+        )),
     }
     match &report.labels {
         Some(labels) => lines.push(format!(
@@ -123,6 +119,12 @@ fn mismatch_lines(report: &Report) -> Vec<String> {
 
 /// The report for a terminal.
 pub fn text(report: &Report) -> String {
+    let out = text_lines(report);
+    // Empty sample and label columns leave trailing blanks.
+    out.lines().map(|l| format!("{}\n", l.trim_end())).collect()
+}
+
+fn text_lines(report: &Report) -> String {
     let mut out = String::new();
     for line in summary_lines(report) {
         let _ = writeln!(out, "{line}");
@@ -402,6 +404,9 @@ fn histogram_svg(group: &Group) -> Result<String, String> {
                 .x_desc("classifier score")
                 .y_desc("verdicts")
                 .disable_x_mesh()
+                // Counts: whole numbers only, however low the tallest bar.
+                .y_labels((top as usize).clamp(2, 10))
+                .y_label_formatter(&|v| format!("{v:.0}"))
                 .draw()
                 .map_err(|e| e.to_string())?;
             let width = 1.0 / BINS as f64;
@@ -436,7 +441,7 @@ fn histogram_svg(group: &Group) -> Result<String, String> {
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::UpperMiddle)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()
