@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
 
@@ -73,6 +74,26 @@ pub fn read_json_lines(path: &Path, each: &mut dyn FnMut(Origin<'_>, Option<&[u8
     Ok(())
 }
 
+/// Collects the end-of-partition reports that librdkafka delivers through the error callback
+/// rather than the consumer queue, so the reader sees them either way (as the bank feed does).
+#[derive(Default)]
+struct ReaderContext {
+    eofs: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: ClientError, reason: &str) {
+        match error {
+            ClientError::PartitionEOF(p) => self.eofs.lock().unwrap_or_else(|e| e.into_inner()).push(p),
+            // Without its partition: the reader's position check finds the end instead.
+            ClientError::Global(RDKafkaErrorCode::PartitionEOF) => tracing::trace!(reason, "end of partition"),
+            error => tracing::debug!(%error, reason, "client error"),
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// What reading a topic covered.
 #[derive(Debug, Clone, Default)]
 pub struct TopicRead {
@@ -106,7 +127,7 @@ pub fn read_topic(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = config.create().map_err(client_err)?;
+    let consumer: BaseConsumer<ReaderContext> = config.create_with_context(ReaderContext::default()).map_err(client_err)?;
 
     let metadata = consumer.fetch_metadata(Some(topic), LOOKUP_TIMEOUT).map_err(client_err)?;
     let found = metadata.topics().iter().find(|t| t.name() == topic);
@@ -166,6 +187,20 @@ pub fn read_topic(
     while !waiting.is_empty() {
         match consumer.poll(POLL) {
             None => {
+                // Idle: a partition whose position passed its noted end (over transaction markers,
+                // which never arrive as records) is done even without an end-of-partition report.
+                if let Ok(positions) = consumer.position() {
+                    for element in positions.elements_for_topic(topic) {
+                        if let (Offset::Offset(at), Some(&end)) = (element.offset(), waiting.get(&element.partition())) {
+                            if at >= end {
+                                waiting.remove(&element.partition());
+                            }
+                        }
+                    }
+                }
+                if waiting.is_empty() {
+                    break;
+                }
                 if last_progress.elapsed() > STALL_TIMEOUT {
                     return Err(SourceError::Stalled { topic: topic.into(), waiting: waiting.keys().copied().collect() });
                 }
@@ -193,6 +228,10 @@ pub fn read_topic(
             }
             // librdkafka retries by itself; a lasting error ends in the stall timeout.
             Some(Err(error)) => tracing::warn!(topic, %error, "read error"),
+        }
+        for partition in std::mem::take(&mut *consumer.context().eofs.lock().unwrap_or_else(|e| e.into_inner())) {
+            last_progress = Instant::now();
+            waiting.remove(&partition);
         }
     }
     Ok(read)
