@@ -624,11 +624,12 @@ pub fn run(settings: &Settings, request: &Request) -> Result<Report, ReplayError
             format!("file {}", file.display())
         }
         None => {
-            let since = Utc::now() - chrono::Duration::seconds(i64::try_from(request.since_secs).unwrap_or(i64::MAX / 1000));
-            let read = source::read_topic(kafka, &kafka.verdict_topic, Some(since.timestamp_millis()), &mut |origin, bytes| {
-                verdicts.add(origin, bytes)
-            })
-            .map_err(ReplayError::Verdicts)?;
+            // A --since longer than the epoch is old simply reads from the beginning.
+            let window_ms = i64::try_from(request.since_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let since_ms = Utc::now().timestamp_millis().saturating_sub(window_ms).max(0);
+            let read = source::read_topic(kafka, &kafka.verdict_topic, Some(since_ms), &mut |origin, bytes| verdicts.add(origin, bytes))
+                .map_err(ReplayError::Verdicts)?;
+            let since = DateTime::from_timestamp_millis(since_ms).unwrap_or_default();
             format!(
                 "topic {} from {} up to the end offsets at start ({} records in {} partitions)",
                 kafka.verdict_topic,

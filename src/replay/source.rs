@@ -156,7 +156,7 @@ pub fn read_topic(
             element.error().map_err(client_err)?;
             let start = match element.offset() {
                 Offset::Offset(offset) => offset,
-                _ => ends[&element.partition()],
+                _ => ends.get(&element.partition()).copied().unwrap_or(0),
             };
             starts.insert(element.partition(), start);
         }
