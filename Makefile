@@ -6,7 +6,8 @@ export PERISAI_TEST_BROKERS ?= 127.0.0.1:19092
 .PHONY: deps setup build demo test test-faults kafka-start kafka-stop helm-check bench
 
 # System packages the build needs (Debian): a C toolchain for librdkafka/libjpeg-turbo, OpenSSL
-# headers for Kafka TLS, a JRE for the local Apache Kafka used by the tests.
+# headers for Kafka TLS, a JRE for the local Apache Kafka used by the tests, and chromium, in which
+# a test renders the policy replay's HTML report.
 deps:
 	@scripts/deps
 

@@ -61,7 +61,7 @@ impl RetroSettings {
 }
 
 /// `<number><d|h|m|s>` in seconds.
-fn parse_duration_secs(text: &str) -> Option<u64> {
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
     let text = text.trim();
     let unit = match text.chars().last()? {
         'd' => 86_400,
@@ -90,6 +90,8 @@ pub struct KafkaSettings {
     pub dlq_topic: String,
     /// Live bank entries (compacted); empty = bank files only.
     pub banks_topic: String,
+    /// Reviewers' labels (`perisai.review/v1`), read by `perisai policy replay`; empty = none.
+    pub reviews_topic: String,
     pub delivery: Delivery,
     /// librdkafka options applied to every client (TLS, SASL, client.id, ...).
     #[serde(default)]
@@ -346,6 +348,38 @@ pub struct PolicySettings {
     pub bands: Bands,
     #[serde(default)]
     pub overrides: Vec<BandOverride>,
+    /// The model these bands are calibrated for: a prefix of its weights' sha256 (hex). Only
+    /// `perisai policy replay` reads it, to keep verdicts scored by another model out of its
+    /// tables; workers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+}
+
+impl PolicySettings {
+    /// Every invalid value of the section, each naming its key (`policy.…`). Settings'
+    /// validation and the policy files of `perisai policy replay` share these rules.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut check_bands = |key: String, review: f32, block: f32| {
+            let in_range = |v: f32| (0.0..=1.0).contains(&v);
+            if !(in_range(review) && in_range(block) && review <= block) {
+                problems.push(format!("{key}: need 0 <= review <= block <= 1, got review={review} block={block}"));
+            }
+        };
+        check_bands("policy.bands".into(), self.bands.review, self.bands.block);
+        for (i, o) in self.overrides.iter().enumerate() {
+            check_bands(format!("policy.overrides[{i}]"), o.review, o.block);
+        }
+        if self.version.trim().is_empty() {
+            problems.push("policy.version: must not be empty".into());
+        }
+        if let Some(sha) = &self.model_sha256 {
+            if sha.is_empty() || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(format!("policy.model_sha256: {sha:?} is not 1 to 64 hex digits (a prefix of the model's sha256)"));
+            }
+        }
+        problems
+    }
 }
 
 /// Classifier score bands: score ≥ block → block, ≥ review → review.
@@ -472,6 +506,17 @@ impl Settings {
                 format!("kafka.banks_topic: must differ from {key}"),
             );
         }
+        for (key, value) in [
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.verdict_topic", &k.verdict_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.banks_topic", &k.banks_topic),
+        ] {
+            check(
+                k.reviews_topic.is_empty() || &k.reviews_topic != value,
+                format!("kafka.reviews_topic: must differ from {key}"),
+            );
+        }
         check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
         check(
             parse_duration_secs(&self.retro.window).is_some(),
@@ -558,18 +603,9 @@ impl Settings {
             check(c.max_batch > 0 && c.max_batch <= 256, "classifier.max_batch: must be in 1..=256".into());
             check(c.intra_threads > 0, "classifier.intra_threads: must be > 0".into());
         }
-        let mut check_bands = |key: String, review: f32, block: f32| {
-            let in_range = |v: f32| (0.0..=1.0).contains(&v);
-            check(
-                in_range(review) && in_range(block) && review <= block,
-                format!("{key}: need 0 <= review <= block <= 1, got review={review} block={block}"),
-            );
-        };
-        check_bands("policy.bands".into(), self.policy.bands.review, self.policy.bands.block);
-        for (i, o) in self.policy.overrides.iter().enumerate() {
-            check_bands(format!("policy.overrides[{i}]"), o.review, o.block);
+        for problem in self.policy.problems() {
+            check(false, problem);
         }
-        check(!self.policy.version.trim().is_empty(), "policy.version: must not be empty".into());
         check(
             self.metrics.listen.parse::<SocketAddr>().is_ok(),
             format!("metrics.listen: {:?} is not an address like 0.0.0.0:9464", self.metrics.listen),

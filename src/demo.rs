@@ -4,7 +4,8 @@
 //! victim's report arrives as a live bank record: the next upload of that media is blocked; the
 //! hash is withdrawn, and the upload after that is allowed again. Last, a retro replica reads the
 //! verdicts back (undoing the block that rested on the withdrawn hash) and a report about an image
-//! uploaded and allowed long before takes down every copy retroactively.
+//! uploaded and allowed long before takes down every copy retroactively. At the very end, the
+//! analysts' what-if: the same verdicts replayed under a stricter policy (`perisai policy replay`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -29,6 +30,7 @@ use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
 use crate::media::decode::{self, DecodeLimits};
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::pipeline::Worker;
+use crate::replay;
 use crate::retro::RetroRole;
 use crate::screen::Mode;
 
@@ -90,6 +92,8 @@ pub struct DemoReport {
     pub rows: Vec<Row>,
     /// Superseding verdicts of the retro replica; `event_id` is the upload re-decided.
     pub retro_rows: Vec<Row>,
+    /// The verdicts replayed under [`stricter_policy`]: its compact transition table.
+    pub replay: String,
     pub metrics_addr: std::net::SocketAddr,
     pub classifier_enabled: bool,
     pub elapsed: Duration,
@@ -198,7 +202,37 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             Some(Row { event_id: "retro".into(), label, tenant: v.tenant.clone(), outcome: v.action.as_str().into(), why, latency_ms: None })
         })
         .collect();
-    Ok(DemoReport { rows, retro_rows, metrics_addr, classifier_enabled: classifier_on, elapsed: started.elapsed() })
+    let replay = replay_under_stricter_policy(&settings, reader.verdicts);
+    Ok(DemoReport { rows, retro_rows, replay, metrics_addr, classifier_enabled: classifier_on, elapsed: started.elapsed() })
+}
+
+/// What an analyst would try before lowering the review bands: review at 0.4 (0.3 on profile
+/// pictures) instead of 0.8 (0.5), blocks unchanged.
+fn stricter_policy(current: &crate::config::PolicySettings) -> crate::config::PolicySettings {
+    let mut stricter = current.clone();
+    stricter.version = "demo-strict".into();
+    stricter.bands.review = 0.4;
+    for o in &mut stricter.overrides {
+        o.review = 0.3;
+    }
+    stricter
+}
+
+/// The demo's own verdicts (retroactive ones are skipped by the replay) under [`stricter_policy`].
+fn replay_under_stricter_policy(settings: &Settings, verdicts: Vec<Verdict>) -> String {
+    let stricter = stricter_policy(&settings.policy);
+    let mut recorded = replay::Verdicts::new(None);
+    for verdict in verdicts {
+        recorded.add_verdict(verdict);
+    }
+    let options = replay::Options { samples: 3, target_precision: None };
+    let report = replay::replay(recorded, &replay::Labels::default(), &settings.policy, &stricter, &options);
+    format!(
+        "policy replay (perisai policy replay): the {} verdicts above under policy {:?}, review at 0.4 (0.3 on profile), block unchanged\n{}",
+        report.input.replayed,
+        stricter.version,
+        replay::report::compact(&report)
+    )
 }
 
 /// The demo's banks, built from the sample media and loaded through the ordinary CSV loader.
@@ -313,6 +347,8 @@ struct OutputReader {
     outputs: Outputs,
     /// Retroactive verdicts, in the order read.
     retro: Vec<Verdict>,
+    /// Every verdict, in the order read (for the replay at the end).
+    verdicts: Vec<Verdict>,
 }
 
 impl OutputReader {
@@ -330,6 +366,7 @@ impl OutputReader {
             dlq_topic: settings.kafka.dlq_topic.clone(),
             outputs: Outputs::new(),
             retro: Vec::new(),
+            verdicts: Vec::new(),
         })
     }
 
@@ -354,6 +391,7 @@ impl OutputReader {
                 self.outputs.insert(id, ("dlq".into(), format!("DLQ: {}", header("perisai.error.class").unwrap_or_default()), None));
             } else if message.topic() == self.verdict_topic {
                 if let Some(Ok(verdict)) = message.payload().map(serde_json::from_slice::<Verdict>) {
+                    self.verdicts.push(verdict.clone());
                     if verdict.retro.is_some() {
                         self.retro.push(verdict);
                         continue;
@@ -522,5 +560,6 @@ pub fn render(report: &DemoReport) -> String {
         if report.classifier_enabled { "on" } else { "off (run `make setup` to install the model)" },
         report.metrics_addr
     ));
+    out.push_str(&format!("{}\n{}", "-".repeat(100), report.replay));
     out
 }

@@ -25,9 +25,12 @@
 //! - [`retro`]: the retro role: remembers recent verdicts and re-decides them when a bank entry
 //!   is added, withdrawn or released after the upload was screened (retroactive takedown).
 //! - [`admin`]: the `perisai bank` commands: import partner lists, withdraw, export.
+//! - [`replay`]: `perisai policy replay`: re-decides recorded verdicts under a proposed policy
+//!   (from their reasons; no media, no model), joins reviewers' labels (`perisai.review/v1`) and
+//!   reports transitions, review volume, precision and recall as text or one HTML page.
 //! - [`demo`]: the embedded demo: mock broker, sample media, a table of verdicts.
 //!
-//! Dependencies point one way: app/demo/admin/retro → pipeline, kafka, and pipeline → screen → media,
+//! Dependencies point one way: app/demo/admin/retro/replay → pipeline, kafka, and pipeline → screen → media,
 //! hash, bank, classify, live_policy, policy → event. Bank updates reach the bank set as plain records
 //! ([`bank::TopicRecord`]) handed over by `kafka::bank_feed`. `screen`, `media`, `hash`, `bank`, `classify` and `policy` never
 //! import `kafka` or `pipeline`; `hash` knows no banks; `policy` sees scores, not models.
@@ -46,5 +49,6 @@ pub mod media;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod replay;
 pub mod retro;
 pub mod screen;

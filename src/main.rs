@@ -17,6 +17,7 @@ use perisai::hash::pdq;
 use perisai::media::decode::{self, DecodeLimits};
 use perisai::metrics::{Metrics, MetricsServer, Readiness};
 use perisai::pipeline::Worker;
+use perisai::replay;
 use perisai::screen::Mode;
 use perisai::app;
 use perisai::demo;
@@ -76,6 +77,48 @@ enum Command {
     Bank {
         #[command(subcommand)]
         command: BankCommand,
+    },
+    /// Policy tools for trust-and-safety analysts.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// What-if: re-decide recorded verdicts under a proposed policy (from their reasons: no media,
+    /// no model) and print, per tenant and surface, the transitions, the review volume per day and,
+    /// with reviewers' labels, precision and recall of the bands.
+    Replay {
+        /// The proposed policy: a TOML file with a [policy] table, as in the configuration.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Kafka settings, and the current policy whose bands are drawn beside the proposed ones.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read the verdict topic from this long ago up to its end at start: <number><d|h|m|s>.
+        #[arg(long, default_value = "7d", value_parser = parse_since, conflicts_with = "from")]
+        since: u64,
+        /// Read verdicts from a JSON-lines file instead of the verdict topic (needs no broker).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Only this tenant's verdicts.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Reviewers' labels (perisai.review/v1) from a JSON-lines file instead of
+        /// kafka.reviews_topic (which is read only when verdicts come from the verdict topic).
+        #[arg(long)]
+        reviews: Option<PathBuf>,
+        /// Also report the lowest threshold whose precision on the labelled verdicts reaches this.
+        #[arg(long, value_parser = parse_precision)]
+        target_precision: Option<f64>,
+        /// Also write the report as one self-contained HTML page with charts.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Event ids listed per changed transition, for spot checks.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
     },
 }
 
@@ -158,6 +201,14 @@ fn parse_export_format(s: &str) -> Result<ExportFormat, String> {
     }
 }
 
+fn parse_since(s: &str) -> Result<u64, String> {
+    perisai::config::parse_duration_secs(s).ok_or_else(|| format!("{s:?}: expected <number><d|h|m|s>, e.g. 7d"))
+}
+
+fn parse_precision(s: &str) -> Result<f64, String> {
+    s.parse::<f64>().ok().filter(|p| (0.0..=1.0).contains(p)).ok_or_else(|| format!("{s:?}: expected a number from 0 to 1"))
+}
+
 fn parse_signal(s: &str) -> Result<Signal, String> {
     Signal::parse(s).ok_or_else(|| format!("{s:?}: expected md5, sha256 or pdq"))
 }
@@ -167,6 +218,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
         Command::Hash { full, dihedral, files } => hash_files(full, dihedral, &files),
+        // Synchronous: the topic reader polls on this thread, no runtime needed.
+        Command::Policy { command } => match policy_command(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("perisai: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         other => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match runtime.block_on(async_main(other)) {
@@ -193,7 +252,7 @@ async fn async_main(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Scan { config, files } => scan(config, files).await,
         Command::Bank { command } => bank_command(command).await,
-        Command::CheckConfig { .. } | Command::Hash { .. } => unreachable!("handled synchronously"),
+        Command::CheckConfig { .. } | Command::Hash { .. } | Command::Policy { .. } => unreachable!("handled synchronously"),
     }
 }
 
@@ -252,6 +311,41 @@ async fn bank_command(command: BankCommand) -> anyhow::Result<ExitCode> {
             let settings = load_settings(config.as_deref())?;
             init_logging("warn", "text");
             print!("{}", admin::export(&settings, &bank, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy_command(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Replay { policy, config, since, from, tenant, reviews, target_precision, html, samples } => {
+            let settings = load_settings(config.as_deref())?;
+            init_logging("warn", "text");
+            let request = replay::Request {
+                policy,
+                since_secs: since,
+                from,
+                tenant,
+                reviews,
+                options: replay::Options { samples, target_precision },
+            };
+            let report = replay::run(&settings, &request)?;
+            // Bad records are reported where they are, and the replay goes on without them.
+            for problem in report.input.problems.kept.iter().chain(report.labels.iter().flat_map(|l| l.problems.kept.iter())) {
+                eprintln!("perisai: {problem}");
+            }
+            let unlisted = report.input.problems.count + report.labels.as_ref().map_or(0, |l| l.problems.count)
+                - report.input.problems.kept.len() as u64
+                - report.labels.as_ref().map_or(0, |l| l.problems.kept.len() as u64);
+            if unlisted > 0 {
+                eprintln!("perisai: … and {unlisted} more malformed records");
+            }
+            print!("{}", replay::report::text(&report));
+            if let Some(path) = html {
+                let page = replay::report::html(&report)?;
+                std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+                println!("\nHTML report: {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

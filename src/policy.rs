@@ -147,6 +147,7 @@ mod tests {
             non_image_action: Action::Allow,
             bands: Bands { review: 0.8, block: 0.98 },
             overrides: vec![BandOverride { tenant: Some("acme".into()), surface: Some("dm".into()), review: 0.5, block: 0.9 }],
+            model_sha256: None,
         }
     }
 

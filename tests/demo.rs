@@ -1,7 +1,8 @@
 //! `perisai demo` (what `make demo` runs) on its embedded broker: every event answered, the live
 //! bank story told in order (blocked after the report, allowed after the withdrawal), the
 //! classifier sending the tinted landscape to review on profile pictures only, and a retroactive
-//! takedown of its earlier copies. Needs `make setup`.
+//! takedown of its earlier copies; last, a replay of its verdicts under a stricter policy. Needs
+//! `make setup`.
 
 use std::process::Command;
 
@@ -41,6 +42,15 @@ fn the_demo_tells_its_stories() {
     }
     let undone = retro.iter().find(|l| l.contains("video after victim's report")).expect("the withdrawn block is undone");
     assert!(undone.contains(" allow ") && undone.contains("(block)"), "{undone}");
+    // Last, the what-if: the tinted landscape (open_nsfw ≈ 0.58), allowed in posts and messages,
+    // goes to review there once the review band drops to 0.4; profile pictures were review already.
+    let replay = stdout.split("policy replay (perisai policy replay)").nth(1).expect("the demo ends with a policy replay");
+    for group in ["acme / post", "acme / dm", "globex / dm"] {
+        let line = replay.lines().find(|l| l.starts_with(group)).unwrap_or_else(|| panic!("{group} in:\n{replay}"));
+        assert!(line.contains("allow → review"), "{line}");
+    }
+    let profile = replay.lines().find(|l| l.starts_with("initech / profile")).expect("profile row");
+    assert!(!profile.contains("review → allow"), "a stricter policy never lets through what it reviewed: {profile}");
     let summary = stdout.lines().find(|l| l.contains(" events in ")).expect("summary line");
     let total: usize = summary.split_whitespace().next().unwrap().parse().unwrap();
     // The demo itself fails unless every event has a verdict or DLQ record.

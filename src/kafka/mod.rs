@@ -28,7 +28,7 @@ pub enum KafkaError {
 
 /// librdkafka settings for every client: bootstrap servers and statistics (the consumer lag
 /// metric and the broker watchdog read them), then the `kafka.client` passthrough.
-fn base_config(settings: &KafkaSettings) -> ClientConfig {
+pub(crate) fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
