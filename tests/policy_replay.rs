@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use serde_json::json;
 
+mod common;
+
 /// The current configuration's bands and the proposed ones (written into the files below).
 const CURRENT: (f32, f32) = (0.7, 0.97);
 const PROPOSED: (f32, f32) = (0.5, 0.9);
@@ -330,4 +332,73 @@ fn the_html_report_renders_in_headless_chromium() {
     let share = inked as f64 / (1200.0 * 2000.0);
     assert!(colours.len() > 16, "{} colours", colours.len());
     assert!(share > 0.02, "{:.3} of the pixels are not white", share);
+}
+
+/// The same history read from the broker: the verdict topic from an hour ago (an older verdict
+/// is left out), the labels from the reviews topic; the transitions equal what this test counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reads_the_verdict_and_review_topics_since_a_time() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::util::Timeout;
+    use std::time::Duration;
+
+    let brokers = common::brokers();
+    let topics = common::create_topics(&brokers, "replay", 1).await;
+    let reviews_topic = format!("{}.reviews", topics.group);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let created = admin
+        .create_topics(&[NewTopic::new(&reviews_topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .unwrap();
+    created.into_iter().for_each(|r| {
+        r.expect("reviews topic created");
+    });
+
+    let uploads = history();
+    let producer = common::producer(&brokers);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let send = |topic: &str, key: String, payload: String, timestamp: i64| {
+        let producer = producer.clone();
+        let topic = topic.to_string();
+        async move {
+            producer
+                .send(FutureRecord::to(&topic).key(&key).payload(&payload).timestamp(timestamp), Timeout::After(Duration::from_secs(30)))
+                .await
+                .expect("produced");
+        }
+    };
+    // Two hours old, from a tenant no other verdict has: --since 1h must leave it out.
+    let old = Upload { id: "old-1".into(), tenant: "initech", surface: None, score: Some(0.99), hash_block: false, media_error: false, day: 1, violating: None };
+    send(&topics.verdicts, "m-old-1".into(), verdict_line(&old), now_ms - 2 * 3_600_000).await;
+    for u in &uploads {
+        send(&topics.verdicts, format!("m-{}", u.id), verdict_line(u), now_ms).await;
+        if let Some(violating) = u.violating {
+            let decision = if violating { "violating" } else { "benign" };
+            let review = json!({"schema":"perisai.review/v1","event_id":u.id,"decision":decision,"decided_at":"2026-12-05T09:00:00Z"});
+            send(&reviews_topic, u.id.clone(), review.to_string(), now_ms).await;
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!("[kafka]\nbrokers = \"{brokers}\"\nverdict_topic = \"{}\"\nreviews_topic = \"{reviews_topic}\"\n\n", topics.verdicts);
+    std::fs::write(dir.path().join("perisai.toml"), kafka + CONFIG).unwrap();
+    std::fs::write(dir.path().join("new.toml"), POLICY).unwrap();
+    let out = perisai(dir.path(), &["policy", "replay", "--policy", "new.toml", "--config", "perisai.toml", "--since", "1h"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("initech"), "the verdict from before --since is not replayed:\n{stdout}");
+    for (heading, tenant) in [("acme / post", "acme"), ("globex / (no surface)", "globex")] {
+        let mut want: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for u in uploads.iter().filter(|u| u.tenant == tenant) {
+            let cell = want.entry((action(u, CURRENT).name().into(), action(u, PROPOSED).name().into())).or_default();
+            cell.0 += 1;
+            cell.1 += u64::from(u.score.is_none());
+        }
+        assert_eq!(transitions(section(&stdout, heading)), want, "{heading}:\n{stdout}");
+    }
+    let labelled = uploads.iter().filter(|u| u.violating.is_some()).count();
+    assert!(stdout.contains(&format!("{labelled} read, {labelled} joined")), "the labels came from the reviews topic:\n{stdout}");
 }
