@@ -66,8 +66,10 @@ pub struct ScreenCache {
     metrics: Arc<Metrics>,
 }
 
-/// Bytes the cache's bookkeeping adds per entry (key, hash table slot, moka's entry and
-/// eviction-order nodes, the `Arc`): measured in the cache bench, see docs/BENCHMARKS.md.
+/// An allowance for what the cache's bookkeeping adds per entry (key, hash table slot, moka's
+/// entry and eviction-order nodes, the `Arc`). With it the cache's count stays above what an
+/// entry really costs: 1,219 counted against 626 bytes of resident growth per still photo's
+/// entry (`cargo bench --bench screen_cache`, part 3; docs/BENCHMARKS.md).
 pub const OVERHEAD_PER_ENTRY: usize = 160;
 
 impl ScreenCache {
