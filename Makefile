@@ -6,8 +6,8 @@ export PERISAI_TEST_BROKERS ?= 127.0.0.1:19092
 .PHONY: deps setup build demo test test-faults kafka-start kafka-stop helm-check bench
 
 # System packages the build needs (Debian): a C toolchain for librdkafka/libjpeg-turbo, OpenSSL
-# headers for Kafka TLS, a JRE for the local Apache Kafka used by the tests, and chromium, in which
-# a test renders the policy replay's HTML report.
+# headers for Kafka TLS, a JRE for the local Apache Kafka used by the tests. `make test` also
+# installs chromium, in which a test renders the policy replay's HTML report.
 deps:
 	@scripts/deps
 
@@ -24,6 +24,7 @@ demo: setup
 # Unit tests, then the integration tests against a real Apache Kafka broker started here.
 # Benchmarks are compiled here (so they cannot rot) but run only by `make bench`.
 test: setup
+	@scripts/deps test
 	$(CARGO) build --release --bin perisai --benches
 	scripts/kafka start
 	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
