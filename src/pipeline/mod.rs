@@ -50,6 +50,11 @@ pub enum PipelineError {
     Rewind(String),
     #[error("the transactional producer was stopped by an earlier error")]
     Stopped,
+    #[error(
+        "consumer failed for good: {0}. With static membership (kafka.static_membership) this means another \
+         worker joined the group under this replica's name: give every replica its own POD_NAME or HOSTNAME"
+    )]
+    ConsumerFatal(String),
 }
 
 /// What a worker did before it stopped.
@@ -185,6 +190,12 @@ impl Worker {
                 _ = shared.finished.notified(), if paused => {}
                 received = consumer.recv() => match received {
                     Err(e) => {
+                        // A fatal error (e.g. fenced by another static member with this replica's
+                        // name) never recovers: stop rather than sit idle holding nothing.
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            failure = Some(PipelineError::ConsumerFatal(format!("{reason} ({code:?})")));
+                            break;
+                        }
                         // librdkafka recovers by itself; the pause keeps a persistent error from spinning.
                         tracing::warn!(error = %e, "consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
