@@ -1,0 +1,133 @@
+//! Fail-over at the default consumer settings (no session or heartbeat override), on a real broker,
+//! in both delivery modes: a SIGKILLed worker restarted under the same replica name (a container
+//! restart in its pod) answers again within 6 s — static membership gives it its partitions back
+//! without a rebalance — and a SIGKILLed worker that does not come back has its partitions moved to
+//! the surviving one within the session timeout and a rebalance. Nothing is lost either way.
+
+mod common;
+mod fault_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fault_support::{all_seen, feed, tally, Seen, Watcher};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The shared test config at librdkafka's and Perisai's defaults for the group session.
+fn config(dir: &Path, brokers: &str, topics: &Topics, exactly_once: bool) -> PathBuf {
+    let path = write_config(dir, brokers, topics, "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace("\"session.timeout.ms\" = \"6000\"\n", "").replace("\"heartbeat.interval.ms\" = \"500\"\n", "");
+    assert!(!text.contains("session.timeout.ms"), "the test config template changed:\n{text}");
+    if exactly_once {
+        text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ndelivery = \"exactly_once\"\ntransaction_timeout_ms = 20000\n");
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn worker(config: &Path, dir: &Path, n: usize, replica: &str) -> Child {
+    spawn_worker_as(config, dir, n, replica)
+}
+
+/// When the first verdict written by a process of `replica` other than `old_pid` became readable.
+fn first_from_new_process(seen: &[Seen], replica: &str, old_pid: u32, after: Instant) -> Option<Instant> {
+    let old = format!("{replica}-{old_pid}");
+    seen.iter().filter(|s| s.worker.starts_with(&format!("{replica}-")) && s.worker != old && s.at >= after).map(|s| s.at).min()
+}
+
+async fn restart_in_place(exactly_once: bool) -> Duration {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, if exactly_once { "failover-eos" } else { "failover" }, 4).await;
+    let dir = temp_dir();
+    let config = config(dir.path(), &brokers, &topics, exactly_once);
+    let watcher = Watcher::start(&brokers, &topics.verdicts);
+    let n = 3000;
+    let feeder = feed(&brokers, &topics.input, 0..n, 150);
+    let mut first = worker(&config, dir.path(), 0, "replica-a");
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= 500), "no verdicts\n{}", worker_log(dir.path(), 0));
+    let old_pid = first.id();
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let killed = Instant::now();
+    let mut second = worker(&config, dir.path(), 1, "replica-a");
+    assert!(
+        watcher.wait_for(WAIT, |s| first_from_new_process(s, "replica-a", old_pid, killed).is_some()),
+        "the restarted worker wrote nothing\n{}",
+        worker_log(dir.path(), 1)
+    );
+    let resumed = first_from_new_process(&watcher.snapshot(), "replica-a", old_pid, killed).unwrap() - killed;
+    feeder.join().unwrap();
+    assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered");
+    let t = tally(&watcher.snapshot(), n);
+    assert!(t.missing.is_empty(), "{t:?}");
+    if exactly_once {
+        assert_eq!(t.duplicates, 0, "read_committed: each verdict once");
+    }
+    sigterm(&second);
+    assert!(wait_exit(&mut second, Duration::from_secs(30)).success());
+    resumed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_restarted_under_its_name_resumes_within_6_s() {
+    let at_least_once = restart_in_place(false).await;
+    let exactly_once = restart_in_place(true).await;
+    println!(
+        "failover: restart in place, verdicts resume after SIGKILL: at_least_once {:.2}s exactly_once {:.2}s",
+        at_least_once.as_secs_f64(),
+        exactly_once.as_secs_f64()
+    );
+    assert!(at_least_once <= Duration::from_secs(6), "at-least-once: {at_least_once:?}");
+    assert!(exactly_once <= Duration::from_secs(6), "exactly-once: {exactly_once:?}");
+}
+
+/// Two workers; one is SIGKILLed and stays down: its partitions move to the other after the
+/// session timeout (6 s at the defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_partitions_move_within_the_session_timeout() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "failover-move", 4).await;
+    let dir = temp_dir();
+    let config = config(dir.path(), &brokers, &topics, false);
+    let watcher = Watcher::start(&brokers, &topics.verdicts);
+    let n = 3000;
+    let feeder = feed(&brokers, &topics.input, 0..n, 150);
+    let mut a = worker(&config, dir.path(), 0, "replica-a");
+    let mut b = worker(&config, dir.path(), 1, "replica-b");
+    let both = watcher.wait_for(WAIT, |s| {
+        s.iter().filter(|v| v.worker.starts_with("replica-a-")).count() >= 100 && s.iter().filter(|v| v.worker.starts_with("replica-b-")).count() >= 100
+    });
+    assert!(both, "both workers answer\n{}\n{}", worker_log(dir.path(), 0), worker_log(dir.path(), 1));
+    let b_partitions: std::collections::BTreeSet<i32> =
+        watcher.snapshot().iter().filter(|v| v.worker.starts_with("replica-b-")).map(|v| v.source.0).collect();
+    b.kill().expect("SIGKILL");
+    b.wait().unwrap();
+    let killed = Instant::now();
+    // replica-a answered b's partitions too before b joined; only records past the last one it
+    // answered then are its work after the move.
+    let before: std::collections::BTreeMap<i32, i64> = watcher
+        .snapshot()
+        .iter()
+        .filter(|v| v.worker.starts_with("replica-a-") && b_partitions.contains(&v.source.0))
+        .fold(Default::default(), |mut m, v| {
+            let e = m.entry(v.source.0).or_insert(-1);
+            *e = (*e).max(v.source.1);
+            m
+        });
+    let after_move = |v: &Seen| {
+        v.worker.starts_with("replica-a-") && b_partitions.contains(&v.source.0) && v.source.1 > before.get(&v.source.0).copied().unwrap_or(-1)
+    };
+    assert!(watcher.wait_for(WAIT, |s| s.iter().any(after_move)), "replica-a never took replica-b's partitions\n{}", worker_log(dir.path(), 0));
+    let moved = watcher.snapshot().iter().filter(|v| after_move(v)).map(|v| v.at).min().unwrap().saturating_duration_since(killed);
+    feeder.join().unwrap();
+    assert!(watcher.wait_for(WAIT, all_seen(n)));
+    assert!(tally(&watcher.snapshot(), n).missing.is_empty());
+    sigterm(&a);
+    assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    println!("failover: partitions of a SIGKILLed worker that stays down move in {:.2}s", moved.as_secs_f64());
+    assert!(moved <= Duration::from_secs(10), "{moved:?}");
+}
