@@ -282,10 +282,8 @@ impl Screen {
             return;
         }
         if pixels.is_none() {
-            let (Some(signals), Ok(plan)) = (Some(learned.signals.clone()), decode::plan(&media.bytes, &self.limits())) else {
-                return;
-            };
-            let (again, decoded) = self.decode(media, signals, plan).await;
+            let Ok(plan) = decode::plan(&media.bytes, &self.limits()) else { return };
+            let (again, decoded) = self.decode(media, learned.signals.clone(), plan).await;
             if decoded.is_none() {
                 learned.media_error.get_or_insert(again.media_error.unwrap_or_else(|| MediaErrorFinding {
                     kind: "internal".into(),
