@@ -154,6 +154,13 @@ impl Metrics {
             "Policy reloads (SIGHUP or a changed config file) by result: applied, unchanged, error (the old policy stays).",
             &["result"],
         );
+        // Every result from the start, at 0: an alert on increase() sees the first refusal.
+        for result in ["applied", "unchanged", "error"] {
+            policy_reloads.with_label_values(&[result]);
+        }
+        for result in ["hit", "miss"] {
+            screen_cache_lookups.with_label_values(&[result]);
+        }
         let decode_memory_reserved = IntGauge::new(
             "perisai_decode_memory_reserved_bytes",
             "Bytes of decode.memory_budget_bytes held by running decodes (their planned peaks).",
