@@ -24,7 +24,7 @@ use futures::StreamExt;
 use perisai::app;
 use perisai::bank::BankSet;
 use perisai::config::{Settings, Switch};
-use perisai::event::{MediaRef, UploadEvent, UPLOAD_SCHEMA};
+use perisai::event::UploadEvent;
 use perisai::metrics::Metrics;
 use perisai::screen::{Mode, Screen};
 use rand::{Rng, SeedableRng};
@@ -75,17 +75,7 @@ fn screen(cache: bool) -> Arc<Screen> {
 }
 
 fn event() -> UploadEvent {
-    UploadEvent {
-        schema: UPLOAD_SCHEMA.into(),
-        event_id: "e".into(),
-        media_id: "m".into(),
-        tenant: "t".into(),
-        surface: None,
-        content_type: None,
-        media: MediaRef::Path("upload".into()),
-        uploaded_at: None,
-        attributes: Default::default(),
-    }
+    UploadEvent::local("upload", "t")
 }
 
 /// Seconds per upload, one at a time.

@@ -109,8 +109,8 @@ pub struct KafkaSettings {
     pub commit_interval_ms: u64,
     /// Exactly-once only: `transactional.id` = this prefix + the replica name ([`replica_name`]).
     pub transactional_id_prefix: String,
-    /// Static group membership: `group.instance.id` = the replica name, so a replica restarted
-    /// under the same name gets its partitions back at once, without a rebalance.
+    /// Static group membership (off by default): `group.instance.id` = the replica name, so a
+    /// replica restarted under the same name gets its partitions back at once, without a rebalance.
     pub static_membership: bool,
     /// Exactly-once only: librdkafka/broker `transaction.timeout.ms`. The broker aborts a
     /// transaction left open this long (a crashed worker's), so it bounds how long read_committed

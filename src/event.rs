@@ -35,6 +35,24 @@ pub struct UploadEvent {
     pub attributes: Attributes,
 }
 
+impl UploadEvent {
+    /// An event for media already in hand (`perisai scan`, tests, benches): `name` is its event
+    /// and media id and its path, with no surface, content type or attributes.
+    pub fn local(name: &str, tenant: &str) -> Self {
+        UploadEvent {
+            schema: UPLOAD_SCHEMA.into(),
+            event_id: name.into(),
+            media_id: name.into(),
+            tenant: tenant.into(),
+            surface: None,
+            content_type: None,
+            media: MediaRef::Path(name.into()),
+            uploaded_at: None,
+            attributes: Attributes::default(),
+        }
+    }
+}
+
 /// An event's `attributes` object, kept as the JSON text it came in — numbers beyond 64 bits,
 /// key order, escapes — so that verdicts hand it back byte for byte.
 #[derive(Debug, Clone, Default)]

@@ -12,7 +12,7 @@ use perisai::admin::{self, ExportFormat};
 use perisai::bank::formats::Format;
 use perisai::bank::{BankSet, Signal};
 use perisai::config::Settings;
-use perisai::event::{MediaRef, UploadEvent, UPLOAD_SCHEMA};
+use perisai::event::UploadEvent;
 use perisai::hash::pdq;
 use perisai::media::decode::{self, DecodeLimits};
 use perisai::metrics::{Metrics, MetricsServer, Readiness};
@@ -509,17 +509,7 @@ async fn scan(config: Option<PathBuf>, files: Vec<PathBuf>) -> anyhow::Result<Ex
                 continue;
             }
         };
-        let event = UploadEvent {
-            schema: UPLOAD_SCHEMA.into(),
-            event_id: name.clone(),
-            media_id: name.clone(),
-            tenant: "scan".into(),
-            surface: None,
-            content_type: None,
-            media: MediaRef::Path(name),
-            uploaded_at: None,
-            attributes: Default::default(),
-        };
+        let event = UploadEvent::local(&name, "scan");
         let verdict = screen.screen_bytes(&event, bytes, received).await;
         println!("{}", serde_json::to_string(&verdict)?);
     }

@@ -14,7 +14,7 @@ use image::{Frame, RgbaImage};
 use perisai::app;
 use perisai::bank::BankSet;
 use perisai::config::{BankSettings, OnBadRow, Settings, Switch};
-use perisai::event::{Action, MediaRef, Reason, UploadEvent, Verdict, UPLOAD_SCHEMA};
+use perisai::event::{Action, Reason, UploadEvent, Verdict};
 use perisai::hash::pdq::{self, Convention};
 use perisai::media::decode::{self, Channels, DecodeLimits, Image};
 use perisai::metrics::Metrics;
@@ -137,17 +137,7 @@ fn screen_with(settings: Settings) -> Arc<Screen> {
 }
 
 async fn screen(screen: &Screen, bytes: Vec<u8>) -> Verdict {
-    let event = UploadEvent {
-        schema: UPLOAD_SCHEMA.into(),
-        event_id: "e".into(),
-        media_id: "m".into(),
-        tenant: "t".into(),
-        surface: None,
-        content_type: None,
-        media: MediaRef::Path("upload".into()),
-        uploaded_at: None,
-        attributes: Default::default(),
-    };
+    let event = UploadEvent::local("upload", "t");
     screen.screen_bytes(&event, bytes, Instant::now()).await
 }
 

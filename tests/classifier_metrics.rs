@@ -8,7 +8,7 @@ use std::time::Instant;
 use perisai::app;
 use perisai::bank::BankSet;
 use perisai::config::{Settings, Switch};
-use perisai::event::{MediaRef, UploadEvent, UPLOAD_SCHEMA};
+use perisai::event::UploadEvent;
 use perisai::metrics::Metrics;
 use perisai::screen::Mode;
 
@@ -23,17 +23,7 @@ async fn each_score_is_observed_once() {
     let images = ["sk_chelsea.png", "sk_coffee.png", "pdq_bridge.jpg"];
     for (i, file) in images.iter().enumerate() {
         let bytes = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nsfw/images").join(file)).unwrap();
-        let event = UploadEvent {
-            schema: UPLOAD_SCHEMA.into(),
-            event_id: format!("e-{i}"),
-            media_id: format!("m-{i}"),
-            tenant: "t".into(),
-            surface: None,
-            content_type: None,
-            media: MediaRef::Path((*file).into()),
-            uploaded_at: None,
-            attributes: Default::default(),
-        };
+        let event = UploadEvent::local(&format!("{i}-{file}"), "t");
         let verdict = screen.screen_bytes(&event, bytes, Instant::now()).await;
         assert!(verdict.reasons.iter().any(|r| matches!(r, perisai::event::Reason::Classifier { .. })), "{verdict:?}");
     }

@@ -1,8 +1,8 @@
-//! Fail-over at the default consumer settings (no session or heartbeat override), on a real broker,
-//! in both delivery modes: a SIGKILLed worker restarted under the same replica name (a container
-//! restart in its pod) answers again within 6 s — static membership gives it its partitions back
-//! without a rebalance — and a SIGKILLed worker that does not come back has its partitions moved to
-//! the surviving one within the session timeout and a rebalance. Nothing is lost either way.
+//! Fail-over at the default consumer settings (no session or heartbeat override), on a real broker:
+//! a SIGKILLed worker that does not come back has its partitions moved to the surviving one within
+//! the session timeout and a rebalance; with static membership (opt-in), a SIGKILLed worker
+//! restarted under the same replica name (a container restart in its pod) answers again within
+//! 6 s in both delivery modes, without a rebalance. Nothing is lost either way.
 
 mod common;
 mod fault_support;
@@ -17,13 +17,16 @@ use fault_support::{all_seen, feed, tally, Seen, Watcher};
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The shared test config at librdkafka's and Perisai's defaults for the group session.
-fn config(dir: &Path, brokers: &str, topics: &Topics, exactly_once: bool) -> PathBuf {
+fn config(dir: &Path, brokers: &str, topics: &Topics, exactly_once: bool, static_membership: bool) -> PathBuf {
     let path = write_config(dir, brokers, topics, "");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text = text.replace("\"session.timeout.ms\" = \"6000\"\n", "").replace("\"heartbeat.interval.ms\" = \"500\"\n", "");
     assert!(!text.contains("session.timeout.ms"), "the test config template changed:\n{text}");
     if exactly_once {
         text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ndelivery = \"exactly_once\"\ntransaction_timeout_ms = 20000\n");
+    }
+    if static_membership {
+        text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\nstatic_membership = true\n");
     }
     std::fs::write(&path, text).unwrap();
     path
@@ -43,7 +46,7 @@ async fn restart_in_place(exactly_once: bool) -> Duration {
     let brokers = brokers();
     let topics = create_topics(&brokers, if exactly_once { "failover-eos" } else { "failover" }, 4).await;
     let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, exactly_once);
+    let config = config(dir.path(), &brokers, &topics, exactly_once, true);
     let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 3000;
     let feeder = feed(&brokers, &topics.input, 0..n, 150);
@@ -73,7 +76,7 @@ async fn restart_in_place(exactly_once: bool) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_restarted_under_its_name_resumes_within_6_s() {
+async fn with_static_membership_a_worker_restarted_under_its_name_resumes_within_6_s() {
     let at_least_once = restart_in_place(false).await;
     let exactly_once = restart_in_place(true).await;
     println!(
@@ -92,7 +95,7 @@ async fn a_dead_workers_partitions_move_within_the_session_timeout() {
     let brokers = brokers();
     let topics = create_topics(&brokers, "failover-move", 4).await;
     let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, false);
+    let config = config(dir.path(), &brokers, &topics, false, false);
     let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 3000;
     let feeder = feed(&brokers, &topics.input, 0..n, 150);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use perisai::app;
 use perisai::bank::BankSet;
 use perisai::config::{BankSettings, OnBadRow, Settings, Switch};
-use perisai::event::{Action, MediaRef, Reason, UploadEvent, Verdict, UPLOAD_SCHEMA};
+use perisai::event::{Action, Reason, UploadEvent, Verdict};
 use perisai::hash::pdq::{self, Convention, SCALING_ANOMALY_THRESHOLD};
 use perisai::media::decode::{self, Channels, DecodeLimits, Image};
 use perisai::metrics::Metrics;
@@ -144,17 +144,7 @@ async fn an_allowlist_match_needs_the_full_image_to_agree() {
     let metrics = Metrics::new();
     let banks = Arc::new(BankSet::load(&settings.banks, &metrics).unwrap());
     let screen = app::build_screen(&settings, banks, &metrics, Mode::ScoreAll).unwrap();
-    let event = UploadEvent {
-        schema: UPLOAD_SCHEMA.into(),
-        event_id: "e".into(),
-        media_id: "m".into(),
-        tenant: "t".into(),
-        surface: None,
-        content_type: None,
-        media: MediaRef::Path("upload".into()),
-        uploaded_at: None,
-        attributes: Default::default(),
-    };
+    let event = UploadEvent::local("upload", "t");
     let v = screen.screen_bytes(&event, png_of(&honest), Instant::now()).await;
     assert_eq!((v.action, allow_match(&v)), (Action::Allow, Some(false)), "{v:?}");
     let v = screen.screen_bytes(&event, png_of(&forged), Instant::now()).await;

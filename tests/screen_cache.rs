@@ -14,7 +14,7 @@ use perisai::bank::record::{record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
 use perisai::bank::{Bank, BankSet, Signal, TopicRecord};
 use perisai::classify::{ClassifyError, ImageScorer, Score};
 use perisai::config::{BankSettings, Settings, Switch};
-use perisai::event::{Action, MediaRef, Reason, UploadEvent, Verdict, UPLOAD_SCHEMA};
+use perisai::event::{Action, Reason, UploadEvent, Verdict};
 use perisai::metrics::Metrics;
 use perisai::screen::{Mode, Screen};
 use perisai::app;
@@ -24,17 +24,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn event() -> UploadEvent {
-    UploadEvent {
-        schema: UPLOAD_SCHEMA.into(),
-        event_id: "e".into(),
-        media_id: "m".into(),
-        tenant: "t".into(),
-        surface: None,
-        content_type: None,
-        media: MediaRef::Path("upload".into()),
-        uploaded_at: None,
-        attributes: Default::default(),
-    }
+    UploadEvent::local("upload", "t")
 }
 
 struct World {

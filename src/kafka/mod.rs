@@ -44,8 +44,8 @@ pub(crate) fn base_config(settings: &KafkaSettings) -> ClientConfig {
 ///
 /// Fail-over in seconds at the defaults: librdkafka's 45 s session timeout would leave a crashed
 /// worker's partitions idle for most of a minute; 6 s (the broker's default minimum) with a
-/// heartbeat every 1.5 s moves them in about 6 s, and static membership gives a replica that
-/// restarts under the same name its partitions back without waiting at all. Both can be
+/// heartbeat every 1.5 s moves them in about 6 s. Static membership (opt-in) gives a replica that
+/// restarts under the same name its partitions back without waiting at all. The timings can be
 /// overridden under `[kafka.consumer]`.
 pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = base_config(settings);
