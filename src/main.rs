@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
 
 use perisai::admin::{self, ExportFormat};
 use perisai::bank::formats::Format;
@@ -54,6 +55,10 @@ enum Command {
     Scan {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Files screened at once (verdicts still print in the order given): the classifier
+        /// batches images across them, and decoding overlaps inference.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        jobs: u16,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -250,7 +255,7 @@ async fn async_main(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", demo::render(&report));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Scan { config, files } => scan(config, files).await,
+        Command::Scan { config, jobs, files } => scan(config, usize::from(jobs), files).await,
         Command::Bank { command } => bank_command(command).await,
         Command::CheckConfig { .. } | Command::Hash { .. } | Command::Policy { .. } => unreachable!("handled synchronously"),
     }
@@ -484,7 +489,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn scan(config: Option<PathBuf>, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn scan(config: Option<PathBuf>, jobs: usize, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = Arc::new(load_settings(config.as_deref())?);
     init_logging("warn", "text");
     let metrics = Metrics::new();
@@ -497,21 +502,29 @@ async fn scan(config: Option<PathBuf>, files: Vec<PathBuf>) -> anyhow::Result<Ex
         app::ClassifierPlan::Load => eprintln!("perisai scan: classifier on ({})", settings.classifier.model_path),
         app::ClassifierPlan::Off(why) => eprintln!("perisai scan: classifier off: {why}; verdicts rest on hash banks only"),
     }
-    let mut failed = false;
-    for file in files {
-        let name = file.display().to_string();
-        let received = Instant::now();
-        let bytes = match read_capped(&file, settings.media.max_bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("perisai: {name}: {e}");
-                failed = true;
-                continue;
+    // Up to `jobs` files in flight, printed in the order given (`buffered`, not `buffer_unordered`):
+    // one file at a time would hand the classifier batches of one.
+    let screened = futures::stream::iter(files)
+        .map(|file| {
+            let (screen, settings) = (screen.clone(), settings.clone());
+            async move {
+                let name = file.display().to_string();
+                let received = Instant::now();
+                let bytes = read_capped(&file, settings.media.max_bytes).map_err(|e| format!("{name}: {e}"))?;
+                Ok::<_, String>(screen.screen_bytes(&UploadEvent::local(&name, "scan"), bytes, received).await)
             }
-        };
-        let event = UploadEvent::local(&name, "scan");
-        let verdict = screen.screen_bytes(&event, bytes, received).await;
-        println!("{}", serde_json::to_string(&verdict)?);
+        })
+        .buffered(jobs);
+    futures::pin_mut!(screened);
+    let mut failed = false;
+    while let Some(outcome) = screened.next().await {
+        match outcome {
+            Ok(verdict) => println!("{}", serde_json::to_string(&verdict)?),
+            Err(e) => {
+                eprintln!("perisai: {e}");
+                failed = true;
+            }
+        }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -65,3 +65,27 @@ fn a_classifier_asked_for_but_missing_fails_in_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("nowhere/model.onnx") && stderr.contains("make setup"), "{stderr}");
 }
+
+/// `scan` screens several files at once and still prints one verdict per file in the order
+/// given, each the same as the file scanned alone; a file it cannot read is reported, not fatal.
+#[test]
+fn scan_screens_files_at_once_and_prints_them_in_order() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nsfw/images");
+    let names = ["sk_coffee.png", "jd_tower.jpg", "missing.jpg", "sk_chelsea.png", "pdq_bridge.jpg", "sk_rocket.jpg"];
+    let paths: Vec<String> = names.iter().map(|n| dir.join(n).display().to_string()).collect();
+    let mut args = vec!["scan", "--jobs", "4"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = perisai(&dir, &args);
+    assert!(!out.status.success(), "a missing file fails the run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jpg"));
+    let together: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let order: Vec<&str> = together.iter().map(|v| v["media_id"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = paths.iter().filter(|p| !p.ends_with("missing.jpg")).map(String::as_str).collect();
+    assert_eq!(order, expected);
+    for (verdict, path) in together.iter().zip(&expected) {
+        let alone = perisai(&dir, &["scan", "--jobs", "1", path]);
+        let alone: serde_json::Value = serde_json::from_slice(&alone.stdout).unwrap();
+        assert_eq!((&verdict["reasons"], &verdict["signals"]), (&alone["reasons"], &alone["signals"]), "{path}");
+    }
+}
