@@ -127,6 +127,26 @@ impl KafkaSettings {
     }
 }
 
+/// Why a librdkafka passthrough option would void the delivery guarantee (in either mode), or
+/// duplicate one of Perisai's own settings; `None` when it may be set.
+fn voids_delivery(key: &str, value: &str) -> Option<&'static str> {
+    let on = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1");
+    match key {
+        "enable.auto.commit" | "enable.auto.offset.store" | "auto.commit.enable" => {
+            Some("offsets are committed by the worker only, once each event's verdict or DLQ record is acknowledged")
+        }
+        "enable.partition.eof" => Some("the worker reads without end-of-partition events"),
+        "group.id" => Some("set by kafka.group_id"),
+        "bootstrap.servers" | "metadata.broker.list" => Some("set by kafka.brokers"),
+        "transactional.id" => Some("set from kafka.transactional_id_prefix, in exactly_once mode only"),
+        "acks" | "request.required.acks" if !matches!(value.trim(), "all" | "-1") => {
+            Some("verdicts are acknowledged by all in-sync replicas (acks=all) before offsets move")
+        }
+        "enable.idempotence" if !on(value) => Some("retries must neither lose nor reorder verdicts (idempotence stays on)"),
+        _ => None,
+    }
+}
+
 /// This replica's name: `POD_NAME`, else `HOSTNAME`, else /etc/hostname, else `perisai`.
 pub fn replica_name() -> String {
     std::env::var("POD_NAME")
@@ -541,11 +561,19 @@ impl Settings {
             // The broker's default transaction.max.timeout.ms; a larger value is refused at start.
             check(k.transaction_timeout_ms <= 900_000, "kafka.transaction_timeout_ms: must be <= 900000".into());
             for (map, options) in [("client", &k.client), ("producer", &k.producer), ("consumer", &k.consumer)] {
-                for key in ["transactional.id", "isolation.level", "enable.idempotence", "enable.auto.commit"] {
+                // (transactional.id and auto-commit are refused in both modes below.)
+                for key in ["isolation.level", "enable.idempotence"] {
                     check(
                         !options.contains_key(key),
                         format!("kafka.{map}.\"{key}\": set by kafka.delivery = \"exactly_once\"; remove it"),
                     );
+                }
+            }
+        }
+        for (map, options) in [("client", &k.client), ("producer", &k.producer), ("consumer", &k.consumer)] {
+            for (key, value) in options.iter() {
+                if let Some(why) = voids_delivery(key, value) {
+                    check(false, format!("kafka.{map}.\"{key}\" = {value:?}: {why}; remove it"));
                 }
             }
         }
@@ -770,6 +798,46 @@ mod tests {
         }
         // The same values mean nothing in at-least-once mode and are not refused there.
         Settings::load_with_env(None, env(&[("PERISAI__KAFKA__TRANSACTION_TIMEOUT_MS", "5000")])).unwrap();
+    }
+
+    /// Passthrough options that would void the delivery guarantee are refused in both modes,
+    /// each named; harmless ones and the safe values of guarded ones pass.
+    #[test]
+    fn overrides_that_void_the_guarantee_are_refused_in_both_modes() {
+        for delivery in ["at_least_once", "exactly_once"] {
+            let err = Settings::load_with_env(
+                None,
+                env(&[
+                    ("PERISAI__KAFKA__DELIVERY", delivery),
+                    ("PERISAI__KAFKA__CONSUMER__ENABLE.AUTO.COMMIT", "true"),
+                    ("PERISAI__KAFKA__CONSUMER__ENABLE.AUTO.OFFSET.STORE", "true"),
+                    ("PERISAI__KAFKA__PRODUCER__ACKS", "1"),
+                    ("PERISAI__KAFKA__CLIENT__GROUP.ID", "other"),
+                    ("PERISAI__KAFKA__PRODUCER__TRANSACTIONAL.ID", "mine"),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            for key in [
+                "kafka.consumer.\"enable.auto.commit\"",
+                "kafka.consumer.\"enable.auto.offset.store\"",
+                "kafka.producer.\"acks\"",
+                "kafka.client.\"group.id\"",
+                "kafka.producer.\"transactional.id\"",
+            ] {
+                assert!(err.contains(key), "{delivery}: {key} missing from: {err}");
+            }
+            Settings::load_with_env(
+                None,
+                env(&[
+                    ("PERISAI__KAFKA__DELIVERY", delivery),
+                    ("PERISAI__KAFKA__PRODUCER__ACKS", "all"),
+                    ("PERISAI__KAFKA__CONSUMER__FETCH.WAIT.MAX.MS", "50"),
+                    ("PERISAI__KAFKA__CLIENT__CLIENT.ID", "perisai-test"),
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("{delivery}: safe overrides refused: {e}"));
+        }
     }
 
     #[test]
