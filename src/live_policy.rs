@@ -111,24 +111,19 @@ pub fn hangups() -> std::io::Result<Signal> {
     signal(SignalKind::hangup())
 }
 
-/// Reloads on each `hangup` and whenever `file`'s bytes change, until `stop` completes. Without a
-/// file (defaults and environment only) SIGHUP re-reads the environment the process started with.
-pub async fn watch(
-    live: Arc<LivePolicy>,
-    file: Option<PathBuf>,
-    started: Arc<Settings>,
-    metrics: Arc<Metrics>,
-    mut hangup: Signal,
-    stop: impl std::future::Future<Output = ()>,
-) {
+/// Reloads on each `hangup` and whenever `file`'s bytes change, for as long as the task runs (the
+/// worker aborts it when it stops). Without a file (defaults and environment only) SIGHUP
+/// re-reads the environment the process started with.
+pub async fn watch(live: Arc<LivePolicy>, file: Option<PathBuf>, started: Arc<Settings>, metrics: Arc<Metrics>, mut hangup: Signal) {
     let mut last = file.as_deref().and_then(|f| std::fs::read(f).ok());
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
     loop {
         let why = tokio::select! {
-            _ = &mut stop => return,
-            _ = hangup.recv() => "SIGHUP",
+            received = hangup.recv() => match received {
+                Some(()) => "SIGHUP",
+                None => return, // the signal stream is gone: nothing more will arrive
+            },
             _ = poll.tick() => {
                 let now = file.as_deref().and_then(|f| std::fs::read(f).ok());
                 if now.is_none() || now == last {

@@ -421,7 +421,6 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         settings.clone(),
         metrics.clone(),
         hangups,
-        std::future::pending(),
     ));
     let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
     let summary = worker.run(shutdown_signal()).await;

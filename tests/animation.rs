@@ -13,7 +13,7 @@ use std::time::Instant;
 use image::{Frame, RgbaImage};
 use perisai::app;
 use perisai::bank::BankSet;
-use perisai::config::{BankSettings, OnBadRow, Settings, Switch};
+use perisai::config::{BankSettings, Settings, Switch};
 use perisai::event::{Action, Reason, UploadEvent, Verdict};
 use perisai::hash::pdq::{self, Convention};
 use perisai::media::decode::{self, Channels, DecodeLimits, Image};
@@ -116,17 +116,7 @@ fn bank(dir: &Path, name: &str, action: Action, hashes: &[&str]) -> BankSettings
     let file = dir.join(format!("{name}.csv"));
     let rows: String = hashes.iter().enumerate().map(|(i, h)| format!("pdq,{h},{name}-{i}\n")).collect();
     std::fs::write(&file, format!("signal,hash,entry\n{rows}")).unwrap();
-    BankSettings {
-        name: name.into(),
-        file: file.display().to_string(),
-        action,
-        on_bad_row: OnBadRow::Fail,
-        pdq_threshold: 31,
-        pdq_quality_floor: 50,
-        dihedral: false,
-        flood_max_matches_per_minute: 0,
-        flood_baseline_multiple: 10.0,
-    }
+    BankSettings { file: file.display().to_string(), ..BankSettings::new(name, action) }
 }
 
 fn screen_with(settings: Settings) -> Arc<Screen> {

@@ -4,17 +4,14 @@
 //! Needs `make setup` (the real model); no broker.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nsfw/images/sk_chelsea.png")
 }
 
-fn perisai(cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_perisai")).args(args).current_dir(cwd).output().expect("run perisai");
-    eprintln!("perisai {}: {}\n{}{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    out
-}
+mod common;
+
+use common::perisai_in as perisai;
 
 #[test]
 fn scan_runs_the_classifier_from_any_directory() {

@@ -152,17 +152,7 @@ fn write_files(uploads: &[Upload]) -> Files {
     Files { _dir: dir, dir: path }
 }
 
-fn perisai(cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_perisai")).args(args).current_dir(cwd).output().expect("run perisai");
-    eprintln!(
-        "perisai {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::perisai_in as perisai;
 
 /// A group's section of the text report: from its `== ` heading to the next.
 fn section<'a>(stdout: &'a str, heading: &str) -> &'a str {

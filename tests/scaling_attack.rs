@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use perisai::app;
 use perisai::bank::BankSet;
-use perisai::config::{BankSettings, OnBadRow, Settings, Switch};
+use perisai::config::{BankSettings, Settings, Switch};
 use perisai::event::{Action, Reason, UploadEvent, Verdict};
 use perisai::hash::pdq::{self, Convention, SCALING_ANOMALY_THRESHOLD};
 use perisai::media::decode::{self, Channels, DecodeLimits, Image};
@@ -129,17 +129,7 @@ async fn an_allowlist_match_needs_the_full_image_to_agree() {
     std::fs::write(&file, format!("signal,hash,entry\npdq,{},honest\npdq,{},forged\n", cli(&honest), cli(&forged))).unwrap();
     let mut settings = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
     settings.classifier.enabled = Switch::Off;
-    settings.banks = vec![BankSettings {
-        name: "known-good".into(),
-        file: file.display().to_string(),
-        action: Action::Allow,
-        on_bad_row: OnBadRow::Fail,
-        pdq_threshold: 31,
-        pdq_quality_floor: 50,
-        dihedral: false,
-        flood_max_matches_per_minute: 0,
-        flood_baseline_multiple: 10.0,
-    }];
+    settings.banks = vec![BankSettings { file: file.display().to_string(), ..BankSettings::new("known-good", Action::Allow) }];
     let settings = Arc::new(settings);
     let metrics = Metrics::new();
     let banks = Arc::new(BankSet::load(&settings.banks, &metrics).unwrap());

@@ -381,6 +381,11 @@ fn bins(scores: &[f32]) -> Vec<u64> {
 type Drawn = Result<(), String>;
 
 /// A vertical line from the bottom to the top of a chart.
+/// A series' entry in a chart's legend: a short line in its style.
+fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style)
+}
+
 fn vertical(x: f32, top: f64) -> Vec<(f64, f64)> {
     vec![(f64::from(x), 0.0), (f64::from(x), top)]
 }
@@ -430,13 +435,13 @@ fn histogram_svg(group: &Group) -> Result<String, String> {
                         .draw_series(DashedLineSeries::new(vertical(x, top), 6, 4, style))
                         .map_err(|e| e.to_string())?
                         .label(label)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                        .legend(legend_line(style));
                 } else {
                     chart
                         .draw_series(LineSeries::new(vertical(x, top), style))
                         .map_err(|e| e.to_string())?
                         .label(label)
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                        .legend(legend_line(style));
                 }
             }
             chart
@@ -476,13 +481,13 @@ fn curve_svg(curve: &[CurvePoint], proposed: Bands, target: Option<f32>) -> Resu
                 .draw_series(LineSeries::new(series(Quality::precision), precision))
                 .map_err(|e| e.to_string())?
                 .label("precision")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], precision));
+                .legend(legend_line(precision));
             let recall = RGBColor(148, 103, 189).stroke_width(2);
             chart
                 .draw_series(LineSeries::new(series(Quality::recall), recall))
                 .map_err(|e| e.to_string())?
                 .label("recall")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], recall));
+                .legend(legend_line(recall));
             let mut lines = vec![("proposed review", proposed.review, PROPOSED_COLOUR), ("proposed block", proposed.block, PROPOSED_COLOUR)];
             lines.extend(target.map(|t| ("target precision", t, TARGET_COLOUR)));
             for (name, x, colour) in lines {
@@ -491,7 +496,7 @@ fn curve_svg(curve: &[CurvePoint], proposed: Bands, target: Option<f32>) -> Resu
                     .draw_series(LineSeries::new(vertical(x, 1.05), style))
                     .map_err(|e| e.to_string())?
                     .label(format!("{name} {x}"))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                    .legend(legend_line(style));
             }
             chart
                 .configure_series_labels()

@@ -281,6 +281,19 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ve
     c.elements().iter().map(|e| e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0)).collect()
 }
 
+/// Runs the `perisai` binary in `cwd` and echoes what it printed (shown when a test fails).
+pub fn perisai_in(cwd: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_perisai")).args(args).current_dir(cwd).output().expect("run perisai");
+    eprintln!(
+        "perisai {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
