@@ -28,6 +28,8 @@
 //!                                 [--runs 3] [--image-side 57] [--jpeg-side 192] [--keep-topics]
 //!                                 [--delivery at_least_once,exactly_once]
 //! ```
+//! `PERISAI_BENCH_EXTRA_TOML` is appended to every run's configuration (tables such as
+//! `[kafka.consumer]`, to try a librdkafka option).
 //! `PERISAI_BENCH_BIN` overrides the worker binary (default: the release `perisai` cargo built).
 //! `PERISAI_TEST_BROKERS` names the broker (default 127.0.0.1:19092); `PERISAI_BENCH_BROKER_PID`,
 //! if set, adds the broker's CPU time during each run (it includes any other traffic).
@@ -588,8 +590,9 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, d
              verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\nbanks_topic = \"\"\n\
              delivery = \"{delivery}\"\n\n\
              [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = false\n\n[classifier]\nenabled = false\n\n\
-             [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{banks}",
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{banks}\n{extra}",
             input_topic = input.topic,
+            extra = std::env::var("PERISAI_BENCH_EXTRA_TOML").unwrap_or_default(),
         ),
     )
     .expect("write config");

@@ -51,7 +51,7 @@ const TENANTS: &[(&str, &str)] = &[("acme", "post"), ("globex", "dm"), ("initech
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Kafka(#[from] crate::kafka::KafkaError),
+    Kafka(#[from] crate::kafka::SetupError),
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]

@@ -332,17 +332,25 @@ pub fn parse_upload(payload: Option<&[u8]>, max_bytes: usize) -> Result<UploadEv
         serde_json::error::Category::Data => EventError::DuplicateKey(e.to_string()),
         _ => EventError::InvalidJson(e.to_string()),
     })?;
-    #[derive(Deserialize)]
-    struct SchemaOnly {
-        schema: Option<serde_json::Value>,
-    }
-    let probe: Option<SchemaOnly> = serde_json::from_slice(bytes).ok();
-    match probe.and_then(|p| p.schema) {
-        Some(serde_json::Value::String(s)) if s == UPLOAD_SCHEMA => {}
-        Some(serde_json::Value::String(s)) => return Err(EventError::SchemaVersion(s)),
-        _ => return Err(EventError::Schema("missing string field `schema`".into())),
-    }
-    let event: UploadEvent = serde_json::from_slice(bytes).map_err(|e| EventError::Schema(e.to_string()))?;
+    // The version decides before the shape: an event of another version is named as such even
+    // when its fields differ. Probed only when the event does not parse, so a good event is
+    // read twice (duplicate keys, then the event), not three times.
+    let event = match serde_json::from_slice::<UploadEvent>(bytes) {
+        Ok(event) if event.schema == UPLOAD_SCHEMA => event,
+        Ok(event) => return Err(EventError::SchemaVersion(event.schema)),
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct SchemaOnly {
+                schema: Option<serde_json::Value>,
+            }
+            let probe: Option<SchemaOnly> = serde_json::from_slice(bytes).ok();
+            return Err(match probe.and_then(|p| p.schema) {
+                Some(serde_json::Value::String(s)) if s == UPLOAD_SCHEMA => EventError::Schema(e.to_string()),
+                Some(serde_json::Value::String(s)) => EventError::SchemaVersion(s),
+                _ => EventError::Schema("missing string field `schema`".into()),
+            });
+        }
+    };
     for (field, value) in [("event_id", &event.event_id), ("media_id", &event.media_id), ("tenant", &event.tenant)] {
         if value.trim().is_empty() {
             return Err(EventError::Schema(format!("`{field}` must not be empty")));

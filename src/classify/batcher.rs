@@ -35,10 +35,10 @@ impl Batcher {
     pub fn new(classifier: Arc<dyn Classifier>, metrics: Arc<Metrics>, max_batch: usize, max_wait: Duration) -> Self {
         let (tx, rx) = mpsc::channel();
         let model: Arc<str> = classifier.model_name().into();
-        let worker = Worker { classifier, metrics, max_batch: max_batch.max(1), max_wait, model: model.clone() };
+        let batch_loop = BatchLoop { classifier, metrics, max_batch: max_batch.max(1), max_wait, model: model.clone() };
         std::thread::Builder::new()
             .name("perisai-classifier".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || batch_loop.run(rx))
             .expect("spawning the classifier thread");
         Self { tx, model }
     }
@@ -68,7 +68,7 @@ impl Batcher {
     }
 }
 
-struct Worker {
+struct BatchLoop {
     classifier: Arc<dyn Classifier>,
     metrics: Arc<Metrics>,
     max_batch: usize,
@@ -76,7 +76,7 @@ struct Worker {
     model: Arc<str>,
 }
 
-impl Worker {
+impl BatchLoop {
     fn run(self, rx: mpsc::Receiver<Request>) {
         // `recv` fails only once every sender (every Batcher handle) is gone.
         while let Ok(first) = rx.recv() {
@@ -227,7 +227,7 @@ mod tests {
         let b2 = b.clone();
         drop(b);
         drop(b2);
-        // The worker holds the only other reference to the classifier; it drops it on exit.
+        // The batch loop holds the only other reference to the classifier; it drops it on exit.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&p) > 1 {
             assert!(Instant::now() < deadline, "classifier thread still running");

@@ -6,7 +6,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
-use super::KafkaError;
+use super::SetupError;
 
 pub struct EmbeddedBroker {
     /// The mock cluster lives as long as the client that created it.
@@ -14,7 +14,7 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    pub fn start() -> Result<Self, KafkaError> {
+    pub fn start() -> Result<Self, SetupError> {
         let owner: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").create()?;
         let broker = Self { owner };
         let native = broker.owner.client().native_ptr();
@@ -23,7 +23,7 @@ impl EmbeddedBroker {
         unsafe {
             let cluster = rdsys::rd_kafka_handle_mock_cluster(native);
             if cluster.is_null() {
-                return Err(KafkaError::Embedded("librdkafka did not create a mock cluster".into()));
+                return Err(SetupError::Embedded("librdkafka did not create a mock cluster".into()));
             }
             rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
         }
@@ -35,9 +35,9 @@ impl EmbeddedBroker {
     }
 
     /// Topics are created through the mock itself: its admin API hangs.
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
-        let cluster = self.owner.client().mock_cluster().ok_or_else(|| KafkaError::Embedded("mock cluster gone".into()))?;
-        cluster.create_topic(name, partitions, 1).map_err(KafkaError::Client)
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), SetupError> {
+        let cluster = self.owner.client().mock_cluster().ok_or_else(|| SetupError::Embedded("mock cluster gone".into()))?;
+        cluster.create_topic(name, partitions, 1).map_err(SetupError::Client)
     }
 }
 

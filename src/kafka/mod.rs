@@ -10,20 +10,13 @@ use rdkafka::config::ClientConfig;
 
 use crate::config::{Delivery, KafkaSettings};
 
+/// Creating a Kafka client or the embedded broker failed.
 #[derive(Debug, thiserror::Error)]
-pub enum KafkaError {
-    #[error("kafka client: {0}")]
+pub enum SetupError {
+    #[error("creating the kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error("embedded broker: {0}")]
     Embedded(String),
-    /// Exactly-once: the transaction a record belonged to ended (aborted, or the worker is
-    /// stopping) before the record was handed to the producer, so it was not produced.
-    #[error("the record's transaction has ended; it was not produced")]
-    TransactionEnded,
-    /// The broker (or the client) refused this record itself — too large, invalid — rather than
-    /// failing to take any record: sending it again cannot help; a smaller record may.
-    #[error("record refused: {0}")]
-    Refused(rdkafka::error::KafkaError),
 }
 
 /// librdkafka settings for every client: bootstrap servers and statistics (the consumer lag
@@ -56,7 +49,14 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1500");
+        .set("heartbeat.interval.ms", "1500")
+        // The worker stops receiving when its in-flight bound is full and lets this queue hold
+        // what was fetched: 16 MiB rather than 64 bounds the memory that takes. Once the queue
+        // was over it, librdkafka waits fetch.queue.backoff.ms (1 s by default) before fetching
+        // again: the worker had emptied it long before, and throughput was capped near 8,000
+        // events/s whatever the CPU (docs/BENCHMARKS.md, Pipeline).
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "20");
     if settings.static_membership {
         config.set("group.instance.id", crate::config::replica_name());
     }
@@ -75,7 +75,10 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
 /// nor reorder verdicts. In exactly-once mode the producer is transactional.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = base_config(settings);
-    config.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "5");
+    // linger.ms 1 rather than 5: a verdict's event holds its in-flight place until the broker
+    // acknowledges it, so linger is paid by throughput at a small bound and by every verdict's
+    // latency; batches still form while earlier requests are in flight.
+    config.set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "1");
     for (key, value) in &settings.producer {
         config.set(key, value);
     }

@@ -1,14 +1,8 @@
-//! The output side: verdicts and DLQ records, produced with acks=all and idempotence.
-//!
-//! At-least-once: `send` returns only once the broker has acknowledged the record — the worker's
-//! commit watermark depends on it — and retries without limit while the broker refuses, so a
-//! record is never dropped; a stuck output shows up as lag and `perisai_produce_errors_total`.
-//!
-//! Exactly-once: the producer is transactional and each record is sent once, inside the
-//! transaction open when its input record was taken (its *epoch*). A refusal is returned, not
-//! retried: it leaves the transaction abortable, and the worker aborts and re-reads the input.
-//! Once a transaction ends no record of it is handed to the producer any more, so a late event
-//! task can never slip its verdict into the next transaction.
+//! The output side: verdict and DLQ records, built here and produced with acks=all and
+//! idempotence. How a record is sent depends on the delivery mode, which the pipeline owns
+//! (`pipeline::delivery`): [`Sink::send_acked`] retries until the broker acknowledges
+//! (at-least-once), [`Sink::enqueue`] hands a record to the transactional producer once
+//! (exactly-once, under the pipeline's transaction gate).
 //!
 //! Poison records: a record the broker refuses for itself (too large for the topic, invalid) is
 //! never sent again as it was. The caller sends a reduced one instead — a compact verdict, a DLQ
@@ -23,14 +17,14 @@ use std::time::Duration;
 
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
 use super::watchdog::BrokerWatch;
-use super::{producer_config, KafkaError};
-use crate::config::{Delivery, KafkaSettings};
+use super::{producer_config, SetupError};
+use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 
 /// Where an input record came from, for DLQ headers and tracing.
@@ -77,8 +71,6 @@ pub struct Sink {
     verdict_topic: String,
     dlq_topic: String,
     instance: String,
-    transactional: bool,
-    gate: Mutex<Gate>,
     /// Input records (topic, partition, offset) whose full output was refused: answered reduced.
     refused: Mutex<std::collections::HashSet<(String, i32, i64)>>,
 }
@@ -90,6 +82,47 @@ pub enum Shape {
     /// A compact verdict ([`crate::event::Verdict::compact`]); a DLQ record without payload or
     /// original headers.
     Reduced,
+}
+
+/// Which output topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Verdicts,
+    Dlq,
+}
+
+/// One record for an output topic, built by [`Sink::verdict`] or [`Sink::dlq`].
+pub struct Output {
+    destination: Destination,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: OwnedHeaders,
+}
+
+/// Why a record was not produced.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("producing the record failed: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// Exactly-once: the transaction the record belonged to ended (aborted, or the worker is
+    /// stopping) before the record was handed to the producer, so it was not produced.
+    #[error("the record's transaction has ended; it was not produced")]
+    TransactionEnded,
+    /// The broker (or the client) refused this record itself — too large, invalid — rather than
+    /// failing to take any record: sending it again cannot help; a smaller record may.
+    #[error("record refused: {0}")]
+    Refused(rdkafka::error::KafkaError),
+}
+
+impl SendError {
+    /// Classifies a client error: a refusal of the record itself, or a failure to produce.
+    pub fn of(error: rdkafka::error::KafkaError) -> Self {
+        if is_refusal(&error) {
+            SendError::Refused(error)
+        } else {
+            SendError::Client(error)
+        }
+    }
 }
 
 /// Whether the broker (or the client) refused the record itself: sending it again cannot work.
@@ -108,18 +141,10 @@ pub fn is_refusal(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// Which transaction records may join now (exactly-once only).
-#[derive(Debug, Default)]
-struct Gate {
-    epoch: u64,
-    open: bool,
-}
-
 impl Sink {
     /// A plain idempotent producer, or a transactional one when `delivery = "exactly_once"`
-    /// (then call `init_transactions` on [`Sink::producer`] and [`Sink::begin_transaction`]
-    /// before sending).
-    pub fn new(settings: &KafkaSettings, instance: String, metrics: &Metrics) -> Result<Self, KafkaError> {
+    /// (the pipeline then calls `init_transactions` and `begin_transaction` on [`Sink::producer`]).
+    pub fn new(settings: &KafkaSettings, instance: String, metrics: &Metrics) -> Result<Self, SetupError> {
         let brokers = Arc::new(BrokerWatch::new(
             "producer",
             &settings.brokers,
@@ -134,8 +159,6 @@ impl Sink {
             verdict_topic: settings.verdict_topic.clone(),
             dlq_topic: settings.dlq_topic.clone(),
             instance,
-            transactional: settings.delivery == Delivery::ExactlyOnce,
-            gate: Mutex::new(Gate::default()),
             refused: Mutex::new(std::collections::HashSet::new()),
         })
     }
@@ -143,6 +166,9 @@ impl Sink {
     /// The shape to answer this input record with: reduced once its full output was refused.
     pub fn shape_for(&self, source: &Source) -> Shape {
         let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.is_empty() {
+            return Shape::Full;
+        }
         if refused.contains(&(source.topic.clone(), source.partition, source.offset)) {
             Shape::Reduced
         } else {
@@ -160,63 +186,26 @@ impl Sink {
         refused.insert((source.topic.clone(), source.partition, source.offset));
     }
 
-    /// The producer, for the transaction calls (offsets, commit, abort). Blocking calls.
+    /// The producer, for the transaction calls (init, begin, offsets, commit, abort). Blocking calls.
     pub fn producer(&self) -> &FutureProducer<SinkContext> {
         &self.producer
     }
 
-    /// Begins a transaction and lets records of the new epoch (returned) into it.
-    pub fn begin_transaction(&self) -> Result<u64, KafkaError> {
-        self.producer.begin_transaction()?;
-        let mut gate = self.gate.lock().expect("gate lock");
-        gate.epoch += 1;
-        gate.open = true;
-        Ok(gate.epoch)
-    }
-
-    /// No record is handed to the producer from now until the next `begin_transaction`; call it
-    /// before committing or aborting.
-    pub fn close_transaction(&self) {
-        self.gate.lock().expect("gate lock").open = false;
-    }
-
-    /// The epoch records taken now belong to (0 when not transactional).
-    pub fn epoch(&self) -> u64 {
-        self.gate.lock().expect("gate lock").epoch
-    }
-
-    /// Produces a verdict keyed by media_id and waits for the broker's acknowledgement.
-    /// `epoch`: the transaction its input record was taken in (ignored at-least-once, where
-    /// this never fails).
-    pub async fn send_verdict(
-        &self,
-        media_id: &str,
-        event_id: &str,
-        json: &[u8],
-        source: &Source,
-        metrics: &Metrics,
-        epoch: u64,
-    ) -> Result<(), KafkaError> {
-        let headers = OwnedHeaders::new()
+    /// A verdict keyed by media_id, with headers naming its schema, event, worker and source.
+    pub fn verdict(&self, media_id: &str, event_id: &str, json: Vec<u8>, source: &Source) -> Output {
+        let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header { key: "perisai.schema", value: Some(crate::event::VERDICT_SCHEMA) })
             .insert(Header { key: "perisai.event_id", value: Some(event_id) })
             .insert(Header { key: "perisai.worker", value: Some(self.instance.as_str()) })
             .insert(Header { key: "perisai.source", value: Some(&source_text(source)) });
-        self.send(&self.verdict_topic, Some(media_id.as_bytes()), json, headers, metrics, epoch).await
+        Output { destination: Destination::Verdicts, key: Some(media_id.as_bytes().to_vec()), payload: json, headers }
     }
 
-    /// Produces the original record to the DLQ — key, bytes and headers — with headers naming
-    /// the error and where the record came from. `Shape::Full` keeps the payload and original headers within their budgets;
-    /// `Shape::Reduced` keeps neither (for a DLQ topic that refused the full record).
-    pub async fn send_dlq(
-        &self,
-        original: &OwnedMessage,
-        error_class: &str,
-        error: &str,
-        shape: Shape,
-        metrics: &Metrics,
-        epoch: u64,
-    ) -> Result<(), KafkaError> {
+    /// The original record for the DLQ — key, bytes and headers — with headers naming the error
+    /// and where the record came from. `Shape::Full` keeps the payload and original headers
+    /// within their budgets; `Shape::Reduced` keeps neither (for a DLQ topic that refused the
+    /// full record).
+    pub fn dlq(&self, original: &OwnedMessage, error_class: &str, error: &str, shape: Shape) -> Output {
         let source = Source::of(original);
         let full = shape == Shape::Full;
         let payload = if full { original.payload().unwrap_or_default() } else { &[] };
@@ -252,102 +241,68 @@ impl Sink {
         if dropped > 0 {
             headers = headers.insert(Header { key: "perisai.original.headers.dropped", value: Some(dropped_text.as_str()) });
         }
-        let key = original.key().map(|k| &k[..k.len().min(if full { DLQ_MAX_KEY } else { 256 })]);
-        let body = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-        self.send(&self.dlq_topic, key, body, headers, metrics, epoch).await
+        let key = original.key().map(|k| k[..k.len().min(if full { DLQ_MAX_KEY } else { 256 })].to_vec());
+        let body = payload[..payload.len().min(DLQ_MAX_PAYLOAD)].to_vec();
+        Output { destination: Destination::Dlq, key, payload: body, headers }
     }
 
-    async fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: OwnedHeaders,
-        metrics: &Metrics,
-        epoch: u64,
-    ) -> Result<(), KafkaError> {
-        if self.transactional {
-            self.send_in_transaction(topic, key, payload, headers, metrics, epoch).await
-        } else {
-            self.send_acked(topic, key, payload, headers, metrics).await
+    fn record<'a>(&'a self, output: &'a Output) -> FutureRecord<'a, [u8], [u8]> {
+        let topic = match output.destination {
+            Destination::Verdicts => &self.verdict_topic,
+            Destination::Dlq => &self.dlq_topic,
+        };
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&output.payload).headers(output.headers.clone());
+        if let Some(key) = &output.key {
+            record = record.key(key);
         }
+        record
     }
 
-    async fn send_in_transaction(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: OwnedHeaders,
-        metrics: &Metrics,
-        epoch: u64,
-    ) -> Result<(), KafkaError> {
-        let delivery = loop {
-            // The gate is held while the record is enqueued, so a record either joins its own
-            // transaction or is never produced.
-            let enqueued = {
-                let gate = self.gate.lock().expect("gate lock");
-                if !gate.open || gate.epoch != epoch {
-                    return Err(KafkaError::TransactionEnded);
-                }
-                let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                self.producer.send_result(record).map_err(|(e, _)| e)
-            };
-            match enqueued {
-                Ok(delivery) => break delivery,
+    /// Hands the record to the producer's queue, once; the future is the broker's answer.
+    pub fn try_enqueue(&self, output: &Output) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
+        self.producer.send_result(self.record(output)).map_err(|(e, _)| e)
+    }
+
+    /// [`Sink::try_enqueue`], waiting while the producer's local queue is full.
+    async fn enqueue(&self, output: &Output, metrics: &Metrics) -> Result<DeliveryFuture, SendError> {
+        loop {
+            match self.try_enqueue(output) {
+                Ok(delivery) => return Ok(delivery),
                 Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => {
                     metrics.produce_errors.inc();
-                    return Err(if is_refusal(&e) { KafkaError::Refused(e) } else { e.into() });
+                    return Err(SendError::of(e));
                 }
             }
-        };
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            // Purged by an abort: the transaction ended; the broker refused nothing.
-            Ok(Err((e, _)))
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-                ) =>
-            {
-                Err(KafkaError::TransactionEnded)
-            }
-            Ok(Err((e, _))) => {
-                metrics.produce_errors.inc();
-                tracing::warn!(topic, error = %e, "produce failed inside a transaction; it will be aborted");
-                Err(if is_refusal(&e) { KafkaError::Refused(e) } else { e.into() })
-            }
-            Err(_canceled) => Err(KafkaError::TransactionEnded),
         }
     }
 
-    /// Retries until acknowledged, except a refusal of the record itself, which is returned.
-    async fn send_acked(&self, topic: &str, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders, metrics: &Metrics) -> Result<(), KafkaError> {
+    /// Produces the record and waits for the broker's acknowledgement, retrying without limit
+    /// while the broker fails — so a record is never dropped; a stuck output shows up as lag and
+    /// `perisai_produce_errors_total`. Only a refusal of the record itself is returned.
+    pub async fn send_acked(&self, output: &Output, metrics: &Metrics) -> Result<(), SendError> {
         let mut backoff = RETRY_BACKOFF_START;
         loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers.clone());
-            if let Some(key) = key {
-                record = record.key(key);
+            let error = match self.enqueue(output, metrics).await {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err((e, _))) => {
+                        metrics.produce_errors.inc();
+                        SendError::of(e)
+                    }
+                    // The producer went away (it lives as long as the sink): retry like a failure.
+                    Err(_canceled) => SendError::Client(rdkafka::error::KafkaError::Canceled),
+                },
+                Err(e) => e,
+            };
+            if let SendError::Refused(_) = error {
+                return Err(error);
             }
-            match self.producer.send(record, Timeout::Never).await {
-                Ok(_) => return Ok(()),
-                Err((e, _)) if is_refusal(&e) => {
-                    metrics.produce_errors.inc();
-                    return Err(KafkaError::Refused(e));
-                }
-                Err((e, _)) => {
-                    metrics.produce_errors.inc();
-                    tracing::warn!(topic, error = %e, retry_in_ms = backoff.as_millis() as u64, "produce failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
-            }
+            tracing::warn!(topic = ?output.destination, %error, retry_in_ms = backoff.as_millis() as u64, "produce failed, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
     }
 

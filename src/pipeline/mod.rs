@@ -1,42 +1,76 @@
 //! The worker: reads upload events, screens them, writes one verdict (or DLQ record) per event,
-//! and commits each partition's offsets up to its watermark.
+//! and commits what it answered.
 //!
-//! Backpressure: at most `worker.max_in_flight` events are in flight; at the bound the consumer
-//! pauses its partitions and resumes once half the bound is free. Shutdown: stop fetching, let in-flight
-//! events finish within `worker.drain_timeout_ms`, commit, leave the group.
+//! # Layout
 //!
-//! The delivery mode is decided once, in [`Worker::run`]: at-least-once commits watermarks,
-//! exactly-once ([`transaction`]) commits transactions; reading and screening are the same.
+//! - [`ledger`]: the one owner of in-flight state — the bound, the per-partition watermarks
+//!   ([`watermark`]), the in-flight gauge and the drain. Taking a record gives a ticket;
+//!   answering the ticket is the acknowledgement.
+//! - [`delivery`]: the seam between at-least-once and exactly-once ([`transaction`]): how an
+//!   answer is sent, and what happens on each tick, on revoke and on shutdown.
+//! - [`answer`]: one record from bytes to acknowledgement.
+//! - [`callbacks`]: what librdkafka calls back into: rebalances and statistics.
+//! - this module: start-up, the receive loop and shutdown.
+//!
+//! # Backpressure
+//!
+//! A place in the bound (`worker.max_in_flight`) is taken *before* a record is received, as a
+//! server takes its connection permit before `accept`. With no place free the worker simply
+//! stops receiving: librdkafka's queue fills to `queued.max.messages.kbytes` and stops fetching,
+//! and nothing fetched is thrown away. Pausing the partitions would (librdkafka drops prefetched
+//! records on pause and fetches them again on resume), so the worker pauses only when a stall
+//! lasts [`PAUSE_AFTER`]: paused, it polls again, which serves rebalance callbacks and
+//! statistics, without taking records. It resumes as soon as a place frees. A partition assigned
+//! while paused is paused by the callback; a record that arrives anyway waits, untaken, until a
+//! place frees — the bound is hard.
+//!
+//! # Shutdown
+//!
+//! Stop receiving, let in-flight events finish within `worker.drain_timeout_ms`, commit (or end
+//! the last transaction), leave the group.
 
-pub mod context;
-pub mod transaction;
-pub mod watermark;
+mod answer;
+mod callbacks;
+mod delivery;
+mod ledger;
+mod transaction;
+mod watermark;
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::task::JoinSet;
 
-use crate::config::{Delivery, Settings};
-use crate::event::parse_upload;
-use context::WorkerContext;
-use transaction::{blocking, Outcome, Then, Transactions};
-use crate::kafka::sink::{Shape, Sink, Source};
+use crate::config::Settings;
+use crate::kafka::sink::Sink;
 use crate::kafka::watchdog::BrokerWatch;
-use crate::kafka::{consumer_config, KafkaError};
+use crate::kafka::{consumer_config, SetupError};
 use crate::metrics::{Metrics, Readiness};
 use crate::screen::Screen;
-use watermark::Watermarks;
+use answer::Shared;
+use callbacks::ConsumerCallbacks;
+use delivery::Delivery;
+use ledger::{Ledger, Permit};
+
+/// Records taken one after another without looking at shutdown, the commit tick or a doomed
+/// transaction.
+const RUN_WITHOUT_SELECT: usize = 64;
+
+/// How long the worker goes without a free place before it pauses its partitions to serve
+/// rebalances and statistics (well under librdkafka's 300 s `max.poll.interval.ms`).
+pub const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
-    Kafka(#[from] KafkaError),
+    Setup(#[from] SetupError),
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error(
@@ -75,366 +109,250 @@ pub struct Worker {
     pub instance: String,
 }
 
-/// Shared by the event tasks.
-struct Shared {
-    screen: Arc<Screen>,
-    sink: Arc<Sink>,
-    transactions: Option<Arc<Transactions>>,
-    watermarks: Arc<Mutex<Watermarks>>,
-    metrics: Arc<Metrics>,
-    max_event_bytes: usize,
-    finished: Notify,
+/// A started worker: its consumer, and what the receive loop keeps between iterations.
+struct Running {
+    consumer: StreamConsumer<ConsumerCallbacks>,
+    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
+    readiness: Arc<Readiness>,
+    commit_interval: Duration,
+    /// Shared with the callbacks, which pause partitions assigned while this is set.
+    paused: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+    summary: WorkerSummary,
 }
 
 impl Worker {
     /// Runs until `shutdown` completes, then drains and commits. Exactly-once: returns an error
     /// (and never produces again) when fenced or when the producer fails fatally.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerSummary, PipelineError> {
+        let mut running = self.start()?;
+        let failure = running.receive(shutdown).await;
+        running.shut_down(failure).await
+    }
+
+    /// Builds the sink, the ledger and the delivery mode, then subscribes.
+    fn start(self) -> Result<Running, PipelineError> {
         let settings = &self.settings;
-        let drain_timeout = Duration::from_millis(settings.worker.drain_timeout_ms);
-        let watermarks = Arc::new(Mutex::new(Watermarks::default()));
+        let drain_bound = Duration::from_millis(settings.worker.drain_timeout_ms);
         let sink = Arc::new(Sink::new(&settings.kafka, self.instance.clone(), &self.metrics)?);
-        // The one place the delivery mode is decided; below, `transactions` is Some in exactly-once mode.
-        let transactions = match settings.kafka.delivery {
-            Delivery::AtLeastOnce => None,
-            Delivery::ExactlyOnce => {
-                let (sink, watermarks, metrics) = (sink.clone(), watermarks.clone(), self.metrics.clone());
-                let abort_bound = Duration::from_millis(settings.kafka.transaction_timeout_ms);
-                Some(Arc::new(blocking(|| Transactions::start(sink, watermarks, metrics, drain_timeout, abort_bound))?))
-            }
-        };
-        let context = WorkerContext {
-            watermarks: watermarks.clone(),
+        let ledger = Ledger::new(settings.worker.max_in_flight, self.metrics.in_flight.clone());
+        let delivery = Arc::new(Delivery::start(
+            settings.kafka.delivery,
+            sink.clone(),
+            ledger.clone(),
+            self.metrics.clone(),
+            drain_bound,
+            Duration::from_millis(settings.kafka.transaction_timeout_ms),
+        )?);
+        let paused = Arc::new(AtomicBool::new(false));
+        let callbacks = ConsumerCallbacks {
+            delivery: delivery.clone(),
             metrics: self.metrics.clone(),
             readiness: self.readiness.clone(),
-            drain_timeout,
             brokers: BrokerWatch::new(
                 "consumer",
                 &settings.kafka.brokers,
                 self.metrics.kafka_broker_repairs.with_label_values(&["consumer"]),
             ),
-            transactions: transactions.clone(),
+            paused: paused.clone(),
         };
-        let consumer: StreamConsumer<WorkerContext> =
-            consumer_config(&settings.kafka).create_with_context(context).map_err(KafkaError::from)?;
+        let consumer: StreamConsumer<ConsumerCallbacks> =
+            consumer_config(&settings.kafka).create_with_context(callbacks).map_err(SetupError::from)?;
         consumer.context().brokers.attach(consumer.client());
-        consumer.subscribe(&[settings.kafka.input_topic.as_str()]).map_err(KafkaError::from)?;
-        let shared = Arc::new(Shared {
-            screen: self.screen.clone(),
-            sink: sink.clone(),
-            transactions: transactions.clone(),
-            watermarks: watermarks.clone(),
-            metrics: self.metrics.clone(),
-            max_event_bytes: settings.worker.max_event_bytes,
-            finished: Notify::new(),
-        });
-        let capacity = Arc::new(Semaphore::new(settings.worker.max_in_flight));
-        let resume_at = settings.worker.max_in_flight.div_ceil(2);
-        let mut tasks = JoinSet::new();
-        let mut commit_tick = tokio::time::interval(Duration::from_millis(settings.kafka.commit_interval_ms));
-        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut paused = false;
-        let mut summary = WorkerSummary::default();
-        let mut failure: Option<PipelineError> = None;
-        tokio::pin!(shutdown);
+        consumer.subscribe(&[settings.kafka.input_topic.as_str()]).map_err(SetupError::from)?;
         tracing::info!(topic = %settings.kafka.input_topic, group = %settings.kafka.group_id,
             delivery = ?settings.kafka.delivery, "worker started");
+        Ok(Running {
+            consumer,
+            shared: Arc::new(Shared {
+                screen: self.screen.clone(),
+                sink,
+                delivery,
+                metrics: self.metrics.clone(),
+                max_event_bytes: settings.worker.max_event_bytes,
+            }),
+            ledger,
+            readiness: self.readiness.clone(),
+            commit_interval: Duration::from_millis(settings.kafka.commit_interval_ms),
+            paused,
+            tasks: JoinSet::new(),
+            summary: WorkerSummary::default(),
+        })
+    }
+}
 
+impl Running {
+    /// The receive loop, until `shutdown` completes (returns None) or the worker must stop
+    /// (returns why).
+    async fn receive(&mut self, shutdown: impl Future<Output = ()>) -> Option<PipelineError> {
+        let delivery = self.shared.delivery.clone();
+        let mut commit_tick = tokio::time::interval(self.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut place: Option<Permit> = None;
+        // Records received while paused without a place: taken first once a place frees.
+        let mut waiting: VecDeque<OwnedMessage> = VecDeque::new();
+        let mut stalled_since: Option<tokio::time::Instant> = None;
+        let mut run = 0;
+        tokio::pin!(shutdown);
         loop {
-            while let Some(done) = tasks.try_join_next() {
+            while let Some(done) = self.tasks.try_join_next() {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "event task failed");
                 }
             }
-            if let Some(e) = transactions.as_ref().and_then(|t| t.take_fatal()) {
-                failure = Some(e);
-                break;
+            if let Some(e) = delivery.take_fatal() {
+                return Some(e);
             }
-            // Pause at the bound, resume only once half the bound is free again: librdkafka drops
-            // prefetched records on pause and re-fetches them on resume, so toggling at every
-            // finished event would re-fetch each record from the broker.
-            let free = capacity.available_permits();
-            if !paused && free == 0 {
-                set_paused(&consumer, true);
-                paused = true;
-            } else if paused && free >= resume_at {
-                set_paused(&consumer, false);
-                paused = false;
+            if place.is_none() {
+                place = self.ledger.try_permit();
             }
-            let doomed = async {
-                match &transactions {
-                    Some(t) if !t.has_failed() => t.failure.notified().await,
-                    Some(_) => {}
-                    None => std::future::pending().await,
+            if place.is_some() {
+                stalled_since = None;
+                if self.is_paused() {
+                    self.set_paused(false);
                 }
-            };
+                if let Some(message) = waiting.pop_front() {
+                    self.take(place.take().expect("checked"), message);
+                    continue;
+                }
+            } else {
+                stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            // Records already fetched are taken without a trip through the select below (most of
+            // the loop's cost per record otherwise), up to a run of RUN_WITHOUT_SELECT, so that
+            // shutdown and the commit tick are still seen under a steady stream.
+            if place.is_some() && waiting.is_empty() && run < RUN_WITHOUT_SELECT {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(message)) => {
+                        run += 1;
+                        self.take(place.take().expect("checked"), message.detach());
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        if let Some(fatal) = self.consumer_error(e).await {
+                            return Some(fatal);
+                        }
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            run = 0;
+            let paused = self.is_paused();
+            let pause_at = stalled_since.filter(|_| !paused).map(|since| since + PAUSE_AFTER);
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
-                // A refused record dooms the open transaction: end it now rather than at the tick.
-                _ = doomed => {
-                    if let Err(e) = self.end_transaction(&consumer, &shared, drain_timeout).await {
-                        failure = Some(e);
-                        break;
+                _ = &mut shutdown => return None,
+                // A failed record dooms the open transaction: end it now rather than at the tick.
+                _ = delivery.doomed() => {
+                    if let Err(e) = delivery.on_tick(&self.consumer).await {
+                        return Some(e);
                     }
                 }
-                _ = commit_tick.tick() => match &transactions {
-                    None => commit(&consumer, &watermarks, &self.metrics, CommitMode::Async),
-                    Some(_) => {
-                        if let Err(e) = self.end_transaction(&consumer, &shared, drain_timeout).await {
-                            failure = Some(e);
-                            break;
-                        }
+                _ = commit_tick.tick() => {
+                    if let Err(e) = delivery.on_tick(&self.consumer).await {
+                        return Some(e);
                     }
-                },
-                _ = shared.finished.notified(), if paused => {}
-                received = consumer.recv() => match received {
+                }
+                free = self.ledger.permit(), if place.is_none() => place = Some(free),
+                _ = tokio::time::sleep_until(pause_at.unwrap_or_else(far_future)), if pause_at.is_some() => {
+                    tracing::debug!(in_flight = self.ledger.bound(), "no place free for {PAUSE_AFTER:?}: pausing the partitions");
+                    self.set_paused(true);
+                }
+                received = self.consumer.recv(), if place.is_some() || paused => match received {
                     Err(e) => {
-                        // A fatal error (e.g. fenced by another static member with this replica's
-                        // name) never recovers: stop rather than sit idle holding nothing.
-                        if let Some((code, reason)) = consumer.client().fatal_error() {
-                            failure = Some(PipelineError::ConsumerFatal(format!("{reason} ({code:?})")));
-                            break;
+                        if let Some(fatal) = self.consumer_error(e).await {
+                            return Some(fatal);
                         }
-                        // librdkafka recovers by itself; the pause keeps a persistent error from spinning.
-                        tracing::warn!(error = %e, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Ok(message) => {
                         let message = message.detach();
-                        // At the bound the partitions are paused; a record fetched just before the
-                        // pause is still taken (without a permit) rather than dropped.
-                        let permit = capacity.clone().try_acquire_owned().ok();
-                        let tp = (message.topic().to_string(), message.partition());
-                        let epoch = sink.epoch();
-                        let in_flight = {
-                            let mut w = watermarks.lock().expect("watermarks lock");
-                            w.started(&tp, message.offset());
-                            w.in_flight()
-                        };
-                        self.metrics.in_flight.set(in_flight as i64);
-                        summary.events += 1;
-                        tasks.spawn(handle(shared.clone(), message, permit, Instant::now(), epoch));
+                        match place.take() {
+                            Some(free) => self.take(free, message),
+                            None => {
+                                // Paused with no place: a partition assigned during the pause
+                                // delivered before the callback paused it. Pause it and keep
+                                // the record, untaken, for the first free place.
+                                self.pause_partition_of(&message);
+                                waiting.push_back(message);
+                            }
+                        }
                     }
                 },
             }
         }
+    }
 
-        set_paused(&consumer, true);
+    /// A fatal consumer error (e.g. fenced by another static member with this replica's name)
+    /// never recovers: the worker stops rather than sit idle holding nothing. Others librdkafka
+    /// recovers from by itself; the pause keeps a persistent one from spinning.
+    async fn consumer_error(&self, e: rdkafka::error::KafkaError) -> Option<PipelineError> {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            return Some(PipelineError::ConsumerFatal(format!("{reason} ({code:?})")));
+        }
+        tracing::warn!(error = %e, "consumer error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        None
+    }
+
+    /// Takes a record into the ledger and starts answering it.
+    fn take(&mut self, place: Permit, message: OwnedMessage) {
+        let ticket =
+            self.ledger.take(place, message.topic(), message.partition(), message.offset(), self.shared.delivery.epoch());
+        self.summary.events += 1;
+        self.tasks.spawn(answer::answer(self.shared.clone(), message, ticket, Instant::now()));
+    }
+
+    /// Stops fetching, drains and commits (or, after a failure, abandons the in-flight events).
+    async fn shut_down(mut self, failure: Option<PipelineError>) -> Result<WorkerSummary, PipelineError> {
+        self.set_paused(true);
         if let Some(e) = failure {
             // Fenced or failed: nothing more is committed or produced; the broker (or this
             // replica's next incarnation) aborts the open transaction.
-            tasks.abort_all();
-            self.readiness.assigned.store(false, std::sync::atomic::Ordering::Release);
+            self.tasks.abort_all();
+            self.readiness.assigned.store(false, Ordering::Release);
             return Err(e);
         }
         tracing::info!("shutting down: draining in-flight events");
-        summary.abandoned = if transactions.as_ref().is_some_and(|t| t.has_failed()) {
-            // Its records are held until the abort purges them; waiting would only run the bound out.
-            watermarks.lock().expect("watermarks lock").in_flight()
-        } else {
-            drain(&watermarks, &shared.finished, drain_timeout).await
-        };
-        if summary.abandoned > 0 {
-            tracing::warn!(abandoned = summary.abandoned, "drain bound reached; unfinished events will be re-delivered");
+        let ended = self.shared.delivery.on_shutdown(&self.consumer).await;
+        self.tasks.abort_all();
+        self.readiness.assigned.store(false, Ordering::Release);
+        self.summary.abandoned = ended?;
+        if self.summary.abandoned > 0 {
+            tracing::warn!(abandoned = self.summary.abandoned, "drain bound reached; unfinished events will be re-delivered");
         }
-        tasks.abort_all();
-        match &transactions {
-            None => {
-                commit(&consumer, &watermarks, &self.metrics, CommitMode::Sync);
-                sink.flush(Duration::from_secs(1));
-            }
-            Some(t) => {
-                let drained = summary.abandoned == 0;
-                blocking(|| t.finish(&consumer, drained, &[], Then::Stop))?;
-            }
-        }
-        self.readiness.assigned.store(false, std::sync::atomic::Ordering::Release);
-        drop(consumer);
-        tracing::info!(events = summary.events, "worker stopped");
-        Ok(summary)
+        drop(self.consumer);
+        tracing::info!(events = self.summary.events, "worker stopped");
+        Ok(self.summary)
     }
 
-    /// Exactly-once: stop taking records, let the in-flight ones finish, commit (or abort and
-    /// rewind), begin the next transaction. After an abort, waits a growing backoff.
-    async fn end_transaction(
-        &self,
-        consumer: &StreamConsumer<WorkerContext>,
-        shared: &Shared,
-        drain_timeout: Duration,
-    ) -> Result<(), PipelineError> {
-        let Some(t) = &shared.transactions else { return Ok(()) };
-        // A doomed transaction is aborted at once: its queued records would only be purged, and
-        // its other events are ignored once the epoch moves on.
-        let drained = t.has_failed() || {
-            let left = drain(&shared.watermarks, &shared.finished, drain_timeout).await;
-            if left > 0 {
-                tracing::warn!(in_flight = left, "drain bound reached before a commit; aborting the transaction");
-            }
-            left == 0
-        };
-        let outcome = blocking(|| t.finish(consumer, drained, &[], Then::Continue))?;
-        if outcome == Outcome::Aborted {
-            tokio::time::sleep(t.backoff()).await;
-        }
-        Ok(())
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
-}
 
-/// Waits until no event is in flight or `bound` passes; returns how many are still in flight.
-async fn drain(watermarks: &Mutex<Watermarks>, finished: &Notify, bound: Duration) -> usize {
-    let deadline = Instant::now() + bound;
-    loop {
-        let in_flight = watermarks.lock().expect("watermarks lock").in_flight();
-        if in_flight == 0 || Instant::now() >= deadline {
-            return in_flight;
+    /// Pauses or resumes the whole assignment.
+    fn set_paused(&self, pause: bool) {
+        self.paused.store(pause, Ordering::Release);
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        if assignment.count() == 0 {
+            return;
         }
-        tokio::select! {
-            _ = finished.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        let result = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, pause, "pause/resume failed");
+        }
+    }
+
+    fn pause_partition_of(&self, message: &OwnedMessage) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(message.topic(), message.partition());
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "pausing a partition assigned during a pause failed");
         }
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    message: OwnedMessage,
-    permit: Option<OwnedSemaphorePermit>,
-    received: Instant,
-    epoch: u64,
-) {
-    let source = Source::of(&message);
-    let metrics = &shared.metrics;
-    // Reduced when this record's full output was refused before (exactly-once re-reads it).
-    let shape = shared.sink.shape_for(&source);
-    let sent = match parse_upload(message.payload(), shared.max_event_bytes) {
-        Ok(event) => {
-            let verdict = shared.screen.screen(&event, received).await;
-            let started = Instant::now();
-            let sent = send_with_fallback(&shared, &source, shape, "verdict", |shape| {
-                let json = match shape {
-                    Shape::Full => serde_json::to_vec(&verdict),
-                    Shape::Reduced => serde_json::to_vec(&verdict.compact()),
-                }
-                .expect("verdicts always serialize");
-                let sink = shared.sink.clone();
-                let (media_id, event_id, source) = (event.media_id.clone(), event.event_id.clone(), source.clone());
-                let metrics = shared.metrics.clone();
-                async move { sink.send_verdict(&media_id, &event_id, &json, &source, &metrics, epoch).await }
-            })
-            .await;
-            metrics.observe_stage("produce", started.elapsed().as_secs_f64());
-            if sent.is_ok() {
-                metrics.verdicts.with_label_values(&[verdict.action.as_str()]).inc();
-                metrics.events.with_label_values(&["verdict"]).inc();
-            }
-            sent
-        }
-        Err(error) => {
-            tracing::info!(topic = %source.topic, partition = source.partition, offset = source.offset,
-                class = error.class(), "unparseable event sent to the DLQ");
-            let message = &message;
-            let (class, text) = (error.class(), error.to_string());
-            let sent = send_with_fallback(&shared, &source, shape, "DLQ record", |shape| {
-                let sink = shared.sink.clone();
-                let metrics = shared.metrics.clone();
-                let text = text.clone();
-                async move { sink.send_dlq(message, class, &text, shape, &metrics, epoch).await }
-            })
-            .await;
-            if sent.is_ok() {
-                metrics.dlq_records.with_label_values(&[error.class()]).inc();
-                metrics.events.with_label_values(&["dlq"]).inc();
-            }
-            sent
-        }
-    };
-    // Only exactly-once sends fail; the transaction must be aborted before the event counts as
-    // finished, or a drain could see it finished and commit the doomed transaction.
-    match (sent, &shared.transactions) {
-        (Ok(()), _) => {}
-        (Err(KafkaError::TransactionEnded), _) => {}
-        (Err(_), Some(t)) => t.send_failed(epoch),
-        (Err(_), None) => {}
-    }
-    metrics.event_seconds.observe(received.elapsed().as_secs_f64());
-    let in_flight = {
-        let mut w = shared.watermarks.lock().expect("watermarks lock");
-        w.finished(epoch, &(source.topic, source.partition), source.offset);
-        w.in_flight()
-    };
-    metrics.in_flight.set(in_flight as i64);
-    drop(permit);
-    shared.finished.notify_one();
-}
-
-/// Sends an event's output; when the topic refuses the record itself (too large, invalid), sends
-/// it reduced instead: at once at-least-once, in the next transaction exactly-once (this one
-/// aborts; the re-read event is answered reduced). A reduced record refused too means the topic
-/// refuses everything: at-least-once retries it until the topic takes it, exactly-once aborts.
-async fn send_with_fallback<F, Fut>(shared: &Shared, source: &Source, shape: Shape, what: &str, send: F) -> Result<(), KafkaError>
-where
-    F: Fn(Shape) -> Fut,
-    Fut: Future<Output = Result<(), KafkaError>>,
-{
-    let mut shape = shape;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match send(shape).await {
-            Err(KafkaError::Refused(error)) => {
-                tracing::warn!(topic = %source.topic, partition = source.partition, offset = source.offset, %error, ?shape,
-                    "the output topic refused this event's {what}{}",
-                    if shape == Shape::Full { "; answering with a reduced one" } else { " even reduced: the topic refuses everything" });
-                if shape == Shape::Full {
-                    shared.sink.note_refused(source);
-                }
-                if shared.transactions.is_some() {
-                    return Err(KafkaError::Refused(error));
-                }
-                if shape == Shape::Reduced {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                shape = Shape::Reduced;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn set_paused(consumer: &StreamConsumer<WorkerContext>, pause: bool) {
-    let Ok(assignment) = consumer.assignment() else { return };
-    if assignment.count() == 0 {
-        return;
-    }
-    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, pause, "pause/resume failed");
-    }
-}
-
-/// Commits every partition whose watermark moved.
-fn commit(consumer: &StreamConsumer<WorkerContext>, watermarks: &Mutex<Watermarks>, metrics: &Metrics, mode: CommitMode) {
-    // A synchronous commit (shutdown) re-sends every watermark: an earlier async commit may have failed.
-    let offsets = {
-        let w = watermarks.lock().expect("watermarks lock");
-        if matches!(mode, CommitMode::Sync) { w.all() } else { w.to_commit() }
-    };
-    if offsets.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in &offsets {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-    }
-    match consumer.commit(&tpl, mode) {
-        Ok(()) => {
-            metrics.offsets_committed.inc();
-            let mut w = watermarks.lock().expect("watermarks lock");
-            for (tp, offset) in &offsets {
-                w.committed(tp, *offset);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
-    }
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }

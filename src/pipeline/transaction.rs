@@ -18,16 +18,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 
-use super::context::WorkerContext;
-use super::watermark::{Tp, Watermarks};
+use super::ledger::{Ledger, Which};
+use super::watermark::Tp;
 use super::PipelineError;
-use crate::kafka::sink::Sink;
+use crate::kafka::sink::{Output, SendError, Sink};
 use crate::metrics::Metrics;
 
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -40,7 +40,7 @@ const ABORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What the worker does after finishing a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Then {
+enum Then {
     /// Begin the next transaction; after an abort, rewind the partitions that stay.
     Continue,
     /// The worker is leaving: neither rewind nor begin.
@@ -48,7 +48,7 @@ pub enum Then {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+enum Outcome {
     /// Nothing was taken since the last commit; the transaction stays open and empty.
     Idle,
     Committed,
@@ -112,11 +112,22 @@ fn classify(e: &ClientError) -> Class {
     }
 }
 
-/// The transactional side of one worker, shared by the main loop and the rebalance callback.
+/// Which transaction records may join now.
+#[derive(Debug, Default)]
+struct Gate {
+    epoch: u64,
+    open: bool,
+}
+
+/// The transactional side of one worker, shared by the main loop, the event tasks (through the
+/// gate) and the rebalance callback.
 pub struct Transactions {
     sink: Arc<Sink>,
-    watermarks: Arc<Mutex<Watermarks>>,
+    ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    /// Held while a record is handed to the producer, so a record joins the transaction open
+    /// when its input record was taken, or is never produced.
+    gate: Mutex<Gate>,
     /// Bound on retrying a commit (the drain bound).
     bound: Duration,
     /// Bound on retrying an abort: the transaction timeout. librdkafka's abort waits for records
@@ -127,7 +138,7 @@ pub struct Transactions {
     /// aborted. An epoch, not a flag, so that a late refusal cannot doom the next transaction.
     failed: AtomicU64,
     /// Wakes the main loop when `failed` is set, so the doomed transaction is not carried on.
-    pub failure: Notify,
+    failure: Notify,
     /// Set once the worker must stop; no transaction call is made after it.
     stopped: AtomicBool,
     /// A stop decided in the rebalance callback, for the main loop to return.
@@ -140,15 +151,16 @@ impl Transactions {
     /// first transaction. Blocking.
     pub fn start(
         sink: Arc<Sink>,
-        watermarks: Arc<Mutex<Watermarks>>,
+        ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
         bound: Duration,
         abort_bound: Duration,
     ) -> Result<Self, PipelineError> {
         let t = Self {
             sink,
-            watermarks,
+            ledger,
             metrics,
+            gate: Mutex::new(Gate::default()),
             bound,
             abort_bound,
             failed: AtomicU64::new(0),
@@ -162,16 +174,127 @@ impl Transactions {
         Ok(t)
     }
 
-    /// A record of the transaction `epoch` was refused: that transaction is doomed.
-    pub fn send_failed(&self, epoch: u64) {
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    /// The transaction records taken now belong to.
+    pub fn epoch(&self) -> u64 {
+        self.gate().epoch
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Produces a record into transaction `epoch` and waits for the broker's answer. The record
+    /// is sent once: a failure dooms the transaction (it is aborted and its input re-read).
+    pub async fn send(&self, output: &Output, epoch: u64) -> Result<(), SendError> {
+        let delivery = loop {
+            let enqueued = {
+                let gate = self.gate();
+                if !gate.open || gate.epoch != epoch {
+                    return Err(SendError::TransactionEnded);
+                }
+                self.sink.try_enqueue(output)
+            };
+            match enqueued {
+                Ok(delivery) => break delivery,
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    self.metrics.produce_errors.inc();
+                    self.doom(epoch);
+                    return Err(SendError::of(e));
+                }
+            }
+        };
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            // Purged by an abort: the transaction ended; the broker refused nothing.
+            Ok(Err((e, _)))
+                if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) =>
+            {
+                Err(SendError::TransactionEnded)
+            }
+            Ok(Err((e, _))) => {
+                self.metrics.produce_errors.inc();
+                tracing::warn!(error = %e, "produce failed inside a transaction; it will be aborted");
+                self.doom(epoch);
+                Err(SendError::of(e))
+            }
+            Err(_canceled) => Err(SendError::TransactionEnded),
+        }
+    }
+
+    /// A record of the transaction `epoch` failed: that transaction can only be aborted.
+    fn doom(&self, epoch: u64) {
         self.failed.store(epoch, Ordering::Release);
         self.failure.notify_one();
     }
 
     /// The open transaction is doomed: abort it without waiting for its events (librdkafka holds
     /// the records of a failed transaction until the abort purges them).
-    pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire) == self.sink.epoch()
+    pub fn is_doomed(&self) -> bool {
+        self.failed.load(Ordering::Acquire) == self.epoch()
+    }
+
+    /// Completes once the open transaction is doomed (never, while it is not).
+    pub async fn doomed(&self) {
+        if !self.is_doomed() {
+            self.failure.notified().await;
+        }
+    }
+
+    /// Every `kafka.commit_interval_ms`, and at once when the transaction is doomed: stop taking
+    /// records (the caller does), let the in-flight ones finish, commit (or abort and rewind),
+    /// begin the next transaction. After an abort, waits a growing backoff.
+    pub async fn on_tick<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K) -> Result<(), PipelineError> {
+        // A doomed transaction is aborted at once: its queued records would only be purged, and
+        // its other events are ignored once the epoch moves on.
+        let drained = self.is_doomed() || {
+            let left = self.ledger.drain(None, self.bound).await;
+            if left > 0 {
+                tracing::warn!(in_flight = left, "drain bound reached before a commit; aborting the transaction");
+            }
+            left == 0
+        };
+        let outcome = blocking(|| self.end(consumer, drained, &[], Then::Continue))?;
+        if outcome == Outcome::Aborted {
+            tokio::time::sleep(self.backoff()).await;
+        }
+        Ok(())
+    }
+
+    /// Partitions are being revoked: a transaction spans every partition, so *all* in-flight
+    /// events get the drain bound, then the open transaction is committed (offsets included)
+    /// before the partitions move — the new owner starts exactly where it ended. If the bound
+    /// passes or the commit fails it is aborted instead, and the partitions kept are rewound.
+    /// Runs on the thread polling the consumer (the rebalance callback).
+    pub fn on_revoke<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K, revoked: &[Tp]) {
+        // Let the runtime move other tasks (the ones finishing these events) off this thread.
+        blocking(|| {
+            // A doomed transaction's records are held until the abort purges them: no wait.
+            let drained = self.is_doomed() || self.ledger.drain_blocking(None, self.bound) == 0;
+            if let Err(e) = self.end(consumer, drained, revoked, Then::Continue) {
+                self.keep_fatal(e);
+            }
+        });
+        self.ledger.forget(revoked);
+    }
+
+    /// The worker stops: lets in-flight events finish within the drain bound, commits (or
+    /// aborts) the last transaction. Returns how many events were left unfinished.
+    pub async fn on_shutdown<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K) -> Result<usize, PipelineError> {
+        let abandoned = if self.is_doomed() {
+            // Its records are held until the abort purges them; waiting would only run the bound out.
+            self.ledger.in_flight(None)
+        } else {
+            self.ledger.drain(None, self.bound).await
+        };
+        blocking(|| self.end(consumer, abandoned == 0, &[], Then::Stop))?;
+        Ok(abandoned)
     }
 
     /// A stop decided where it could not be returned (the rebalance callback).
@@ -181,7 +304,7 @@ impl Transactions {
 
     /// Time to wait before taking records again after consecutive aborts (zero after a commit),
     /// so that a verdict topic refusing everything is not hammered.
-    pub fn backoff(&self) -> Duration {
+    fn backoff(&self) -> Duration {
         match self.aborts_in_a_row.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             n => (ABORT_BACKOFF_START * 2u32.saturating_pow(n.min(16) - 1)).min(ABORT_BACKOFF_MAX),
@@ -192,7 +315,7 @@ impl Transactions {
     /// (nothing in flight) and no record failed, else aborts it and — with `Then::Continue` —
     /// rewinds the partitions not in `leaving`. Then begins the next one unless `Then::Stop`.
     /// Blocking. An error means the worker must stop.
-    pub fn finish<K: Consumer<WorkerContext>>(
+    fn end<C: ConsumerContext, K: Consumer<C>>(
         &self,
         consumer: &K,
         drained: bool,
@@ -202,13 +325,13 @@ impl Transactions {
         if self.stopped.load(Ordering::Acquire) {
             return Err(PipelineError::Stopped);
         }
-        let offsets = self.watermarks.lock().expect("watermarks lock").to_commit();
-        let failed = self.has_failed();
-        if drained && !failed && offsets.is_empty() {
+        let offsets = self.ledger.offsets(Which::Moved);
+        let failed = self.is_doomed();
+        if drained && !failed && offsets.count() == 0 {
             return Ok(Outcome::Idle);
         }
         // From here on no event task hands a record of this transaction to the producer.
-        self.sink.close_transaction();
+        self.gate().open = false;
         let refusal = if failed {
             Some(Refusal::SendFailed)
         } else if !drained {
@@ -218,10 +341,7 @@ impl Transactions {
         };
         let outcome = match refusal {
             None => {
-                let mut w = self.watermarks.lock().expect("watermarks lock");
-                for (tp, offset) in &offsets {
-                    w.committed(tp, *offset);
-                }
+                self.ledger.committed(&offsets);
                 self.metrics.transactions.with_label_values(&["committed"]).inc();
                 self.metrics.offsets_committed.inc();
                 self.aborts_in_a_row.store(0, Ordering::Relaxed);
@@ -257,29 +377,29 @@ impl Transactions {
         Ok(outcome)
     }
 
+    /// Begins a transaction and lets records of the new epoch into it.
     fn begin(&self) -> Result<(), PipelineError> {
-        let epoch = self.sink.begin_transaction().map_err(|e| match e {
-            crate::kafka::KafkaError::Client(c) => self.stop_for(c),
-            other => self.stop(PipelineError::Kafka(other)),
-        })?;
-        self.watermarks.lock().expect("watermarks lock").set_epoch(epoch);
+        self.sink.producer().begin_transaction().map_err(|e| self.stop_for(e))?;
+        let epoch = {
+            let mut gate = self.gate();
+            gate.epoch += 1;
+            gate.open = true;
+            gate.epoch
+        };
+        self.ledger.set_epoch(epoch);
         Ok(())
     }
 
-    fn commit<K: Consumer<WorkerContext>>(&self, consumer: &K, offsets: &[(Tp, i64)]) -> Result<(), Refusal> {
+    fn commit<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K, offsets: &TopicPartitionList) -> Result<(), Refusal> {
         let started = Instant::now();
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).map_err(Refusal::Client)?;
-        }
         let group = consumer.group_metadata().ok_or(Refusal::NoGroup)?;
         let producer = self.sink.producer();
-        self.retry("send_offsets_to_transaction", self.bound, |timeout| producer.send_offsets_to_transaction(&tpl, &group, timeout))
+        self.retry("send_offsets_to_transaction", self.bound, |timeout| producer.send_offsets_to_transaction(offsets, &group, timeout))
             .map_err(Refusal::Client)?;
         self.retry("commit_transaction", self.bound, |timeout| producer.commit_transaction(timeout)).map_err(Refusal::Client)?;
         let took = started.elapsed();
         self.metrics.transaction_commit_seconds.observe(took.as_secs_f64());
-        tracing::debug!(partitions = offsets.len(), ms = took.as_millis() as u64, "transaction committed");
+        tracing::debug!(partitions = offsets.count(), ms = took.as_millis() as u64, "transaction committed");
         Ok(())
     }
 
@@ -307,8 +427,8 @@ impl Transactions {
     /// Seeks every partition that stays back to its last committed offset. A partition that
     /// cannot be rewound would later commit past events whose verdicts were aborted, so a failed
     /// seek stops the worker (its successor starts from the committed offsets).
-    fn rewind<K: Consumer<WorkerContext>>(&self, consumer: &K, leaving: &[Tp]) -> Result<(), PipelineError> {
-        let points = self.watermarks.lock().expect("watermarks lock").rewind(leaving);
+    fn rewind<C: ConsumerContext, K: Consumer<C>>(&self, consumer: &K, leaving: &[Tp]) -> Result<(), PipelineError> {
+        let points = self.ledger.rewind(leaving);
         if points.is_empty() {
             return Ok(());
         }
@@ -340,13 +460,13 @@ impl Transactions {
 
     fn stop(&self, error: PipelineError) -> PipelineError {
         self.stopped.store(true, Ordering::Release);
-        self.sink.close_transaction();
+        self.gate().open = false;
         tracing::error!(error = %error, "exactly-once: stopping the worker");
         error
     }
 
     /// Keeps a stop decided in the rebalance callback for the main loop.
-    pub fn keep_fatal(&self, error: PipelineError) {
+    fn keep_fatal(&self, error: PipelineError) {
         self.fatal.lock().expect("fatal lock").get_or_insert(error);
     }
 }

@@ -48,7 +48,7 @@ impl Watermarks {
 
     /// The broker acknowledged the event's verdict or DLQ record. Unknown offsets (a partition
     /// revoked meanwhile) and events of another epoch (a rewound transaction's) are ignored.
-    pub fn finished(&mut self, epoch: u64, tp: &Tp, offset: i64) {
+    pub fn acknowledged(&mut self, epoch: u64, tp: &Tp, offset: i64) {
         if epoch != self.epoch {
             return;
         }
@@ -112,11 +112,6 @@ impl Watermarks {
         }
     }
 
-    /// Every partition with state.
-    pub fn partitions(&self) -> Vec<Tp> {
-        self.partitions.keys().cloned().collect()
-    }
-
     /// Forget a partition (revoked): late acknowledgements for it are ignored.
     pub fn forget(&mut self, tp: &Tp) {
         self.partitions.remove(tp);
@@ -138,13 +133,13 @@ mod tests {
         for o in 10..15 {
             w.started(&tp(), o);
         }
-        w.finished(0, &tp(), 10);
-        w.finished(0, &tp(), 12);
-        w.finished(0, &tp(), 13);
+        w.acknowledged(0, &tp(), 10);
+        w.acknowledged(0, &tp(), 12);
+        w.acknowledged(0, &tp(), 13);
         assert_eq!(w.to_commit(), vec![(tp(), 11)]);
-        w.finished(0, &tp(), 11);
+        w.acknowledged(0, &tp(), 11);
         assert_eq!(w.to_commit(), vec![(tp(), 14)]);
-        w.finished(0, &tp(), 14);
+        w.acknowledged(0, &tp(), 14);
         assert_eq!(w.to_commit(), vec![(tp(), 15)]);
         w.committed(&tp(), 15);
         assert!(w.to_commit().is_empty());
@@ -160,9 +155,9 @@ mod tests {
         }
         w.started(&other, 40);
         for o in 5..10 {
-            w.finished(1, &tp(), o);
+            w.acknowledged(1, &tp(), o);
         }
-        w.finished(1, &other, 40);
+        w.acknowledged(1, &other, 40);
         assert_eq!(sorted(w.to_commit()), vec![(tp(), 10), (other.clone(), 41)]);
         w.committed(&tp(), 10);
         w.committed(&other, 41);
@@ -170,7 +165,7 @@ mod tests {
         for o in 10..13 {
             w.started(&tp(), o);
         }
-        w.finished(2, &tp(), 10);
+        w.acknowledged(2, &tp(), 10);
         // Abort: partition 0 goes back to its last commit, not to the offsets of this epoch.
         assert_eq!(sorted(w.rewind(&[])), vec![(tp(), 10), (other.clone(), 41)]);
         assert_eq!(w.in_flight(), 0);
@@ -178,9 +173,9 @@ mod tests {
         w.set_epoch(3);
         w.started(&tp(), 10);
         // A late acknowledgement from the aborted epoch must not finish the re-read event.
-        w.finished(2, &tp(), 10);
+        w.acknowledged(2, &tp(), 10);
         assert_eq!(w.in_flight(), 1);
-        w.finished(3, &tp(), 10);
+        w.acknowledged(3, &tp(), 10);
         assert_eq!(w.to_commit(), vec![(tp(), 11)]);
     }
 
@@ -208,7 +203,7 @@ mod tests {
             let mut w = Watermarks::default();
             for o in 0..50 { w.started(&tp(), o); }
             let mut done = std::collections::BTreeSet::new();
-            for a in acks { w.finished(0, &tp(), a as i64); done.insert(a as i64); }
+            for a in acks { w.acknowledged(0, &tp(), a as i64); done.insert(a as i64); }
             let expect = (0..50).find(|o| !done.contains(o)).unwrap_or(50);
             prop_assert_eq!(w.watermarks_of(&[tp()]), vec![(tp(), expect)]);
         }

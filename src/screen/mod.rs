@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding, SCALING_ANOMALY};
 use cache::{Learned, ScreenCache};
 
+/// Media up to this size is hashed and inspected on the task's own thread: tens of
+/// microseconds, less than handing it to a blocking thread and back costs (a thread wake-up
+/// each way was most of an exact-only worker's CPU). Larger media go to the CPU pool.
+const INSPECT_INLINE_MAX: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// The worker: skip the classifier when a bank match already blocks.
@@ -217,8 +222,12 @@ impl Screen {
     async fn learn(&self, media: &Media) -> (Arc<Learned>, Option<Pixels>, Option<[u8; 32]>) {
         let limits = self.limits();
         let metrics = self.metrics.clone();
-        let (bytes, content_type) = (media.bytes.clone(), media.content_type.clone());
-        let inspected = self.on_cpu(move || inspect_blocking(&bytes, content_type.as_deref(), &limits, &metrics)).await;
+        let inspected = if media.bytes.len() <= INSPECT_INLINE_MAX {
+            Ok(inspect_blocking(&media.bytes, media.content_type.as_deref(), &limits, &metrics))
+        } else {
+            let (bytes, content_type) = (media.bytes.clone(), media.content_type.clone());
+            self.on_cpu(move || inspect_blocking(&bytes, content_type.as_deref(), &limits, &metrics)).await
+        };
         let (signals, plan) = match inspected {
             Ok(Ok(planned)) => planned,
             Ok(Err(learned)) => return (Arc::new(learned), None, None),
