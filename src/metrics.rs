@@ -48,6 +48,8 @@ pub struct Metrics {
     /// topic, partition
     pub consumer_lag: IntGaugeVec,
     pub offsets_committed: IntCounter,
+    /// The worker paused its partitions: no place was free in its bound for a whole second.
+    pub consumer_pauses: IntCounter,
     pub produce_errors: IntCounter,
     /// client: consumer | producer | banks
     pub kafka_broker_repairs: IntCounterVec,
@@ -171,6 +173,12 @@ impl Metrics {
             gauge_vec("perisai_consumer_lag", "Messages behind the high watermark, per partition.", &["topic", "partition"]);
         let offsets_committed = IntCounter::new("perisai_offset_commits_total", "Offset commits sent.").expect("valid");
         registry.register(Box::new(offsets_committed.clone())).expect("unique metric");
+        let consumer_pauses = IntCounter::new(
+            "perisai_consumer_pauses_total",
+            "Times the worker paused its partitions after its in-flight bound stayed full for a second.",
+        )
+        .expect("valid");
+        registry.register(Box::new(consumer_pauses.clone())).expect("unique metric");
         let produce_errors =
             IntCounter::new("perisai_produce_errors_total", "Verdict or DLQ records the broker did not accept.").expect("valid");
         registry.register(Box::new(produce_errors.clone())).expect("unique metric");
@@ -282,6 +290,7 @@ impl Metrics {
             decode_memory_reserved,
             consumer_lag,
             offsets_committed,
+            consumer_pauses,
             produce_errors,
             kafka_broker_repairs,
             transactions,

@@ -66,7 +66,7 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
     let topics = create_topics(&brokers, "eos-crash", partitions).await;
     let dir = temp_dir();
     let n = 10_000u32;
-    produce_events(&brokers, &topics.input, n).await;
+    let feeding = feed(&brokers, &topics.input, 0..n, 160);
     let committed_view = Watcher::start(&brokers, &topics.verdicts);
     let uncommitted_view = Watcher::start_with(&brokers, &topics.verdicts, "read_uncommitted");
     let mut rng = rng("eos-crash");
@@ -95,7 +95,8 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
             last = Some((child, port));
             break;
         }
-        // 5 × at most 1,500 verdicts stays well short of 10,000: every kill lands mid-stream.
+        // Events arrive for over a minute (160/s) and the five kills come within about 45 s
+        // (≤ 1,500 verdicts each, ~6 s recoveries): every kill lands mid-stream.
         let target = random_between(&mut rng, 100, 1500) as usize;
         let delay = Duration::from_millis(random_between(&mut rng, 0, 300));
         assert!(
@@ -115,6 +116,7 @@ async fn sigkill_at_random_points_verdicts_exactly_once() {
 
     let (mut worker, port) = last.expect("final worker");
     let done = committed_view.wait_for(WAIT, all_seen(n));
+    feeding.join().expect("the feeding thread");
     let all_done = started.elapsed();
     let (c, a) = transactions(port).await;
     txns = (txns.0 + c, txns.1 + a);

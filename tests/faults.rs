@@ -23,7 +23,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let dir = temp_dir();
     let config = write_config(dir.path(), &brokers, &topics, "");
     let n = 10_000u32;
-    produce_events(&brokers, &topics.input, n).await;
+    let feeding = feed(&brokers, &topics.input, 0..n, 160);
     let watcher = Watcher::start(&brokers, &topics.verdicts);
     let mut rng = rng("crash");
     let kills = 5;
@@ -43,7 +43,8 @@ async fn sigkill_at_random_points_loses_nothing() {
             worker = Some(child);
             break;
         }
-        // 5 × at most 1,500 verdicts stays well short of 10,000: every kill lands mid-stream.
+        // Events arrive for over a minute (160/s) and the five kills come within about 45 s
+        // (≤ 1,500 verdicts each, ~6 s recoveries): every kill lands mid-stream.
         let target = random_between(&mut rng, 100, 1500) as usize;
         let delay = Duration::from_millis(random_between(&mut rng, 0, 300));
         assert!(
@@ -60,6 +61,7 @@ async fn sigkill_at_random_points_loses_nothing() {
 
     let mut last = worker.expect("final worker");
     let done = watcher.wait_for(WAIT, all_seen(n));
+    feeding.join().expect("the feeding thread");
     let seen = watcher.snapshot();
     let t = tally(&seen, n);
     sigterm(&last);

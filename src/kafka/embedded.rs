@@ -15,7 +15,12 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     pub fn start() -> Result<Self, SetupError> {
-        let owner: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").create()?;
+        Self::start_cluster(1)
+    }
+
+    /// A mock cluster of `brokers` brokers (ids 1..=brokers): tests that slow one of them down.
+    pub fn start_cluster(brokers: u32) -> Result<Self, SetupError> {
+        let owner: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", brokers.to_string()).create()?;
         let broker = Self { owner };
         let native = broker.owner.client().native_ptr();
         // SAFETY: the handle belongs to `owner`, which outlives this call; the mock API only
@@ -32,6 +37,16 @@ impl EmbeddedBroker {
 
     pub fn bootstrap_servers(&self) -> String {
         self.owner.client().mock_cluster().map(|c| c.bootstrap_servers()).unwrap_or_default()
+    }
+
+    /// The mock itself, for tests that shape it: round-trip times, partition leaders, coordinators.
+    pub fn mock(&self) -> Result<rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>, SetupError> {
+        self.owner.client().mock_cluster().ok_or_else(|| SetupError::Embedded("mock cluster gone".into()))
+    }
+
+    /// Delays every response of every broker by `rtt` (tests: slow acknowledgements).
+    pub fn set_round_trip_time(&self, rtt: std::time::Duration) -> Result<(), SetupError> {
+        self.mock()?.broker_round_trip_time(-1, rtt).map_err(SetupError::Client)
     }
 
     /// Topics are created through the mock itself: its admin API hangs.

@@ -132,8 +132,15 @@ impl Delivery {
                 if left > 0 {
                     tracing::warn!(in_flight = left, "drain bound reached on revoke; unfinished events will be re-delivered");
                 }
-                // Off the runtime too: with the coordinator gone it waits up to the session timeout.
-                blocking(|| commit(consumer, &a.ledger, &a.metrics, Which::Only(revoked), CommitMode::Sync));
+                // A lost assignment (the session timed out, e.g. while the broker was away) may
+                // already be another member's: committing for it could only be refused — and
+                // with static membership librdkafka takes that refusal as fatal.
+                if consumer.assignment_lost() {
+                    tracing::warn!(partitions = revoked.len(), "assignment lost: not committing for it; unfinished events will be re-delivered");
+                } else {
+                    // Off the runtime: with the coordinator gone it waits up to the session timeout.
+                    blocking(|| commit(consumer, &a.ledger, &a.metrics, Which::Only(revoked), CommitMode::Sync));
+                }
                 a.ledger.forget(revoked);
             }
             Delivery::ExactlyOnce(t) => t.on_revoke(consumer, revoked),

@@ -36,6 +36,9 @@ mod ledger;
 mod transaction;
 mod watermark;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -213,7 +216,10 @@ impl Running {
                     self.set_paused(false);
                 }
                 if let Some(message) = waiting.pop_front() {
-                    self.take(place.take().expect("checked"), message);
+                    // Its partition may have been revoked meanwhile: then it is the new owner's.
+                    if self.is_assigned(&message) {
+                        self.take(place.take().expect("checked"), message);
+                    }
                     continue;
                 }
             } else {
@@ -258,6 +264,7 @@ impl Running {
                 free = self.ledger.permit(), if place.is_none() => place = Some(free),
                 _ = tokio::time::sleep_until(pause_at.unwrap_or_else(far_future)), if pause_at.is_some() => {
                     tracing::debug!(in_flight = self.ledger.bound(), "no place free for {PAUSE_AFTER:?}: pausing the partitions");
+                    self.shared.metrics.consumer_pauses.inc();
                     self.set_paused(true);
                 }
                 received = self.consumer.recv(), if place.is_some() || paused => match received {
@@ -342,6 +349,10 @@ impl Running {
         if let Err(e) = result {
             tracing::warn!(error = %e, pause, "pause/resume failed");
         }
+    }
+
+    fn is_assigned(&self, message: &OwnedMessage) -> bool {
+        self.consumer.assignment().is_ok_and(|a| a.find_partition(message.topic(), message.partition()).is_some())
     }
 
     fn pause_partition_of(&self, message: &OwnedMessage) {

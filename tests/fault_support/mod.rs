@@ -254,7 +254,8 @@ pub fn by_worker(seen: &[Seen], k: usize) -> usize {
 }
 
 /// Produces events `range` at about `per_second`, waiting for every acknowledgement, on a
-/// thread of its own (its own runtime), so the test can inject faults meanwhile.
+/// thread of its own (its own runtime), so the test can inject faults meanwhile — and so that
+/// the stream is still arriving when they land, however fast the worker clears a backlog.
 pub fn feed(brokers: &str, topic: &str, range: std::ops::Range<u32>, per_second: u32) -> JoinHandle<()> {
     let (brokers, topic) = (brokers.to_string(), topic.to_string());
     std::thread::spawn(move || {
