@@ -728,7 +728,7 @@ mod tests {
     fn defaults_are_valid() {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
         assert_eq!(s.kafka.input_topic, "perisai.uploads");
-        assert_eq!(s.worker.max_in_flight, 1024);
+        assert_eq!(s.worker.max_in_flight, 256);
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
 //! - [`kafka`]: client settings, the verdict/DLQ sink, the bank topic's reader (start-up load, then
 //!   live tail) and writer, the broker watchdog, the demo's embedded broker.
-//! - [`pipeline`]: the worker: wiring, offset watermarks, backpressure, shutdown, and the
-//!   exactly-once transaction cycle.
+//! - [`pipeline`]: the worker: the receive loop, the in-flight ledger (bound, watermarks,
+//!   drain), backpressure, shutdown, and the delivery seam (at-least-once commits, the
+//!   exactly-once transaction cycle).
 //! - [`metrics`]: Prometheus registry and the HTTP endpoints.
 //! - [`app`]: assembling banks, classifier and screen from settings (shared by `run`, `demo`, `scan`).
 //! - [`retro`]: the retro role: remembers recent verdicts and re-decides them when a bank entry

@@ -8,6 +8,10 @@
 //! in-flight events keeps the offsets simple — everything taken is finished — at the price of a
 //! short stall per commit.
 //!
+//! The transaction gate lives here too: a record is handed to the producer only while the
+//! transaction its input record was taken in is open, so a late event task can never slip its
+//! verdict into the next transaction.
+//!
 //! Failures: a refused record, a drain that passes its bound, or an abortable commit error abort
 //! the transaction and rewind the input to the last committed offsets, so the aborted events are
 //! screened again into the next transaction. Fencing (a newer incarnation with the same
