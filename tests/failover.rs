@@ -105,11 +105,20 @@ async fn a_dead_workers_partitions_move_within_the_session_timeout() {
         s.iter().filter(|v| v.worker.starts_with("replica-a-")).count() >= 100 && s.iter().filter(|v| v.worker.starts_with("replica-b-")).count() >= 100
     });
     assert!(both, "both workers answer\n{}\n{}", worker_log(dir.path(), 0), worker_log(dir.path(), 1));
-    let b_partitions: std::collections::BTreeSet<i32> =
-        watcher.snapshot().iter().filter(|v| v.worker.starts_with("replica-b-")).map(|v| v.source.0).collect();
     b.kill().expect("SIGKILL");
     b.wait().unwrap();
     let killed = Instant::now();
+    // b's partitions are those whose latest verdict is b's: whichever worker joined first held
+    // all four for a while, so "partitions b ever answered" would include a's own.
+    let mut latest: std::collections::BTreeMap<i32, (i64, bool)> = Default::default();
+    for v in watcher.snapshot().iter() {
+        let e = latest.entry(v.source.0).or_insert((-1, false));
+        if v.source.1 > e.0 {
+            *e = (v.source.1, v.worker.starts_with("replica-b-"));
+        }
+    }
+    let b_partitions: std::collections::BTreeSet<i32> = latest.iter().filter(|(_, (_, by_b))| *by_b).map(|(p, _)| *p).collect();
+    assert!(!b_partitions.is_empty(), "replica-b held no partition when it was killed");
     // replica-a answered b's partitions too before b joined; only records past the last one it
     // answered then are its work after the move.
     let before: std::collections::BTreeMap<i32, i64> = watcher
