@@ -27,8 +27,8 @@ use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding, SCALIN
 use cache::{Learned, ScreenCache};
 
 /// Media up to this size is hashed and inspected on the task's own thread: tens of
-/// microseconds, less than handing it to a blocking thread and back costs (a thread wake-up
-/// each way was most of an exact-only worker's CPU). Larger media go to the CPU pool.
+/// microseconds, less than handing it to a blocking thread and back costs (two thread wake-ups
+/// per event, a tenth of an exact-only worker's CPU). Larger media go to the CPU pool.
 const INSPECT_INLINE_MAX: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
