@@ -258,15 +258,23 @@ impl Sink {
         record
     }
 
-    /// Hands the record to the producer's queue, once; the future is the broker's answer.
-    pub fn try_enqueue(&self, output: &Output) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
-        self.producer.send_result(self.record(output)).map_err(|(e, _)| e)
-    }
-
-    /// [`Sink::try_enqueue`], waiting while the producer's local queue is full.
-    async fn enqueue(&self, output: &Output, metrics: &Metrics) -> Result<DeliveryFuture, SendError> {
+    /// Hands the record to the producer and returns the broker's answer to come, waiting while
+    /// the producer's local queue is full. `admit` is asked before every attempt and what it
+    /// returns is held while the record is handed over (exactly-once: the transaction gate, so a
+    /// record joins its own transaction or none); its error is returned as is. Any other failure
+    /// counts in `perisai_produce_errors_total`.
+    pub async fn enqueue<G>(
+        &self,
+        output: &Output,
+        metrics: &Metrics,
+        admit: impl Fn() -> Result<G, SendError>,
+    ) -> Result<DeliveryFuture, SendError> {
         loop {
-            match self.try_enqueue(output) {
+            let attempt = {
+                let _admitted = admit()?;
+                self.producer.send_result(self.record(output)).map_err(|(e, _)| e)
+            };
+            match attempt {
                 Ok(delivery) => return Ok(delivery),
                 Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -285,7 +293,7 @@ impl Sink {
     pub async fn send_acked(&self, output: &Output, metrics: &Metrics) -> Result<(), SendError> {
         let mut backoff = RETRY_BACKOFF_START;
         loop {
-            let error = match self.enqueue(output, metrics).await {
+            let error = match self.enqueue(output, metrics, || Ok(())).await {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => return Ok(()),
                     Ok(Err((e, _))) => {

@@ -194,24 +194,20 @@ impl Transactions {
     /// Produces a record into transaction `epoch` and waits for the broker's answer. The record
     /// is sent once: a failure dooms the transaction (it is aborted and its input re-read).
     pub async fn send(&self, output: &Output, epoch: u64) -> Result<(), SendError> {
-        let delivery = loop {
-            let enqueued = {
-                let gate = self.gate();
-                if !gate.open || gate.epoch != epoch {
-                    return Err(SendError::TransactionEnded);
-                }
-                self.sink.try_enqueue(output)
-            };
-            match enqueued {
-                Ok(delivery) => break delivery,
-                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => {
-                    self.metrics.produce_errors.inc();
-                    self.doom(epoch);
-                    return Err(SendError::of(e));
-                }
+        let admit = || {
+            let gate = self.gate();
+            if gate.open && gate.epoch == epoch {
+                Ok(gate)
+            } else {
+                Err(SendError::TransactionEnded)
+            }
+        };
+        let delivery = match self.sink.enqueue(output, &self.metrics, admit).await {
+            Ok(delivery) => delivery,
+            Err(SendError::TransactionEnded) => return Err(SendError::TransactionEnded),
+            Err(e) => {
+                self.doom(epoch);
+                return Err(e);
             }
         };
         match delivery.await {
