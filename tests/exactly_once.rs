@@ -32,10 +32,6 @@ fn eos_config(dir: &Path, brokers: &str, topics: &Topics, name: &str, port: u16)
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Verdicts written by the process `pid` (the `perisai.worker` header ends in `-pid`).
 fn by_pid(seen: &[Seen], pid: u32) -> usize {
     let suffix = format!("-{pid}");

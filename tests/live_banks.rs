@@ -7,7 +7,6 @@ mod fault_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output as ProcessOutput};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,22 +18,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 const PARTITIONS: i32 = 3;
-
-fn perisai(args: &[&str]) -> ProcessOutput {
-    let out = Command::new(env!("CARGO_BIN_EXE_perisai")).args(args).output().expect("run perisai");
-    eprintln!(
-        "perisai {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Polls the watcher until `done` holds (or `timeout` passes) and returns what it saw.
 fn wait_for(watch: &Watcher, timeout: Duration, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
@@ -137,7 +120,7 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
     let list = dir.path().join("list.csv");
     write_file(&list, &format!("signal,hash,entry\nmd5,{},case-live-1\n", md5.to_uppercase()));
     let imported = Instant::now();
-    let out = perisai(&["bank", "import", "--config", cfg, "--bank", "live", "--format", "csv", list.to_str().unwrap()]);
+    let out = perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "import", "--config", cfg, "--bank", "live", "--format", "csv", list.to_str().unwrap()]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 published"), "{}", String::from_utf8_lossy(&out.stdout));
     let after_import = feeder.round();
@@ -161,17 +144,17 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
     assert!(seen.iter().filter(|s| s.event_id.starts_with("c-")).all(|s| s.action == "allow"), "the clean image stays allowed");
 
     // Idempotent: the same list again publishes nothing.
-    let out = perisai(&["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]);
+    let out = perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 published") && text.contains("1 unchanged"), "{text}");
     // Export shows the live entry.
-    let out = perisai(&["bank", "export", "--config", cfg, "--bank", "live"]);
+    let out = perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "export", "--config", cfg, "--bank", "live"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("signal,hash,entry\nmd5,{md5},case-live-1\n"));
 
     // Withdraw: allowed again on all three.
-    let out = perisai(&["bank", "withdraw", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
+    let out = perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "withdraw", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
     assert!(out.status.success());
     let after_withdrawal = feeder.round();
     let allowed_everywhere = |s: &[Seen]| {
@@ -180,7 +163,7 @@ async fn a_live_hash_blocks_on_every_worker_and_its_withdrawal_sticks() {
     };
     let seen = wait_for(&watch, Duration::from_secs(30), allowed_everywhere);
     assert!(allowed_everywhere(&seen), "not allowed again everywhere: {:?}", target_actions_after(&seen, after_withdrawal));
-    let out = perisai(&["bank", "export", "--config", cfg, "--bank", "live"]);
+    let out = perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "export", "--config", cfg, "--bank", "live"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "signal,hash,entry\n");
 
     // A worker restarted after the withdrawal does not resurrect the hash.
@@ -315,7 +298,7 @@ async fn a_flooding_entry_is_quarantined_on_every_worker_and_blocks_again_once_r
 
     let list = dir.path().join("meme.csv");
     write_file(&list, &format!("signal,hash,entry\nmd5,{md5},partner-meme\n"));
-    assert!(perisai(&["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]).status.success());
+    assert!(perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]).status.success());
     let imported = feeder.round();
     // About 30 matching uploads a second: over 20 in a minute within a second or two.
     let quarantined_on_both = |s: &[Seen]| {
@@ -343,7 +326,7 @@ async fn a_flooding_entry_is_quarantined_on_every_worker_and_blocks_again_once_r
     assert!(!logs.contains(&md5), "a bank hash reached the log");
 
     // Released: blocks again on both, and stays so while the flood goes on.
-    let out = perisai(&["bank", "release", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
+    let out = perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "release", "--config", cfg, "--bank", "live", "--signal", "md5", &md5]);
     assert!(out.status.success());
     let released = feeder.round();
     let blocked_on_both = |s: &[Seen]| {

@@ -14,10 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use fault_support::{feed, produce_events_range, scrape_metrics, tally, Seen, Watcher};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The worker's config with its metrics on `port` and the given `[policy]` table.
 fn config_text(base: &str, port: u16, policy: &str) -> String {
     format!("{}\n{policy}\n", base.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\"")))

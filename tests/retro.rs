@@ -25,10 +25,6 @@ fn perisai(args: &[&str]) -> std::process::Output {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn spawn_retro(config: &Path, dir: &Path, n: usize, port: u16) -> Child {
     let log = std::fs::File::create(dir.join(format!("retro-{n}.log"))).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_perisai"))

@@ -294,6 +294,11 @@ pub fn perisai_in(cwd: &Path, args: &[&str]) -> std::process::Output {
     out
 }
 
+/// A loopback port free right now (for a worker's metrics listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
