@@ -11,7 +11,11 @@
 //! - `octet`: the same bytes with the PNG signature zeroed, declared
 //!   `application/octet-stream`: exact hashes only, no decode. Same event sizes, same hits;
 //! - `jpeg` (not in the default set): photo-like `image/jpeg` of `--jpeg-side` pixels square,
-//!   about 10 KB at the default 192: more pixels per byte than noise, so a dearer decode.
+//!   about 10 KB at the default 192: more pixels per byte than noise, so a dearer decode;
+//! - `photo` (not in the default set): the JPEG fixture photos (tests/fixtures/{pdq,nsfw}/images,
+//!   20 KB–625 KB), each event a distinct file (a comment segment naming the event), with PDQ and
+//!   the classifier on (`make setup`) and `--pdq-bank` random PDQ hashes (default 1,000,000) in
+//!   the review bank: the whole screen through Kafka, beside `benches/whole_screen.rs`.
 //!
 //! For each run it also reads, from /proc, the worker's CPU time split by thread (librdkafka's
 //! `rdk:*` threads vs the rest) and its peak RSS (VmHWM), and the
@@ -26,7 +30,7 @@
 //! scripts/kafka start
 //! cargo bench --bench pipeline -- [--events 100000] [--media png,octet] [--in-flight 256,1024]
 //!                                 [--runs 3] [--image-side 57] [--jpeg-side 192] [--keep-topics]
-//!                                 [--delivery at_least_once,exactly_once]
+//!                                 [--delivery at_least_once,exactly_once] [--pdq-bank 1000000]
 //! ```
 //! `PERISAI_BENCH_EXTRA_TOML` is appended to every run's configuration (tables such as
 //! `[kafka.consumer]`, to try a librdkafka option).
@@ -63,6 +67,7 @@ enum MediaKind {
     Png,
     Octet,
     Jpeg,
+    Photo,
 }
 
 impl MediaKind {
@@ -71,13 +76,14 @@ impl MediaKind {
             MediaKind::Png => "png",
             MediaKind::Octet => "octet",
             MediaKind::Jpeg => "jpeg",
+            MediaKind::Photo => "photo",
         }
     }
     fn content_type(self) -> &'static str {
         match self {
             MediaKind::Png => "image/png",
             MediaKind::Octet => "application/octet-stream",
-            MediaKind::Jpeg => "image/jpeg",
+            MediaKind::Jpeg | MediaKind::Photo => "image/jpeg",
         }
     }
 }
@@ -89,6 +95,7 @@ struct Options {
     runs: usize,
     image_side: u32,
     jpeg_side: u32,
+    pdq_bank: usize,
     keep_topics: bool,
     delivery: Vec<&'static str>,
 }
@@ -101,6 +108,7 @@ fn parse_args() -> Options {
         runs: 3,
         image_side: 57,
         jpeg_side: 192,
+        pdq_bank: 1_000_000,
         keep_topics: false,
         delivery: vec!["at_least_once"],
     };
@@ -112,6 +120,7 @@ fn parse_args() -> Options {
             "--runs" => o.runs = value().parse().unwrap_or_else(|_| die("--runs: a number")),
             "--image-side" => o.image_side = value().parse().unwrap_or_else(|_| die("--image-side: a number")),
             "--jpeg-side" => o.jpeg_side = value().parse().unwrap_or_else(|_| die("--jpeg-side: a number")),
+            "--pdq-bank" => o.pdq_bank = value().parse().unwrap_or_else(|_| die("--pdq-bank: a number")),
             "--in-flight" => {
                 o.in_flight = value()
                     .split(',')
@@ -125,7 +134,8 @@ fn parse_args() -> Options {
                         "png" => MediaKind::Png,
                         "octet" => MediaKind::Octet,
                         "jpeg" => MediaKind::Jpeg,
-                        _ => die("--media: png, octet and/or jpeg"),
+                        "photo" => MediaKind::Photo,
+                        _ => die("--media: png, octet, jpeg and/or photo"),
                     })
                     .collect()
             }
@@ -225,9 +235,39 @@ fn photo_jpeg(seed: u32, side: u32) -> Vec<u8> {
     started.finish().expect("jpeg finish")
 }
 
+/// The JPEG fixture photos, read once.
+fn fixture_photos() -> &'static [Vec<u8>] {
+    static PHOTOS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    PHOTOS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut out = Vec::new();
+        for dir in ["pdq/images", "nsfw/images"] {
+            let mut names: Vec<_> = std::fs::read_dir(root.join(dir)).expect("fixtures").map(|e| e.expect("entry").path()).collect();
+            names.sort();
+            out.extend(names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).map(|p| std::fs::read(p).expect("photo")));
+        }
+        out
+    })
+}
+
+/// Fixture photo `i % n` with a comment segment naming `i`: a distinct file, the same picture.
+fn distinct_photo(i: u32) -> Vec<u8> {
+    let photos = fixture_photos();
+    let photo = &photos[i as usize % photos.len()];
+    let text = format!("event {i}");
+    let mut out = photo[..2].to_vec();
+    out.extend([0xFF, 0xFE]);
+    out.extend(u16::try_from(text.len() + 2).expect("short").to_be_bytes());
+    out.extend(text.as_bytes());
+    out.extend(&photo[2..]);
+    out
+}
+
 fn media_bytes(kind: MediaKind, i: u32, side: u32, jpeg_side: u32) -> Vec<u8> {
-    if kind == MediaKind::Jpeg {
-        return photo_jpeg(i, jpeg_side);
+    match kind {
+        MediaKind::Jpeg => return photo_jpeg(i, jpeg_side),
+        MediaKind::Photo => return distinct_photo(i),
+        MediaKind::Png | MediaKind::Octet => {}
     }
     let mut bytes = noise_png(i, side);
     if kind == MediaKind::Octet {
@@ -355,8 +395,9 @@ async fn produce_input(brokers: &str, topic: &str, kind: MediaKind, events: u32,
     input
 }
 
-/// Block bank: filler md5s plus the md5 hits; review bank: filler sha256s plus the sha256 hits.
-fn write_banks(dir: &Path, hits: &Hits) -> String {
+/// Block bank: filler md5s plus the md5 hits; review bank: filler sha256s plus the sha256 hits,
+/// and `pdq` random PDQ hashes.
+fn write_banks(dir: &Path, hits: &Hits, pdq: usize) -> String {
     let filler = |i: usize| exact_hashes(format!("bank-filler-{i}").as_bytes());
     let mut block = String::from("signal,hash,entry\n");
     let mut review = String::from("signal,hash,entry\n");
@@ -370,6 +411,17 @@ fn write_banks(dir: &Path, hits: &Hits) -> String {
     }
     for (i, h) in hits.sha256.iter().enumerate() {
         review.push_str(&format!("sha256,{h},hit-{i}\n"));
+    }
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    for i in 0..pdq {
+        review.push_str("pdq,");
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            review.push_str(&format!("{state:016x}"));
+        }
+        review.push_str(&format!(",pdq-filler-{i}\n"));
     }
     std::fs::write(dir.join("block.csv"), block).expect("write bank");
     std::fs::write(dir.join("review.csv"), review).expect("write bank");
@@ -573,14 +625,24 @@ fn spawn_worker(config: &Path, log: &Path) -> Child {
         .expect("spawn perisai run")
 }
 
-async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, delivery: &'static str, ticks: f64) -> RunResult {
+async fn run_once(
+    brokers: &str,
+    input: &Input,
+    events: u32,
+    in_flight: usize,
+    delivery: &'static str,
+    pdq_bank: usize,
+    ticks: f64,
+) -> RunResult {
     let base = format!("{}.{}-{in_flight}-{}", input.topic, input.kind.name(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000);
     let verdict_topic = format!("{base}.verdicts");
     let dlq_topic = format!("{base}.dlq");
     create_topics(brokers, &[(&verdict_topic, PARTITIONS), (&dlq_topic, 1)]).await;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let banks = write_banks(dir.path(), &input.hits);
+    // Photos get the whole screen: PDQ against a large bank, and the classifier.
+    let photo = input.kind == MediaKind::Photo;
+    let banks = write_banks(dir.path(), &input.hits, if photo { pdq_bank } else { 0 });
     let port = free_port();
     let config = dir.path().join("perisai.toml");
     std::fs::write(
@@ -589,7 +651,7 @@ async fn run_once(brokers: &str, input: &Input, events: u32, in_flight: usize, d
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{base}.group\"\ninput_topic = \"{input_topic}\"\n\
              verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\nbanks_topic = \"\"\n\
              delivery = \"{delivery}\"\n\n\
-             [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = false\n\n[classifier]\nenabled = false\n\n\
+             [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = {photo}\n\n[classifier]\nenabled = {photo}\n\n\
              [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{banks}\n{extra}",
             input_topic = input.topic,
             extra = std::env::var("PERISAI_BENCH_EXTRA_TOML").unwrap_or_default(),
@@ -753,7 +815,7 @@ async fn main() {
         for input in &inputs {
             for &in_flight in &opts.in_flight {
                 for &delivery in &opts.delivery {
-                    let r = run_once(&brokers, input, opts.events, in_flight, delivery, ticks).await;
+                    let r = run_once(&brokers, input, opts.events, in_flight, delivery, opts.pdq_bank, ticks).await;
                     print_run(&r, opts.events);
                     results.push(r);
                 }
