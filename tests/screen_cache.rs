@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use perisai::bank::record::{record_key, BankEntryRecord, BANK_ENTRY_SCHEMA};
 use perisai::bank::{Bank, BankSet, Signal, TopicRecord};
-use perisai::classify::{ClassifyError, ImageScorer, Score};
+use perisai::classify::{Announcement, ClassifyError, ImageScorer, Score};
 use perisai::config::{BankSettings, Settings, Switch};
 use perisai::event::{Action, Reason, UploadEvent, Verdict};
 use perisai::metrics::Metrics;
@@ -149,7 +149,7 @@ impl ImageScorer for OtherModel {
     fn model_sha256(&self) -> &str {
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     }
-    fn score(&self, input: Vec<f32>) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>> {
+    fn score(&self, input: Vec<f32>, _: Announcement) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>> {
         assert_eq!(input.len(), perisai::classify::preprocess::INPUT_LEN, "a real preprocessed image");
         Box::pin(async { Ok(Score { sfw: 0.58, nsfw: 0.42 }) })
     }

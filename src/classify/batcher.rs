@@ -1,14 +1,20 @@
 //! Micro-batching across events: each event's task awaits one score while a dedicated inference
-//! thread gathers requests into batches of up to `max_batch`, waiting at most `max_wait` after the
-//! first one. Batching pays because the model runs several images per call far faster than one at
-//! a time; the wait bounds the latency this adds when traffic is light.
+//! thread gathers requests into batches of up to `max_batch`. Batching pays because the model
+//! runs several images per call faster than one at a time.
+//!
+//! Batches are sized from the queue: a batch takes every request already queued (those that came
+//! during the previous inference), and waits — at most `max_wait` after its first request — only
+//! while more images are *announced*: an event announces its image before preprocessing it, so
+//! the thread knows a request is on its way. A lone upload is never held back waiting for a
+//! partner that is not coming; under load, batches fill from the queue.
 //!
 //! Inference runs on its own OS thread, never on the async runtime. One failing batch answers
 //! every request in it with the error (the caller turns it into a `media_error` verdict) and the
 //! thread carries on. The thread ends once every handle is dropped.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,28 +25,74 @@ use super::{Classifier, ClassifyError, Score};
 use crate::config::ClassifierSettings;
 use crate::metrics::Metrics;
 
+enum Message {
+    Request(Request),
+    /// An announcement was dropped unused: a batch waiting for it checks again.
+    Withdrawn,
+}
+
 struct Request {
     input: Vec<f32>,
     reply: oneshot::Sender<Result<Score, ClassifyError>>,
+    /// Ends as the inference thread takes the request: from then on it is in a batch.
+    announced: Announcement,
+}
+
+/// An image that will be scored shortly (it is being preprocessed): while any is outstanding, a
+/// batch short of `max_batch` waits for it, at most `max_wait`. It counts until the inference
+/// thread takes its request; dropped unused (preprocessing failed), it withdraws itself.
+pub struct Announcement(Option<(Arc<AtomicUsize>, mpsc::Sender<Message>)>);
+
+impl Announcement {
+    /// No announcement: a request sent with it is taken as it comes.
+    pub fn none() -> Self {
+        Announcement(None)
+    }
+
+    /// The inference thread took the request: no longer coming.
+    fn taken(mut self) {
+        if let Some((coming, _)) = self.0.take() {
+            coming.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        if let Some((coming, wake)) = self.0.take() {
+            coming.fetch_sub(1, Ordering::AcqRel);
+            let _ = wake.send(Message::Withdrawn);
+        }
+    }
 }
 
 /// Cheap to clone; all clones feed the same inference thread.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Message>,
     model: Arc<str>,
+    /// Announcements outstanding.
+    coming: Arc<AtomicUsize>,
 }
 
 impl Batcher {
     pub fn new(classifier: Arc<dyn Classifier>, metrics: Arc<Metrics>, max_batch: usize, max_wait: Duration) -> Self {
         let (tx, rx) = mpsc::channel();
         let model: Arc<str> = classifier.model_name().into();
-        let batch_loop = BatchLoop { classifier, metrics, max_batch: max_batch.max(1), max_wait, model: model.clone() };
+        let coming = Arc::new(AtomicUsize::new(0));
+        let batch_loop = BatchLoop {
+            classifier,
+            metrics,
+            max_batch: max_batch.max(1),
+            max_wait,
+            model: model.clone(),
+            coming: coming.clone(),
+        };
         std::thread::Builder::new()
             .name("perisai-classifier".into())
             .spawn(move || batch_loop.run(rx))
             .expect("spawning the classifier thread");
-        Self { tx, model }
+        Self { tx, model, coming }
     }
 
     pub fn from_settings(
@@ -55,14 +107,25 @@ impl Batcher {
         &self.model
     }
 
+    /// Announces an image that will be scored shortly (see [`Announcement`]).
+    pub fn announce(&self) -> Announcement {
+        self.coming.fetch_add(1, Ordering::AcqRel);
+        Announcement(Some((self.coming.clone(), self.tx.clone())))
+    }
+
     /// Score one preprocessed image (`preprocess::INPUT_LEN` floats).
     pub async fn classify(&self, input: Vec<f32>) -> Result<Score, ClassifyError> {
+        self.classify_announced(input, Announcement::none()).await
+    }
+
+    /// Score one preprocessed image announced before (the announcement ends as it is taken).
+    pub async fn classify_announced(&self, input: Vec<f32>, announced: Announcement) -> Result<Score, ClassifyError> {
         if input.len() != INPUT_LEN {
             return Err(ClassifyError::Inference(format!("input has {} floats, expected {INPUT_LEN}", input.len())));
         }
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Request { input, reply })
+            .send(Message::Request(Request { input, reply, announced }))
             .map_err(|_| ClassifyError::Unavailable("the classifier thread has stopped".into()))?;
         answer.await.map_err(|_| ClassifyError::Unavailable("the classifier thread has stopped".into()))?
     }
@@ -74,19 +137,39 @@ struct BatchLoop {
     max_batch: usize,
     max_wait: Duration,
     model: Arc<str>,
+    coming: Arc<AtomicUsize>,
 }
 
 impl BatchLoop {
-    fn run(self, rx: mpsc::Receiver<Request>) {
-        // `recv` fails only once every sender (every Batcher handle) is gone.
+    fn run(self, rx: mpsc::Receiver<Message>) {
+        let take = |mut r: Request| {
+            std::mem::replace(&mut r.announced, Announcement::none()).taken();
+            r
+        };
+        // `recv` fails only once every sender (every Batcher handle and announcement) is gone.
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+            let Message::Request(first) = first else { continue };
+            let mut batch = vec![take(first)];
             let deadline = Instant::now() + self.max_wait;
             while batch.len() < self.max_batch {
                 // Requests that queued up during the previous inference are taken without waiting.
-                let wait = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(r) => batch.push(r),
+                match rx.try_recv() {
+                    Ok(Message::Request(r)) => {
+                        batch.push(take(r));
+                        continue;
+                    }
+                    Ok(Message::Withdrawn) => continue,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {}
+                }
+                // An announced image counts until its request is taken, so none is missed
+                // between the two checks.
+                if self.coming.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Message::Request(r)) => batch.push(take(r)),
+                    Ok(Message::Withdrawn) => {}
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
@@ -126,7 +209,6 @@ impl BatchLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     /// Scores each input by its first float, fails any batch holding a NaN, and records batch
@@ -194,8 +276,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lone_request_waits_at_most_max_wait() {
+    async fn a_lone_request_runs_at_once() {
+        let p = probe(0);
+        let b = Batcher::new(p.clone(), Metrics::new(), 16, Duration::from_secs(10));
+        let started = Instant::now();
+        b.classify(input(0.5)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "waited {:?} for a partner never announced", started.elapsed());
+        assert_eq!(*p.sizes.lock().unwrap(), [1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_waits_for_an_announced_image() {
+        let p = probe(0);
+        let b = Batcher::new(p.clone(), Metrics::new(), 8, Duration::from_secs(10));
+        let announced = b.announce();
+        let late = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                b.classify_announced(input(0.75), announced).await
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(b.classify(input(0.25)).await.unwrap().nsfw, 0.25);
+        let took = started.elapsed();
+        assert_eq!(late.await.unwrap().unwrap().nsfw, 0.75);
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(*p.sizes.lock().unwrap(), [2], "one batch for both");
+        assert_eq!(b.coming.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawn_announcement_ends_the_wait() {
+        let p = probe(0);
+        let b = Batcher::new(p.clone(), Metrics::new(), 8, Duration::from_secs(10));
+        let announced = b.announce();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(announced); // preprocessing failed: no request follows
+        });
+        let started = Instant::now();
+        b.classify(input(0.5)).await.unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(*p.sizes.lock().unwrap(), [1]);
+    }
+
+    #[tokio::test]
+    async fn an_announced_image_waits_at_most_max_wait() {
         let b = Batcher::new(probe(0), Metrics::new(), 16, Duration::from_millis(30));
+        let _never_sent = b.announce();
         let started = Instant::now();
         b.classify(input(0.5)).await.unwrap();
         let took = started.elapsed();

@@ -14,6 +14,8 @@ pub mod manifest;
 pub mod onnx;
 pub mod preprocess;
 
+pub use batcher::Announcement;
+
 /// Model outputs for one image.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Score {
@@ -46,7 +48,12 @@ pub trait Classifier: Send + Sync {
 pub trait ImageScorer: Send + Sync {
     fn model_name(&self) -> &str;
     fn model_sha256(&self) -> &str;
-    fn score(&self, input: Vec<f32>) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>>;
+    /// Says an image will be scored shortly (it is being preprocessed), so a batch short of its
+    /// size waits for it rather than running without it. Pass it to [`ImageScorer::score`].
+    fn announce(&self) -> Announcement {
+        Announcement::none()
+    }
+    fn score(&self, input: Vec<f32>, announced: Announcement) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>>;
 }
 
 /// A loaded model behind the micro-batcher.
@@ -62,8 +69,11 @@ impl ImageScorer for BatchedModel {
     fn model_sha256(&self) -> &str {
         &self.sha256
     }
-    fn score(&self, input: Vec<f32>) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>> {
-        Box::pin(self.batcher.classify(input))
+    fn announce(&self) -> Announcement {
+        self.batcher.announce()
+    }
+    fn score(&self, input: Vec<f32>, announced: Announcement) -> Pin<Box<dyn Future<Output = Result<Score, ClassifyError>> + Send + '_>> {
+        Box::pin(self.batcher.classify_announced(input, announced))
     }
 }
 

@@ -97,10 +97,10 @@ impl PdqHash {
 
 impl fmt::Display for PdqHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        // One write, not 32 formatted bytes: bank loads print a million of these.
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut text).expect("64 hex digits for 32 bytes");
+        f.write_str(std::str::from_utf8(&text).expect("hex is ASCII"))
     }
 }
 

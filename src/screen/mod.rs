@@ -347,16 +347,17 @@ impl Screen {
     /// score, so the upload falls in the band of its worst picture.
     async fn classify(&self, classifier: &dyn ImageScorer, pixels: &Pixels) -> Result<ClassifierFinding, ClassifyError> {
         let started = Instant::now();
+        // Announced before preprocessing, so a batch forming meanwhile waits for this image (and
+        // the frames are announced before any is sent, so they go in one batch).
+        let announced = classifier.announce();
         let image = pixels.image.clone();
         let input = self
             .on_cpu(move || preprocess::preprocess(&image))
             .await
             .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
         // All at once, so the batcher can put the frames in one batch.
-        let scores = futures::future::join_all(
-            std::iter::once(input).chain(pixels.frame_inputs.iter().cloned()).map(|input| classifier.score(input)),
-        )
-        .await;
+        let frames = pixels.frame_inputs.iter().map(|input| classifier.score(input.clone(), classifier.announce()));
+        let scores = futures::future::join_all(std::iter::once(classifier.score(input, announced)).chain(frames)).await;
         let mut score = f32::MIN;
         for s in scores {
             score = score.max(s?.nsfw);
