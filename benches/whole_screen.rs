@@ -18,13 +18,16 @@
 //! 3. `perisai scan --jobs 16` on the same files as a whole process, and a scan of one file to
 //!    tell its start-up (model, 1M-entry bank) from its throughput.
 //!
+//! `--full-pdq` hashes PDQ on the full-resolution image, as the anchor's pdqhash does, instead of
+//! the 512×512 sample Meta's CLI hashes (this project's default, `pdq.convention = "cli"`).
+//!
 //! It prints images/s per round, the medians, this screen's mean ms per stage (time spent in
 //! each stage per image; stages of different images overlap), CPU ms per image, and checks every
 //! nsfw fixture's score against tests/fixtures/nsfw/expected.csv (the anchor checks its own).
 //!
 //! ```text
 //! cargo bench --bench whole_screen -- [--images 240] [--rounds 3] [--bank 1000000] [--jobs 16]
-//!                                     [--no-anchor]
+//!                                     [--no-anchor] [--full-pdq]
 //! ```
 //! Needs `make setup` (model, ONNX Runtime) and, for the anchor, the Python package registry
 //! once (`scripts/pyref anchor`). `PERISAI_ANCHOR` overrides the anchor script's path.
@@ -57,6 +60,9 @@ struct Options {
     bank: usize,
     scan_jobs: usize,
     anchor: bool,
+    /// PDQ on the full-resolution image, as pdqhash in the anchor (default: the 512×512 sample
+    /// Meta's CLI and this project hash).
+    full_pdq: bool,
 }
 
 fn parse_args() -> Options {
@@ -70,6 +76,7 @@ fn parse_args() -> Options {
         bank: value("--bank", 1_000_000),
         scan_jobs: value("--jobs", SCAN_JOBS),
         anchor: !args.iter().any(|a| a == "--no-anchor"),
+        full_pdq: args.iter().any(|a| a == "--full-pdq"),
     }
 }
 
@@ -101,7 +108,7 @@ fn photos() -> Vec<String> {
 
 /// The bank file: `size` random PDQ hashes, near-duplicates of every other photo, the exact
 /// hashes of every eighth.
-fn write_bank(dir: &Path, photos: &[String], size: usize) -> PathBuf {
+fn write_bank(dir: &Path, photos: &[String], size: usize, full_pdq: bool) -> PathBuf {
     let fixtures = root().join("tests/fixtures");
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut csv = String::with_capacity(size * 90);
@@ -110,7 +117,8 @@ fn write_bank(dir: &Path, photos: &[String], size: usize) -> PathBuf {
         let bytes = std::fs::read(fixtures.join(photo)).expect("photo");
         if i % 2 == 0 {
             let image = decode(&bytes, &DecodeLimits::default()).expect("fixture decodes");
-            let mut words = pdq::hash(&image, pdq::Convention::Cli).hash.words();
+            let convention = if full_pdq { pdq::Convention::Full } else { pdq::Convention::Cli };
+            let mut words = pdq::hash(&image, convention).hash.words();
             for _ in 0..rng.gen_range(0..=10) {
                 let bit = rng.gen_range(0..256);
                 words[bit / 64] ^= 1 << (bit % 64);
@@ -131,8 +139,11 @@ fn write_bank(dir: &Path, photos: &[String], size: usize) -> PathBuf {
     path
 }
 
-fn settings(bank: &Path) -> Settings {
+fn settings(bank: &Path, full_pdq: bool) -> Settings {
     let mut s = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
+    if full_pdq {
+        s.pdq.convention = pdq::Convention::Full;
+    }
     s.classifier.enabled = Switch::On;
     s.cache.max_entries = 0;
     s.media.path_root = root().join("tests/fixtures").to_string_lossy().into_owned();
@@ -143,13 +154,14 @@ fn settings(bank: &Path) -> Settings {
 }
 
 /// The same settings as a scan configuration file.
-fn write_scan_config(dir: &Path, bank: &Path) -> PathBuf {
+fn write_scan_config(dir: &Path, bank: &Path, full_pdq: bool) -> PathBuf {
     let path = dir.join("scan.toml");
     std::fs::write(
         &path,
         format!(
-            "[classifier]\nenabled = \"on\"\n\n[cache]\nmax_entries = 0\n\n\
+            "[classifier]\nenabled = \"on\"\n\n[cache]\nmax_entries = 0\n\n[pdq]\nconvention = \"{}\"\n\n\
              [[banks]]\nname = \"photos\"\nfile = \"{}\"\naction = \"review\"\n",
+            if full_pdq { "full" } else { "cli" },
             bank.display()
         ),
     )
@@ -317,22 +329,23 @@ async fn main() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
-    let bank = write_bank(dir.path(), &distinct, opts.bank);
+    let bank = write_bank(dir.path(), &distinct, opts.bank, opts.full_pdq);
     println!("# bank file: {} random PDQ hashes + planted entries, written in {:.1} s", opts.bank, started.elapsed().as_secs_f64());
-    let settings = Arc::new(settings(&bank));
+    let settings = Arc::new(settings(&bank, opts.full_pdq));
     let metrics = Metrics::new();
     let started = Instant::now();
     let banks = Arc::new(BankSet::load(&settings.banks, &metrics).expect("load bank"));
     let bank_load = started.elapsed().as_secs_f64();
     let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker).expect("screen (run `make setup`)");
     let jobs = settings.worker.max_in_flight;
-    let scan_config = write_scan_config(dir.path(), &bank);
+    let scan_config = write_scan_config(dir.path(), &bank, opts.full_pdq);
     println!(
         "# {} distinct photos x {repeat} = {} per round; bank loaded in {bank_load:.1} s; worker screen {jobs} at once, \
-         scan --jobs {}; load average {}",
+         scan --jobs {}; PDQ convention {:?}; load average {}",
         distinct.len(),
         uploads.len(),
         opts.scan_jobs,
+        settings.pdq.convention,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     // Warm-up: decoders, the model's first batches, the page cache.
