@@ -66,8 +66,8 @@ pub enum ScreenError {
 
 /// One decode's pixels, for the classifier and the allowlist confirmation. Never cached.
 struct Pixels {
-    /// The still image.
-    image: Image,
+    /// The still image (shared with the CPU pool's work, never copied).
+    image: Arc<Image>,
     /// The animation frames screened, preprocessed for the classifier (none without one).
     frame_inputs: Vec<Vec<f32>>,
     /// The decode's share of the memory budget, held while the pixels live.
@@ -310,6 +310,9 @@ impl Screen {
         }
         if needs.score {
             if let Some(classifier) = &self.classifier {
+                // The classifier is last and lets the pixels go once they are preprocessed (a
+                // later need decodes again, which is rare).
+                let p = pixels.take().expect("checked above");
                 match self.classify(classifier.as_ref(), p).await {
                     Ok(finding) => learned.classifier = Some(finding),
                     Err(e) => {
@@ -344,19 +347,23 @@ impl Screen {
     }
 
     /// Scores the still image and any animation frames screened; the finding is the highest
-    /// score, so the upload falls in the band of its worst picture.
-    async fn classify(&self, classifier: &dyn ImageScorer, pixels: &Pixels) -> Result<ClassifierFinding, ClassifyError> {
+    /// score, so the upload falls in the band of its worst picture. The pixels (and their share
+    /// of the decode memory budget) are let go as soon as they are preprocessed: under load most
+    /// of an upload's life is the wait for inference, and a decoded photo is many times the size
+    /// of its model input.
+    async fn classify(&self, classifier: &dyn ImageScorer, pixels: Pixels) -> Result<ClassifierFinding, ClassifyError> {
         let started = Instant::now();
         // Announced before preprocessing, so a batch forming meanwhile waits for this image (and
         // the frames are announced before any is sent, so they go in one batch).
         let announced = classifier.announce();
-        let image = pixels.image.clone();
+        let Pixels { image, frame_inputs, _memory: memory } = pixels;
         let input = self
             .on_cpu(move || preprocess::preprocess(&image))
             .await
             .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
+        drop(memory);
         // All at once, so the batcher can put the frames in one batch.
-        let frames = pixels.frame_inputs.iter().map(|input| classifier.score(input.clone(), classifier.announce()));
+        let frames = frame_inputs.into_iter().map(|input| classifier.score(input, classifier.announce()));
         let scores = futures::future::join_all(std::iter::once(classifier.score(input, announced)).chain(frames)).await;
         let mut score = f32::MIN;
         for s in scores {
@@ -403,7 +410,7 @@ impl Screen {
         };
         let (bytes, limits, metrics) = (media.bytes.clone(), self.limits(), self.metrics.clone());
         match self.on_cpu(move || decode_blocking(&bytes, signals, plan, &limits, &work, &metrics)).await {
-            Ok((learned, Some((image, frame_inputs)))) => (learned, Some(Pixels { image, frame_inputs, _memory: memory })),
+            Ok((learned, Some((image, frame_inputs)))) => (learned, Some(Pixels { image: Arc::new(image), frame_inputs, _memory: memory })),
             Ok((learned, None)) => (learned, None),
             Err(e) => (Learned::failed(Signals::default(), "internal", e.to_string()), None),
         }
