@@ -50,6 +50,7 @@ pub struct Metrics {
     pub offsets_committed: IntCounter,
     /// The worker paused its partitions: no place was free in its bound for a whole second.
     pub consumer_pauses: IntCounter,
+    pub consumer_recreations: IntCounter,
     pub produce_errors: IntCounter,
     /// client: consumer | producer | banks
     pub kafka_broker_repairs: IntCounterVec,
@@ -179,6 +180,12 @@ impl Metrics {
         )
         .expect("valid");
         registry.register(Box::new(consumer_pauses.clone())).expect("unique metric");
+        let consumer_recreations = IntCounter::new(
+            "perisai_consumer_recreations_total",
+            "Times the worker replaced its consumer after its own static-membership rejoin fenced it.",
+        )
+        .expect("valid");
+        registry.register(Box::new(consumer_recreations.clone())).expect("unique metric");
         let produce_errors =
             IntCounter::new("perisai_produce_errors_total", "Verdict or DLQ records the broker did not accept.").expect("valid");
         registry.register(Box::new(produce_errors.clone())).expect("unique metric");
@@ -291,6 +298,7 @@ impl Metrics {
             consumer_lag,
             offsets_committed,
             consumer_pauses,
+            consumer_recreations,
             produce_errors,
             kafka_broker_repairs,
             transactions,

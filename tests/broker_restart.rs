@@ -1,5 +1,6 @@
-//! The broker restarts (`scripts/kafka restart`, data kept) while a worker works through a
-//! stream: the same worker process recovers by itself and every event gets a verdict.
+//! The broker restarts (`scripts/kafka stop` and `start`, data kept) while a worker works through
+//! a stream: the same worker process recovers by itself and every event gets a verdict, with
+//! and without static membership.
 //!
 //! This restarts the broker the tests share, so it is a test binary of its own (cargo runs test
 //! binaries one after another, so `cargo test` never runs it alongside other broker tests). It
@@ -29,6 +30,20 @@ fn kafka_script(port: &str, command: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_rides_out_a_broker_restart() {
+    ride_out_a_broker_restart("faults-restart", false).await;
+}
+
+/// With static membership the broker is away longer than the 6 s session timeout: librdkafka
+/// resets the member id and a commit queued meanwhile is refused as fenced (librdkafka#3437), a
+/// fatal error. The worker makes a new consumer under the same name instead of exiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_member_rides_out_a_broker_restart_longer_than_its_session() {
+    ride_out_a_broker_restart("faults-restart-static", true).await;
+}
+
+// The lock is held across the whole test on purpose: the broker is down for everyone meanwhile.
+#[allow(clippy::await_holding_lock)]
+async fn ride_out_a_broker_restart(name: &str, static_membership: bool) {
     let _alone = BROKER.lock().unwrap_or_else(|e| e.into_inner());
     let brokers = brokers();
     assert!(!brokers.contains(','), "one broker expected, got {brokers}");
@@ -40,9 +55,14 @@ async fn worker_rides_out_a_broker_restart() {
         String::from_utf8_lossy(&status.stderr)
     );
 
-    let topics = create_topics(&brokers, "faults-restart", 3).await;
+    let topics = create_topics(&brokers, name, 3).await;
     let dir = temp_dir();
     let config = write_config(dir.path(), &brokers, &topics, "");
+    if static_membership {
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\nstatic_membership = true\n");
+        std::fs::write(&config, text).expect("config");
+    }
     let n = 10_000u32;
     // Still arriving when the broker restarts (after 1,500 verdicts, ~4 s in): 25 s of events.
     let feeding = feed(&brokers, &topics.input, 0..n, 400);
@@ -53,9 +73,15 @@ async fn worker_rides_out_a_broker_restart() {
 
     let before = watcher.len();
     let restart_began = Instant::now();
-    let restart = kafka_script(&port, "restart").output().expect("scripts/kafka restart");
+    let stop = kafka_script(&port, "stop").output().expect("scripts/kafka stop");
+    assert!(stop.status.success(), "stop failed: {}", String::from_utf8_lossy(&stop.stderr));
+    if static_membership {
+        // Away past the consumer's 6 s session timeout, so its session is lost for certain.
+        std::thread::sleep(Duration::from_secs(8).saturating_sub(restart_began.elapsed()));
+    }
+    let start = kafka_script(&port, "start").output().expect("scripts/kafka start");
     let broker_back = Instant::now();
-    assert!(restart.status.success(), "restart failed: {}", String::from_utf8_lossy(&restart.stderr));
+    assert!(start.status.success(), "start failed: {}", String::from_utf8_lossy(&start.stderr));
     assert!(alive(&mut worker), "worker died with the broker\n{}", worker_log(dir.path(), 0));
 
     let done = watcher.wait_for(WAIT, all_seen(n));
@@ -69,12 +95,14 @@ async fn worker_rides_out_a_broker_restart() {
     let refusals = log.matches("produce failed, retrying").count();
     // The watchdog's repairs (kafka::watchdog): librdkafka lost every broker handle.
     let repairs = log.matches("bootstrap servers added again").count();
+    let recreations = log.matches("starting a new consumer from the committed offsets").count();
     for line in log.lines().filter(|l| l.contains("bootstrap servers added again")) {
         println!("watchdog: {line}");
     }
     println!(
         "broker restart: events={n} verdicts_before_restart={before} restart_took={:.1}s longest_stall={:.1}s (from {:+.1}s of the restart) \
-         first_verdict_after_broker_back_ms={:?} refused_sends={refusals} watchdog_repairs={repairs} verdicts={} missing={} duplicates={} wall={:.1}s",
+         first_verdict_after_broker_back_ms={:?} refused_sends={refusals} watchdog_repairs={repairs} static_membership={static_membership} \
+         consumer_recreations={recreations} verdicts={} missing={} duplicates={} wall={:.1}s",
         (broker_back - restart_began).as_secs_f64(),
         stall.as_secs_f64(),
         (stall_began - restart_began).as_secs_f64(),

@@ -2,7 +2,8 @@
 //! a SIGKILLed worker that does not come back has its partitions moved to the surviving one within
 //! the session timeout and a rebalance; with static membership (opt-in), a SIGKILLed worker
 //! restarted under the same replica name (a container restart in its pod) answers again within
-//! 6 s in both delivery modes, without a rebalance. Nothing is lost either way.
+//! 6 s in both delivery modes, without a rebalance; a static member fenced under its own name
+//! makes a new consumer in place, at most three times in ten minutes. Nothing is lost either way.
 
 mod common;
 mod fault_support;
@@ -142,4 +143,87 @@ async fn a_dead_workers_partitions_move_within_the_session_timeout() {
     assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
     println!("failover: partitions of a SIGKILLed worker that stays down move in {:.2}s", moved.as_secs_f64());
     assert!(moved <= Duration::from_secs(10), "{moved:?}");
+}
+
+/// A consumer that joins the group under `replica`'s instance id, fencing whichever member has
+/// it, and polls until it holds partitions, is fenced in turn, or `until` says stop.
+fn impostor(brokers: &str, topics: &Topics, replica: &str, mut until: impl FnMut() -> bool) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &topics.group)
+        .set("group.instance.id", replica)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("impostor consumer");
+    consumer.subscribe(&[topics.input.as_str()]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !until() && consumer.client().fatal_error().is_none() {
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
+}
+
+/// With static membership, a worker fenced under its own name (what librdkafka#3437 does to a
+/// static member after a broker outage longer than its session; here another consumer joins
+/// under its name) makes a new consumer in place and answers every event; fenced more than
+/// three times within ten minutes, it stops with an error, as a replica sharing its name must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_fenced_under_its_own_name_rejoins_in_place_at_most_three_times() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "failover-fenced", 2).await;
+    let dir = temp_dir();
+    let config = config(dir.path(), &brokers, &topics, false, true);
+    let watcher = Watcher::start(&brokers, &topics.verdicts);
+    let n = 2000;
+    let feeder = feed(&brokers, &topics.input, 0..n, 100);
+    let mut a = worker(&config, dir.path(), 0, "replica-a");
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", worker_log(dir.path(), 0));
+    let recreations = || worker_log(dir.path(), 0).matches("starting a new consumer from the committed offsets").count();
+
+    // Once: the worker takes its name back and goes on.
+    impostor(&brokers, &topics, "replica-a", || recreations() >= 1);
+    assert_eq!(recreations(), 1, "the worker did not make a new consumer\n{}", worker_log(dir.path(), 0));
+    let count = watcher.len();
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= count + 100), "no verdicts after the new consumer\n{}", worker_log(dir.path(), 0));
+    assert!(a.try_wait().unwrap().is_none(), "the worker exited\n{}", worker_log(dir.path(), 0));
+    feeder.join().unwrap();
+    assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered\n{}", worker_log(dir.path(), 0));
+    assert!(tally(&watcher.snapshot(), n).missing.is_empty());
+
+    // Twice more it comes back; the fourth fence within ten minutes stops it.
+    for k in 2..=4 {
+        impostor(&brokers, &topics, "replica-a", || recreations() >= k || a.try_wait().is_ok_and(|s| s.is_some()));
+    }
+    let status = wait_exit(&mut a, Duration::from_secs(30));
+    let log = worker_log(dir.path(), 0);
+    println!("failover: fenced under its own name: {} new consumers, then exit {status:?}", recreations());
+    assert_eq!(recreations(), 3, "{log}");
+    assert!(!status.success(), "a worker fenced a fourth time must stop with an error\n{log}");
+    assert!(log.contains("consumer failed for good"), "{log}");
+}
+
+/// Exactly-once: the new consumer comes with a new producer under the same transactional id,
+/// which aborts what the fenced one left open; read_committed readers see each verdict once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_static_member_fenced_under_its_own_name_rejoins_without_duplicates() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "failover-fenced-eos", 2).await;
+    let dir = temp_dir();
+    let config = config(dir.path(), &brokers, &topics, true, true);
+    let watcher = Watcher::start(&brokers, &topics.verdicts);
+    let n = 2000;
+    let feeder = feed(&brokers, &topics.input, 0..n, 100);
+    let mut a = worker(&config, dir.path(), 0, "replica-a");
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", worker_log(dir.path(), 0));
+    let recreations = || worker_log(dir.path(), 0).matches("starting a new consumer from the committed offsets").count();
+    impostor(&brokers, &topics, "replica-a", || recreations() >= 1);
+    assert_eq!(recreations(), 1, "the worker did not make a new consumer\n{}", worker_log(dir.path(), 0));
+    feeder.join().unwrap();
+    assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered\n{}", worker_log(dir.path(), 0));
+    let t = tally(&watcher.snapshot(), n);
+    assert!(t.missing.is_empty(), "{t:?}");
+    assert_eq!(t.duplicates, 0, "read_committed: each verdict once\n{}", worker_log(dir.path(), 0));
+    sigterm(&a);
+    assert!(wait_exit(&mut a, Duration::from_secs(30)).success(), "{}", worker_log(dir.path(), 0));
 }

@@ -49,6 +49,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinSet;
 
 use crate::config::Settings;
@@ -70,6 +71,11 @@ const RUN_WITHOUT_SELECT: usize = 64;
 /// rebalances and statistics (well under librdkafka's 300 s `max.poll.interval.ms`).
 pub const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
+/// A static member fenced under its own name makes a new consumer at most this many times in
+/// [`RECREATE_WINDOW`] (see [`Worker::run`]); two replicas with one name fence each other faster.
+pub const RECREATE_LIMIT: usize = 3;
+pub const RECREATE_WINDOW: Duration = Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -88,10 +94,10 @@ pub enum PipelineError {
     #[error("the transactional producer was stopped by an earlier error")]
     Stopped,
     #[error(
-        "consumer failed for good: {0}. With static membership (kafka.static_membership) this means another \
+        "consumer failed for good: {reason} ({code:?}). With static membership (kafka.static_membership) this means another \
          worker joined the group under this replica's name: give every replica its own POD_NAME or HOSTNAME"
     )]
-    ConsumerFatal(String),
+    ConsumerFatal { code: RDKafkaErrorCode, reason: String },
 }
 
 /// What a worker did before it stopped.
@@ -128,14 +134,38 @@ struct Running {
 impl Worker {
     /// Runs until `shutdown` completes, then drains and commits. Exactly-once: returns an error
     /// (and never produces again) when fenced or when the producer fails fatally.
+    ///
+    /// A static member fenced under its own name is the one failure it recovers from in place:
+    /// librdkafka (confluentinc/librdkafka#3437) resets the member id of a consumer whose session
+    /// timed out while the broker was away, and a commit queued meanwhile comes back
+    /// `FENCED_INSTANCE_ID`, which it treats as fatal. The worker then drops the consumer and the
+    /// producer (exactly-once: the open transaction is aborted when the new producer, with the
+    /// same transactional id, starts) and starts again from the committed offsets, keeping its
+    /// banks, model and cache. At most [`RECREATE_LIMIT`] times in [`RECREATE_WINDOW`]: beyond
+    /// that another replica has this one's name, and it stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerSummary, PipelineError> {
-        let mut running = self.start()?;
-        let failure = running.receive(shutdown).await;
-        running.shut_down(failure).await
+        tokio::pin!(shutdown);
+        let mut events = 0;
+        let mut recreated: VecDeque<Instant> = VecDeque::new();
+        loop {
+            let mut running = self.start()?;
+            let failure = running.receive(shutdown.as_mut()).await;
+            let fenced_as_itself = self.settings.kafka.static_membership && failure.as_ref().is_some_and(fenced_instance);
+            events += running.summary.events;
+            match running.shut_down(failure).await {
+                Ok(summary) => return Ok(WorkerSummary { events, ..summary }),
+                Err(e) if fenced_as_itself && may_recreate(&mut recreated, Instant::now()) => {
+                    tracing::warn!(error = %e, "fenced under this replica's own name after a lost session: \
+                        starting a new consumer from the committed offsets");
+                    self.metrics.consumer_recreations.inc();
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Builds the sink, the ledger and the delivery mode, then subscribes.
-    fn start(self) -> Result<Running, PipelineError> {
+    fn start(&self) -> Result<Running, PipelineError> {
         let settings = &self.settings;
         let drain_bound = Duration::from_millis(settings.worker.drain_timeout_ms);
         let sink = Arc::new(Sink::new(&settings.kafka, self.instance.clone(), &self.metrics)?);
@@ -296,7 +326,7 @@ impl Running {
     /// recovers from by itself; the pause keeps a persistent one from spinning.
     async fn consumer_error(&self, e: rdkafka::error::KafkaError) -> Option<PipelineError> {
         if let Some((code, reason)) = self.consumer.client().fatal_error() {
-            return Some(PipelineError::ConsumerFatal(format!("{reason} ({code:?})")));
+            return Some(PipelineError::ConsumerFatal { code, reason });
         }
         tracing::warn!(error = %e, "consumer error");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -362,6 +392,32 @@ impl Running {
             tracing::warn!(error = %e, "pausing a partition assigned during a pause failed");
         }
     }
+}
+
+/// Fenced as a static member (`FENCED_INSTANCE_ID`): by the consumer's heartbeat or commit, or,
+/// exactly-once, by the offsets sent to the transaction. A producer fenced by a newer instance of
+/// its transactional id is not this: that replica's successor owns the work.
+fn fenced_instance(failure: &PipelineError) -> bool {
+    match failure {
+        PipelineError::ConsumerFatal { code, .. } => *code == RDKafkaErrorCode::FencedInstanceId,
+        PipelineError::Fenced(e) | PipelineError::TransactionFatal(e) => {
+            e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId)
+        }
+        _ => false,
+    }
+}
+
+/// Whether another consumer may be made now: fewer than [`RECREATE_LIMIT`] in the last
+/// [`RECREATE_WINDOW`] (`recent` keeps their times).
+fn may_recreate(recent: &mut VecDeque<Instant>, now: Instant) -> bool {
+    while recent.front().is_some_and(|t| now.duration_since(*t) > RECREATE_WINDOW) {
+        recent.pop_front();
+    }
+    if recent.len() >= RECREATE_LIMIT {
+        return false;
+    }
+    recent.push_back(now);
+    true
 }
 
 fn far_future() -> tokio::time::Instant {

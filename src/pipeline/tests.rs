@@ -268,3 +268,16 @@ async fn shutdown_commits_everything_answered() {
     let total: i64 = committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum();
     assert_eq!(total, n as i64, "committed offsets {committed:?}");
 }
+
+#[test]
+fn a_static_member_fenced_under_its_own_name_recreates_at_most_the_limit_in_the_window() {
+    let mut recent = VecDeque::new();
+    let t0 = Instant::now();
+    for i in 0..RECREATE_LIMIT {
+        assert!(may_recreate(&mut recent, t0 + Duration::from_secs(i as u64)), "recreation {i}");
+    }
+    assert!(!may_recreate(&mut recent, t0 + Duration::from_secs(60)), "one over the limit in the window");
+    // The first has left the window: one more is allowed, then the limit holds again.
+    assert!(may_recreate(&mut recent, t0 + RECREATE_WINDOW + Duration::from_millis(500)));
+    assert!(!may_recreate(&mut recent, t0 + RECREATE_WINDOW + Duration::from_millis(600)));
+}
