@@ -38,6 +38,9 @@
 //! `PERISAI_TEST_BROKERS` names the broker (default 127.0.0.1:19092); `PERISAI_BENCH_BROKER_PID`,
 //! if set, adds the broker's CPU time during each run (it includes any other traffic).
 
+#[path = "support/proc.rs"]
+mod proc;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -444,16 +447,6 @@ struct ProcSample {
     hwm_kib: u64,
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// utime + stime in ticks, and the name, from a /proc stat line.
 fn stat_cpu(text: &str) -> Option<(String, u64)> {
     let open = text.find('(')?;
@@ -799,7 +792,7 @@ async fn main() {
     if let Err(e) = probe.fetch_metadata(None, Duration::from_secs(10)) {
         die(&format!("no Kafka broker at {brokers} ({e}); start one with `scripts/kafka start`"));
     }
-    let ticks = clock_ticks();
+    let ticks = proc::clock_ticks();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 1_000_000;
     let prefix = format!("bench-pipeline-{}-{stamp}", std::process::id());
     let mut inputs = Vec::new();

@@ -32,6 +32,9 @@
 //! Needs `make setup` (model, ONNX Runtime) and, for the anchor, the Python package registry
 //! once (`scripts/pyref anchor`). `PERISAI_ANCHOR` overrides the anchor script's path.
 
+#[path = "support/proc.rs"]
+mod proc;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -169,16 +172,6 @@ fn write_scan_config(dir: &Path, bank: &Path, full_pdq: bool) -> PathBuf {
     path
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// This process's CPU seconds, all threads (utime + stime).
 fn own_cpu_seconds(ticks: f64) -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
@@ -307,7 +300,7 @@ fn median(values: &[f64]) -> f64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let opts = parse_args();
-    let ticks = clock_ticks();
+    let ticks = proc::clock_ticks();
     let distinct = photos();
     let repeat = opts.images.div_ceil(distinct.len()).max(1);
     let uploads: Vec<String> = (0..repeat).flat_map(|_| distinct.iter().cloned()).collect();

@@ -164,41 +164,59 @@ fn impostor(brokers: &str, topics: &Topics, replica: &str, mut until: impl FnMut
     }
 }
 
+/// A static member working through a stream is fenced once under its own name: it makes one new
+/// consumer, goes on, and answers every event. Returns the run, the worker still running.
+struct FencedRun {
+    topics: Topics,
+    dir: tempfile::TempDir,
+    watcher: Watcher,
+    worker: Child,
+    n: u32,
+}
+
+/// How many new consumers worker 0 made, by its log.
+fn recreations(dir: &Path) -> usize {
+    worker_log(dir, 0).matches("starting a new consumer from the committed offsets").count()
+}
+
+async fn fenced_once(name: &str, exactly_once: bool) -> FencedRun {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, name, 2).await;
+    let dir = temp_dir();
+    let config = config(dir.path(), &brokers, &topics, exactly_once, true);
+    let watcher = Watcher::start(&brokers, &topics.verdicts);
+    let n = 2000;
+    let feeder = feed(&brokers, &topics.input, 0..n, 100);
+    let mut worker = worker(&config, dir.path(), 0, "replica-a");
+    let log = || worker_log(dir.path(), 0);
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", log());
+    impostor(&brokers, &topics, "replica-a", || recreations(dir.path()) >= 1);
+    assert_eq!(recreations(dir.path()), 1, "the worker did not make a new consumer\n{}", log());
+    let count = watcher.len();
+    assert!(watcher.wait_for(WAIT, |s| s.len() >= count + 100), "no verdicts after the new consumer\n{}", log());
+    assert!(worker.try_wait().unwrap().is_none(), "the worker exited\n{}", log());
+    feeder.join().unwrap();
+    assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered\n{}", log());
+    assert!(tally(&watcher.snapshot(), n).missing.is_empty());
+    FencedRun { topics, dir, watcher, worker, n }
+}
+
 /// With static membership, a worker fenced under its own name (what librdkafka#3437 does to a
 /// static member after a broker outage longer than its session; here another consumer joins
 /// under its name) makes a new consumer in place and answers every event; fenced more than
 /// three times within ten minutes, it stops with an error, as a replica sharing its name must.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_fenced_under_its_own_name_rejoins_in_place_at_most_three_times() {
-    let brokers = brokers();
-    let topics = create_topics(&brokers, "failover-fenced", 2).await;
-    let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, false, true);
-    let watcher = Watcher::start(&brokers, &topics.verdicts);
-    let n = 2000;
-    let feeder = feed(&brokers, &topics.input, 0..n, 100);
-    let mut a = worker(&config, dir.path(), 0, "replica-a");
-    assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", worker_log(dir.path(), 0));
-    let recreations = || worker_log(dir.path(), 0).matches("starting a new consumer from the committed offsets").count();
-
-    // Once: the worker takes its name back and goes on.
-    impostor(&brokers, &topics, "replica-a", || recreations() >= 1);
-    assert_eq!(recreations(), 1, "the worker did not make a new consumer\n{}", worker_log(dir.path(), 0));
-    let count = watcher.len();
-    assert!(watcher.wait_for(WAIT, |s| s.len() >= count + 100), "no verdicts after the new consumer\n{}", worker_log(dir.path(), 0));
-    assert!(a.try_wait().unwrap().is_none(), "the worker exited\n{}", worker_log(dir.path(), 0));
-    feeder.join().unwrap();
-    assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered\n{}", worker_log(dir.path(), 0));
-    assert!(tally(&watcher.snapshot(), n).missing.is_empty());
-
+    let mut run = fenced_once("failover-fenced", false).await;
     // Twice more it comes back; the fourth fence within ten minutes stops it.
+    let (topics, dir, worker) = (&run.topics, run.dir.path(), &mut run.worker);
     for k in 2..=4 {
-        impostor(&brokers, &topics, "replica-a", || recreations() >= k || a.try_wait().is_ok_and(|s| s.is_some()));
+        impostor(&brokers(), topics, "replica-a", || recreations(dir) >= k || worker.try_wait().is_ok_and(|s| s.is_some()));
     }
-    let status = wait_exit(&mut a, Duration::from_secs(30));
-    let log = worker_log(dir.path(), 0);
-    println!("failover: fenced under its own name: {} new consumers, then exit {status:?}", recreations());
-    assert_eq!(recreations(), 3, "{log}");
+    let status = wait_exit(&mut run.worker, Duration::from_secs(30));
+    let log = worker_log(run.dir.path(), 0);
+    println!("failover: fenced under its own name: {} new consumers, then exit {status:?}", recreations(run.dir.path()));
+    assert_eq!(recreations(run.dir.path()), 3, "{log}");
     assert!(!status.success(), "a worker fenced a fourth time must stop with an error\n{log}");
     assert!(log.contains("consumer failed for good"), "{log}");
 }
@@ -207,23 +225,9 @@ async fn a_static_member_fenced_under_its_own_name_rejoins_in_place_at_most_thre
 /// which aborts what the fenced one left open; read_committed readers see each verdict once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_a_static_member_fenced_under_its_own_name_rejoins_without_duplicates() {
-    let brokers = brokers();
-    let topics = create_topics(&brokers, "failover-fenced-eos", 2).await;
-    let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, true, true);
-    let watcher = Watcher::start(&brokers, &topics.verdicts);
-    let n = 2000;
-    let feeder = feed(&brokers, &topics.input, 0..n, 100);
-    let mut a = worker(&config, dir.path(), 0, "replica-a");
-    assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", worker_log(dir.path(), 0));
-    let recreations = || worker_log(dir.path(), 0).matches("starting a new consumer from the committed offsets").count();
-    impostor(&brokers, &topics, "replica-a", || recreations() >= 1);
-    assert_eq!(recreations(), 1, "the worker did not make a new consumer\n{}", worker_log(dir.path(), 0));
-    feeder.join().unwrap();
-    assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered\n{}", worker_log(dir.path(), 0));
-    let t = tally(&watcher.snapshot(), n);
-    assert!(t.missing.is_empty(), "{t:?}");
-    assert_eq!(t.duplicates, 0, "read_committed: each verdict once\n{}", worker_log(dir.path(), 0));
-    sigterm(&a);
-    assert!(wait_exit(&mut a, Duration::from_secs(30)).success(), "{}", worker_log(dir.path(), 0));
+    let mut run = fenced_once("failover-fenced-eos", true).await;
+    let t = tally(&run.watcher.snapshot(), run.n);
+    assert_eq!(t.duplicates, 0, "read_committed: each verdict once\n{}", worker_log(run.dir.path(), 0));
+    sigterm(&run.worker);
+    assert!(wait_exit(&mut run.worker, Duration::from_secs(30)).success(), "{}", worker_log(run.dir.path(), 0));
 }

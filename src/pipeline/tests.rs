@@ -61,15 +61,23 @@ fn worker(settings: &Arc<Settings>, metrics: &Arc<Metrics>, instance: &str) -> W
     }
 }
 
+/// Produces the events in a few large batches: one record a batch would let a fetch bring one
+/// record a partition, and a test of the bound would then be limited by fetching instead.
 async fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u32>) {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    for i in ids {
-        let media = base64::engine::general_purpose::STANDARD.encode(format!("media bytes {i}"));
-        let event = format!(
-            r#"{{"schema":"perisai.upload/v1","event_id":"e{i}","media_id":"m{i}","tenant":"t","content_type":"application/octet-stream","media":{{"inline":"{media}"}}}}"#
-        );
-        let key = format!("m{i}");
-        producer.send(FutureRecord::to(topic).key(&key).payload(&event), Timeout::Never).await.expect("produce");
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "50").create().unwrap();
+    let records: Vec<(String, String)> = ids
+        .map(|i| {
+            let media = base64::engine::general_purpose::STANDARD.encode(format!("media bytes {i}"));
+            let event = format!(
+                r#"{{"schema":"perisai.upload/v1","event_id":"e{i}","media_id":"m{i}","tenant":"t","content_type":"application/octet-stream","media":{{"inline":"{media}"}}}}"#
+            );
+            (format!("m{i}"), event)
+        })
+        .collect();
+    let sends = records.iter().map(|(key, event)| producer.send(FutureRecord::to(topic).key(key).payload(event), Timeout::Never));
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("produce");
     }
 }
 
