@@ -216,6 +216,9 @@ that are not bare (librdkafka options such as "sasl.mechanisms").
 {{/* Rendering fails on combinations that cannot work, naming the values to fix. */}}
 {{- define "perisai.validate" -}}
 {{- $v := .Values }}
+{{- if not (has $v.workload (list "Deployment" "StatefulSet")) }}
+{{- fail (printf "workload %q is not Deployment or StatefulSet" $v.workload) }}
+{{- end }}
 {{- if and $v.autoscaling.keda.enabled $v.autoscaling.hpa.enabled }}
 {{- fail "autoscaling.keda.enabled and autoscaling.hpa.enabled are mutually exclusive: both would set the replica count" }}
 {{- end }}
