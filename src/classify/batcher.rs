@@ -336,7 +336,10 @@ mod tests {
     async fn a_failing_batch_fails_its_requests_and_the_batcher_goes_on() {
         let p = probe(0);
         let b = Batcher::new(p.clone(), Metrics::new(), 8, Duration::from_millis(100));
-        let (good, bad) = tokio::join!(b.classify(input(0.25)), b.classify(input(f32::NAN)));
+        // Both announced, so the first waits for the second: one batch, whatever the timing.
+        let (first, second) = (b.announce(), b.announce());
+        let (good, bad) =
+            tokio::join!(b.classify_announced(input(0.25), first), b.classify_announced(input(f32::NAN), second));
         assert!(matches!(bad, Err(ClassifyError::Inference(_))));
         assert!(matches!(good, Err(ClassifyError::Inference(_))), "same batch, same fate: {good:?}");
         assert_eq!(b.classify(input(0.75)).await.unwrap().nsfw, 0.75);
