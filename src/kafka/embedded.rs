@@ -51,8 +51,7 @@ impl EmbeddedBroker {
 
     /// Topics are created through the mock itself: its admin API hangs.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), SetupError> {
-        let cluster = self.owner.client().mock_cluster().ok_or_else(|| SetupError::Embedded("mock cluster gone".into()))?;
-        cluster.create_topic(name, partitions, 1).map_err(SetupError::Client)
+        self.mock()?.create_topic(name, partitions, 1).map_err(SetupError::Client)
     }
 }
 
