@@ -41,6 +41,9 @@
 #[path = "support/proc.rs"]
 mod proc;
 
+#[path = "support/photos.rs"]
+mod photos;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -238,32 +241,12 @@ fn photo_jpeg(seed: u32, side: u32) -> Vec<u8> {
     started.finish().expect("jpeg finish")
 }
 
-/// The JPEG fixture photos, read once.
-fn fixture_photos() -> &'static [Vec<u8>] {
-    static PHOTOS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    PHOTOS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let mut out = Vec::new();
-        for dir in ["pdq/images", "nsfw/images"] {
-            let mut names: Vec<_> = std::fs::read_dir(root.join(dir)).expect("fixtures").map(|e| e.expect("entry").path()).collect();
-            names.sort();
-            out.extend(names.iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).map(|p| std::fs::read(p).expect("photo")));
-        }
-        out
-    })
-}
-
-/// Fixture photo `i % n` with a comment segment naming `i`: a distinct file, the same picture.
+/// Fixture photo `i % n` (read once) with a comment segment naming `i`: a distinct file, the
+/// same picture.
 fn distinct_photo(i: u32) -> Vec<u8> {
-    let photos = fixture_photos();
-    let photo = &photos[i as usize % photos.len()];
-    let text = format!("event {i}");
-    let mut out = photo[..2].to_vec();
-    out.extend([0xFF, 0xFE]);
-    out.extend(u16::try_from(text.len() + 2).expect("short").to_be_bytes());
-    out.extend(text.as_bytes());
-    out.extend(&photo[2..]);
-    out
+    static PHOTOS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let photos = PHOTOS.get_or_init(photos::photos);
+    photos::with_comment(&photos[i as usize % photos.len()], &format!("event {i}"))
 }
 
 fn media_bytes(kind: MediaKind, i: u32, side: u32, jpeg_side: u32) -> Vec<u8> {

@@ -16,7 +16,9 @@
 //!
 //!     cargo bench --bench screen_cache [-- --uploads N --rounds R]
 
-use std::path::Path;
+#[path = "support/photos.rs"]
+mod photos;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,30 +40,9 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
 }
 
-fn photos() -> Vec<Vec<u8>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut out = Vec::new();
-    for dir in ["pdq/images", "nsfw/images"] {
-        let mut names: Vec<_> = std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
-        names.sort();
-        for path in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")) {
-            out.push(std::fs::read(path).unwrap());
-        }
-    }
-    assert!(out.len() >= 10, "{} fixture JPEGs", out.len());
-    out
-}
-
 /// Photo `i % n` with a comment segment naming `i`: a distinct file, the same picture.
 fn distinct(photos: &[Vec<u8>], i: usize) -> Vec<u8> {
-    let photo = &photos[i % photos.len()];
-    let text = format!("upload {i}");
-    let mut out = photo[..2].to_vec();
-    out.extend([0xFF, 0xFE]);
-    out.extend(((text.len() + 2) as u16).to_be_bytes());
-    out.extend(text.as_bytes());
-    out.extend(&photo[2..]);
-    out
+    photos::with_comment(&photos[i % photos.len()], &format!("upload {i}"))
 }
 
 fn screen(cache: bool) -> Arc<Screen> {
@@ -165,7 +146,7 @@ async fn memory_per_entry(n: usize) -> (f64, f64) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let photos = photos();
+        let photos = photos::photos();
         let rounds = arg("--rounds", 3);
         let draws = arg("--uploads", 1500);
         println!("{} fixture JPEGs; {rounds} rounds", photos.len());

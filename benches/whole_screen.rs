@@ -35,6 +35,9 @@
 #[path = "support/proc.rs"]
 mod proc;
 
+#[path = "support/photos.rs"]
+mod photos;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -92,34 +95,15 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The fixture photos, as paths relative to tests/fixtures (the screen's path root).
-fn photos() -> Vec<String> {
-    let fixtures = root().join("tests/fixtures");
-    let mut out = Vec::new();
-    for dir in ["pdq/images", "nsfw/images"] {
-        let mut names: Vec<String> = std::fs::read_dir(fixtures.join(dir))
-            .expect("fixture folder")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".jpg"))
-            .collect();
-        names.sort();
-        out.extend(names.into_iter().map(|n| format!("{dir}/{n}")));
-    }
-    assert!(out.len() >= 10, "{} fixture JPEGs", out.len());
-    out
-}
-
 /// The bank file: `size` random PDQ hashes, near-duplicates of every other photo, the exact
 /// hashes of every eighth.
-fn write_bank(dir: &Path, photos: &[String], size: usize, full_pdq: bool) -> PathBuf {
-    let fixtures = root().join("tests/fixtures");
+fn write_bank(dir: &Path, photos: &[Vec<u8>], size: usize, full_pdq: bool) -> PathBuf {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut csv = String::with_capacity(size * 90);
     csv.push_str("signal,hash,entry\n");
-    for (i, photo) in photos.iter().enumerate() {
-        let bytes = std::fs::read(fixtures.join(photo)).expect("photo");
+    for (i, bytes) in photos.iter().enumerate() {
         if i % 2 == 0 {
-            let image = decode(&bytes, &DecodeLimits::default()).expect("fixture decodes");
+            let image = decode(bytes, &DecodeLimits::default()).expect("fixture decodes");
             let convention = if full_pdq { pdq::Convention::Full } else { pdq::Convention::Cli };
             let mut words = pdq::hash(&image, convention).hash.words();
             for _ in 0..rng.gen_range(0..=10) {
@@ -129,7 +113,7 @@ fn write_bank(dir: &Path, photos: &[String], size: usize, full_pdq: bool) -> Pat
             csv.push_str(&format!("pdq,{},near-{i}\n", PdqHash::from_words(words)));
         }
         if i % 8 == 0 {
-            let exact = exact_hashes(&bytes);
+            let exact = exact_hashes(bytes);
             csv.push_str(&format!("md5,{},md5-{i}\nsha256,{},sha256-{i}\n", exact.md5, exact.sha256));
         }
     }
@@ -149,26 +133,17 @@ fn settings(bank: &Path, full_pdq: bool) -> Settings {
     }
     s.classifier.enabled = Switch::On;
     s.cache.max_entries = 0;
-    s.media.path_root = root().join("tests/fixtures").to_string_lossy().into_owned();
+    s.media.path_root = photos::fixtures().to_string_lossy().into_owned();
     let mut review = BankSettings::new("photos", Action::Review);
     review.file = bank.to_string_lossy().into_owned();
     s.banks = vec![review];
     s
 }
 
-/// The same settings as a scan configuration file.
-fn write_scan_config(dir: &Path, bank: &Path, full_pdq: bool) -> PathBuf {
+/// The screen's settings as the scan's configuration file, so both screen alike.
+fn write_scan_config(dir: &Path, settings: &Settings) -> PathBuf {
     let path = dir.join("scan.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[classifier]\nenabled = \"on\"\n\n[cache]\nmax_entries = 0\n\n[pdq]\nconvention = \"{}\"\n\n\
-             [[banks]]\nname = \"photos\"\nfile = \"{}\"\naction = \"review\"\n",
-            if full_pdq { "full" } else { "cli" },
-            bank.display()
-        ),
-    )
-    .expect("write scan config");
+    std::fs::write(&path, toml::to_string(settings).expect("settings serialize")).expect("write scan config");
     path
 }
 
@@ -219,7 +194,7 @@ fn score_of(verdict: &Verdict) -> Option<f32> {
 
 /// Every nsfw fixture's score against the reference's, and that no verdict is a media error.
 fn check_scores(verdicts: &[Verdict]) -> (usize, f32) {
-    let expected = std::fs::read_to_string(root().join("tests/fixtures/nsfw/expected.csv")).expect("expected.csv");
+    let expected = std::fs::read_to_string(photos::fixtures().join("nsfw/expected.csv")).expect("expected.csv");
     let header: Vec<&str> = expected.lines().next().expect("header").split(',').collect();
     let column = |name: &str| header.iter().position(|h| *h == name).expect("expected.csv column");
     let (file, nsfw) = (column("file"), column("nsfw"));
@@ -280,7 +255,7 @@ fn run_anchor(python: &Path, script: &Path, files: &[PathBuf], bank: usize) -> s
         .arg(script)
         .args(files)
         .args(["--repeat", "1", "--rounds", "1", "--bank", &bank.to_string(), "--threads", "2", "--expected"])
-        .arg(root().join("tests/fixtures/nsfw/expected.csv"))
+        .arg(photos::fixtures().join("nsfw/expected.csv"))
         .output()
         .expect("run the anchor");
     if !output.status.success() {
@@ -301,11 +276,10 @@ fn median(values: &[f64]) -> f64 {
 async fn main() {
     let opts = parse_args();
     let ticks = proc::clock_ticks();
-    let distinct = photos();
+    let distinct: Vec<String> = photos::photo_paths().iter().map(|p| p.to_string_lossy().into_owned()).collect();
     let repeat = opts.images.div_ceil(distinct.len()).max(1);
     let uploads: Vec<String> = (0..repeat).flat_map(|_| distinct.iter().cloned()).collect();
-    let fixtures = root().join("tests/fixtures");
-    let files: Vec<PathBuf> = uploads.iter().map(|p| fixtures.join(p)).collect();
+    let files: Vec<PathBuf> = uploads.iter().map(|p| photos::fixtures().join(p)).collect();
 
     let anchor = opts.anchor.then(|| {
         let script = std::env::var_os("PERISAI_ANCHOR")
@@ -322,7 +296,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
-    let bank = write_bank(dir.path(), &distinct, opts.bank, opts.full_pdq);
+    let bank = write_bank(dir.path(), &photos::photos(), opts.bank, opts.full_pdq);
     println!("# bank file: {} random PDQ hashes + planted entries, written in {:.1} s", opts.bank, started.elapsed().as_secs_f64());
     let settings = Arc::new(settings(&bank, opts.full_pdq));
     let metrics = Metrics::new();
@@ -331,7 +305,7 @@ async fn main() {
     let bank_load = started.elapsed().as_secs_f64();
     let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker).expect("screen (run `make setup`)");
     let jobs = settings.worker.max_in_flight;
-    let scan_config = write_scan_config(dir.path(), &bank, opts.full_pdq);
+    let scan_config = write_scan_config(dir.path(), &settings);
     println!(
         "# {} distinct photos x {repeat} = {} per round; bank loaded in {bank_load:.1} s; worker screen {jobs} at once, \
          scan --jobs {}; PDQ convention {:?}; load average {}",
