@@ -107,9 +107,10 @@ pub struct KafkaSettings {
     /// At-least-once: how often acknowledged offsets are committed. Exactly-once: how often
     /// the open transaction is committed (with the offsets inside it).
     pub commit_interval_ms: u64,
-    /// Exactly-once only: `transactional.id` = this prefix + the replica name ([`replica_name`]).
+    /// Exactly-once only: `transactional.id` = this prefix + the worker's claimed replica name
+    /// ([`crate::kafka::replica::Replica`]).
     pub transactional_id_prefix: String,
-    /// Static group membership (off by default): `group.instance.id` = the replica name, so a
+    /// Static group membership (on by default): `group.instance.id` = the replica name, so a
     /// replica restarted under the same name gets its partitions back at once, without a rebalance.
     pub static_membership: bool,
     /// Exactly-once only: librdkafka/broker `transaction.timeout.ms`. The broker aborts a
@@ -122,8 +123,8 @@ impl KafkaSettings {
     /// The producer's `transactional.id` in exactly-once mode. Stable across restarts of the same
     /// replica (no process id in it): a restarted worker's `init_transactions` then aborts the
     /// transaction its predecessor left open at once, instead of readers waiting for the timeout.
-    pub fn transactional_id(&self) -> String {
-        format!("{}{}", self.transactional_id_prefix, replica_name())
+    pub fn transactional_id(&self, replica: &str) -> String {
+        format!("{}{}", self.transactional_id_prefix, replica)
     }
 }
 
@@ -139,6 +140,7 @@ fn voids_delivery(key: &str, value: &str) -> Option<&'static str> {
         "group.id" => Some("set by kafka.group_id"),
         "bootstrap.servers" | "metadata.broker.list" => Some("set by kafka.brokers"),
         "transactional.id" => Some("set from kafka.transactional_id_prefix, in exactly_once mode only"),
+        "group.instance.id" => Some("set from the replica name by kafka.static_membership"),
         "acks" | "request.required.acks" if !matches!(value.trim(), "all" | "-1") => {
             Some("verdicts are acknowledged by all in-sync replicas (acks=all) before offsets move")
         }
@@ -814,6 +816,7 @@ mod tests {
                     ("PERISAI__KAFKA__PRODUCER__ACKS", "1"),
                     ("PERISAI__KAFKA__CLIENT__GROUP.ID", "other"),
                     ("PERISAI__KAFKA__PRODUCER__TRANSACTIONAL.ID", "mine"),
+                    ("PERISAI__KAFKA__CONSUMER__GROUP.INSTANCE.ID", "mine"),
                 ]),
             )
             .unwrap_err()
@@ -824,6 +827,7 @@ mod tests {
                 "kafka.producer.\"acks\"",
                 "kafka.client.\"group.id\"",
                 "kafka.producer.\"transactional.id\"",
+                "kafka.consumer.\"group.instance.id\"",
             ] {
                 assert!(err.contains(key), "{delivery}: {key} missing from: {err}");
             }

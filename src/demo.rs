@@ -27,6 +27,7 @@ use crate::config::{BandOverride, BankSettings, OnBadRow, Settings};
 use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
 use crate::hash::{exact, pdq};
 use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
+use crate::kafka::replica::Replica;
 use crate::media::decode::{self, DecodeLimits};
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::pipeline::Worker;
@@ -152,6 +153,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         instance: "demo-worker".into(),
+        replica: Replica::claim(&settings.kafka),
     };
     let worker = tokio::spawn(worker.run(async move {
         let _ = stop_rx.await;

@@ -422,7 +422,8 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         metrics.clone(),
         hangups,
     ));
-    let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name() };
+    let replica = perisai::kafka::replica::Replica::claim(&settings.kafka);
+    let worker = Worker { settings: settings.clone(), screen, metrics, readiness, instance: app::instance_name(), replica };
     let summary = worker.run(shutdown_signal()).await;
     reload.abort();
     let summary = summary?;

@@ -3,6 +3,7 @@
 
 pub mod bank_feed;
 pub mod embedded;
+pub mod replica;
 pub mod sink;
 pub mod watchdog;
 
@@ -37,9 +38,10 @@ pub(crate) fn base_config(settings: &KafkaSettings) -> ClientConfig {
 ///
 /// Fail-over in seconds at the defaults: librdkafka's 45 s session timeout would leave a crashed
 /// worker's partitions idle for most of a minute; 6 s (the broker's default minimum) with a
-/// heartbeat every 1.5 s moves them in about 6 s. Static membership (opt-in) gives a replica that
-/// restarts under the same name its partitions back without waiting at all. The timings can be
-/// overridden under `[kafka.consumer]`.
+/// heartbeat every 1.5 s moves them in about 6 s. Static membership (the worker adds
+/// `group.instance.id` from its [`replica::Replica`]) gives a replica that restarts under the same
+/// name its partitions back without waiting at all. The timings can be overridden under
+/// `[kafka.consumer]`.
 pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = base_config(settings);
     config
@@ -57,9 +59,6 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         // events/s whatever the CPU (docs/BENCHMARKS.md, Pipeline).
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.queue.backoff.ms", "20");
-    if settings.static_membership {
-        config.set("group.instance.id", crate::config::replica_name());
-    }
     for (key, value) in &settings.consumer {
         config.set(key, value);
     }
@@ -72,8 +71,9 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
 }
 
 /// Producer settings: acks from all in-sync replicas and idempotence, so retries neither lose
-/// nor reorder verdicts. In exactly-once mode the producer is transactional.
-pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+/// nor reorder verdicts. In exactly-once mode the producer is transactional, its id made from
+/// `replica` (the worker's claimed name); other producers pass `None` and are not.
+pub fn producer_config(settings: &KafkaSettings, replica: Option<&replica::Replica>) -> ClientConfig {
     let mut config = base_config(settings);
     // linger.ms 1 rather than 5: a verdict's event holds its in-flight place until the broker
     // acknowledges it, so linger is paid by throughput at a small bound and by every verdict's
@@ -82,12 +82,12 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     for (key, value) in &settings.producer {
         config.set(key, value);
     }
-    if settings.delivery == Delivery::ExactlyOnce {
+    if let (Delivery::ExactlyOnce, Some(replica)) = (settings.delivery, replica) {
         // One id per worker, not per input partition: the consumer group metadata sent with the
         // offsets (KIP-447) lets the broker fence a zombie that lost its partitions, whatever its
         // transactional.id. The id only fences an earlier incarnation of the same replica.
         config
-            .set("transactional.id", settings.transactional_id())
+            .set("transactional.id", settings.transactional_id(replica.name()))
             .set("transaction.timeout.ms", settings.transaction_timeout_ms.to_string());
     }
     config

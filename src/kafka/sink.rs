@@ -22,6 +22,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
+use super::replica::Replica;
 use super::watchdog::BrokerWatch;
 use super::{producer_config, SetupError};
 use crate::config::KafkaSettings;
@@ -142,9 +143,9 @@ pub fn is_refusal(error: &rdkafka::error::KafkaError) -> bool {
 }
 
 impl Sink {
-    /// A plain idempotent producer, or a transactional one when `delivery = "exactly_once"`
-    /// (the pipeline then calls `init_transactions` and `begin_transaction` on [`Sink::producer`]).
-    pub fn new(settings: &KafkaSettings, instance: String, metrics: &Metrics) -> Result<Self, SetupError> {
+    /// A plain idempotent producer, or a transactional one named after `replica` when
+    /// `delivery = "exactly_once"` (the pipeline then calls `init_transactions` and `begin_transaction` on [`Sink::producer`]).
+    pub fn new(settings: &KafkaSettings, replica: &Replica, instance: String, metrics: &Metrics) -> Result<Self, SetupError> {
         let brokers = Arc::new(BrokerWatch::new(
             "producer",
             &settings.brokers,
@@ -152,7 +153,7 @@ impl Sink {
         ));
         // (The future producer wraps its context out of reach, hence the second handle.)
         let producer: FutureProducer<SinkContext> =
-            producer_config(settings).create_with_context(SinkContext { brokers: brokers.clone() })?;
+            producer_config(settings, Some(replica)).create_with_context(SinkContext { brokers: brokers.clone() })?;
         brokers.attach(producer.client());
         Ok(Self {
             producer,

@@ -53,6 +53,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::task::JoinSet;
 
 use crate::config::Settings;
+use crate::kafka::replica::Replica;
 use crate::kafka::sink::Sink;
 use crate::kafka::watchdog::BrokerWatch;
 use crate::kafka::{consumer_config, SetupError};
@@ -94,8 +95,9 @@ pub enum PipelineError {
     #[error("the transactional producer was stopped by an earlier error")]
     Stopped,
     #[error(
-        "consumer failed for good: {reason} ({code:?}). With static membership (kafka.static_membership) this means another \
-         worker joined the group under this replica's name: give every replica its own POD_NAME or HOSTNAME"
+        "consumer failed for good: {reason} ({code:?}). With static membership (kafka.static_membership) this means a \
+         worker on another host or pod joined the group under this replica's name: give every replica its own POD_NAME or \
+         HOSTNAME"
     )]
     ConsumerFatal { code: RDKafkaErrorCode, reason: String },
 }
@@ -116,6 +118,8 @@ pub struct Worker {
     pub readiness: Arc<Readiness>,
     /// Names this worker in verdict headers (`perisai.worker`).
     pub instance: String,
+    /// Its name in the consumer group and for transactions.
+    pub replica: Replica,
 }
 
 /// A started worker: its consumer, and what the receive loop keeps between iterations.
@@ -150,7 +154,7 @@ impl Worker {
         loop {
             let mut running = self.start()?;
             let failure = running.receive(shutdown.as_mut()).await;
-            let fenced_as_itself = self.settings.kafka.static_membership && failure.as_ref().is_some_and(fenced_instance);
+            let fenced_as_itself = self.replica.group_instance_id().is_some() && failure.as_ref().is_some_and(fenced_instance);
             events += running.summary.events;
             match running.shut_down(failure).await {
                 Ok(summary) => return Ok(WorkerSummary { events, ..summary }),
@@ -168,7 +172,7 @@ impl Worker {
     fn start(&self) -> Result<Running, PipelineError> {
         let settings = &self.settings;
         let drain_bound = Duration::from_millis(settings.worker.drain_timeout_ms);
-        let sink = Arc::new(Sink::new(&settings.kafka, self.instance.clone(), &self.metrics)?);
+        let sink = Arc::new(Sink::new(&settings.kafka, &self.replica, self.instance.clone(), &self.metrics)?);
         let ledger = Ledger::new(settings.worker.max_in_flight, self.metrics.in_flight.clone());
         let delivery = Arc::new(Delivery::start(
             settings.kafka.delivery,
@@ -190,12 +194,16 @@ impl Worker {
             ),
             paused: paused.clone(),
         };
-        let consumer: StreamConsumer<ConsumerCallbacks> =
-            consumer_config(&settings.kafka).create_with_context(callbacks).map_err(SetupError::from)?;
+        let mut config = consumer_config(&settings.kafka);
+        if let Some(id) = self.replica.group_instance_id() {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<ConsumerCallbacks> = config.create_with_context(callbacks).map_err(SetupError::from)?;
         consumer.context().brokers.attach(consumer.client());
         consumer.subscribe(&[settings.kafka.input_topic.as_str()]).map_err(SetupError::from)?;
         tracing::info!(topic = %settings.kafka.input_topic, group = %settings.kafka.group_id,
-            delivery = ?settings.kafka.delivery, "worker started");
+            delivery = ?settings.kafka.delivery, replica = %self.replica.name(),
+            static_member = self.replica.group_instance_id().is_some(), "worker started");
         Ok(Running {
             consumer,
             shared: Arc::new(Shared {

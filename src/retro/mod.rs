@@ -174,7 +174,7 @@ impl RetroRole {
             .map_err(|source| RetroError::Subscribe { topic: kafka.verdict_topic.clone(), source })?;
         let mut producer_settings = kafka.clone();
         producer_settings.delivery = crate::config::Delivery::AtLeastOnce;
-        let mut producer_config = producer_config(&producer_settings);
+        let mut producer_config = producer_config(&producer_settings, None);
         // A write that cannot be delivered fails within 30 s and is retried: the loop must not
         // stand still for librdkafka's default 5 minutes (and leave the group meanwhile).
         producer_config.set("message.timeout.ms", "30000");
