@@ -1,6 +1,6 @@
 //! The broker restarts (`scripts/kafka stop` and `start`, data kept) while a worker works through
-//! a stream: the same worker process recovers by itself and every event gets a verdict, with
-//! and without static membership.
+//! a stream: the same worker process recovers by itself and every event gets a verdict, as a
+//! static member (the default) and as a dynamic one.
 //!
 //! This restarts the broker the tests share, so it is a test binary of its own (cargo runs test
 //! binaries one after another, so `cargo test` never runs it alongside other broker tests). It
@@ -28,12 +28,13 @@ fn kafka_script(port: &str, command: &str) -> Command {
     cmd
 }
 
+/// Dynamic membership (`kafka.static_membership = false`), the broker back as soon as it restarts.
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_rides_out_a_broker_restart() {
     ride_out_a_broker_restart("faults-restart", false).await;
 }
 
-/// With static membership the broker is away longer than the 6 s session timeout: librdkafka
+/// With static membership (the default) the broker is away longer than the 6 s session timeout: librdkafka
 /// resets the member id and a commit queued meanwhile is refused as fenced (librdkafka#3437), a
 /// fatal error. The worker makes a new consumer under the same name instead of exiting.
 #[tokio::test(flavor = "multi_thread")]
@@ -58,9 +59,9 @@ async fn ride_out_a_broker_restart(name: &str, static_membership: bool) {
     let topics = create_topics(&brokers, name, 3).await;
     let dir = temp_dir();
     let config = write_config(dir.path(), &brokers, &topics, "");
-    if static_membership {
+    if !static_membership {
         let text = std::fs::read_to_string(&config).expect("config");
-        let text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\nstatic_membership = true\n");
+        let text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\nstatic_membership = false\n");
         std::fs::write(&config, text).expect("config");
     }
     let n = 10_000u32;
@@ -114,6 +115,7 @@ async fn ride_out_a_broker_restart(name: &str, static_membership: bool) {
     );
     assert!(done && t.missing.is_empty(), "missing verdicts for {:?}\n{}", &t.missing[..t.missing.len().min(20)], worker_log(dir.path(), 0));
     assert!(still_alive, "the worker exited instead of recovering\n{}", worker_log(dir.path(), 0));
+    assert!(log.contains(&format!("static_member={static_membership}")), "membership not as configured\n{log}");
     assert!(first_after.is_some(), "no verdict after the broker came back: the stream ended before the restart");
     sigterm(&worker);
     let status = wait_exit(&mut worker, Duration::from_secs(30));
