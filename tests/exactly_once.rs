@@ -222,9 +222,12 @@ async fn verdict_refusal_aborts_rewinds_and_stays_exactly_once() {
     assert_all_committed(&brokers, &topics, partitions, n);
 }
 
-/// A second worker under the same replica name (same transactional.id) fences the first: the
-/// first stops with a non-zero exit naming the fencing and never produces again, the second
-/// takes over, and every verdict is still there exactly once.
+/// A second worker with the same transactional.id fences the first: the first stops with a
+/// non-zero exit naming the fencing and never produces again, the second takes over, and every
+/// verdict is still there exactly once. (Two replicas on different hosts under one name; on one
+/// host the second would find the name claimed and take one of its own, so here the two reach
+/// the same id from different names and prefixes: `perisai-` + `eos-twin-N`, `perisai-eos-` +
+/// `twin-N`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn same_transactional_id_fences_the_older_worker() {
     let brokers = brokers();
@@ -236,10 +239,13 @@ async fn same_transactional_id_fences_the_older_worker() {
     let feeder = feed(&brokers, &topics.input, 0..n, 200);
     let config_a = eos_config(dir.path(), &brokers, &topics, "a", free_port());
     let config_b = eos_config(dir.path(), &brokers, &topics, "b", free_port());
+    let text = std::fs::read_to_string(&config_b).expect("config b");
+    std::fs::write(&config_b, text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ntransactional_id_prefix = \"perisai-eos-\"\n"))
+        .expect("config b");
     let twin = unique("eos-twin");
     let mut a = spawn_worker_as(&config_a, dir.path(), 0, &twin);
     assert!(committed_view.wait_for(WAIT, |s| s.len() >= 300), "worker a\n{}", worker_log(dir.path(), 0));
-    let mut b = spawn_worker_as(&config_b, dir.path(), 1, &twin);
+    let mut b = spawn_worker_as(&config_b, dir.path(), 1, twin.strip_prefix("eos-").expect("unique keeps the prefix"));
     let (pid_a, pid_b) = (a.id(), b.id());
     let fenced_at = Instant::now();
     let status_a = wait_exit(&mut a, Duration::from_secs(60));

@@ -13,7 +13,7 @@
 
 use std::io;
 
-use crate::config::KafkaSettings;
+use crate::config::{Delivery, KafkaSettings};
 
 /// A worker's claimed name; the claim holds while this value lives.
 #[derive(Debug)]
@@ -25,19 +25,32 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// This process's replica name ([`crate::config::replica_name`]), claimed on this host.
+    /// This process's replica name ([`crate::config::replica_name`]), claimed on this host when
+    /// Kafka is told it (static membership, or exactly-once); otherwise the name is not used.
     pub fn claim(settings: &KafkaSettings) -> Replica {
-        Self::claim_name(&crate::config::replica_name(), settings.static_membership)
+        let name = crate::config::replica_name();
+        if settings.static_membership || settings.delivery == Delivery::ExactlyOnce {
+            Self::claim_name(&name, settings.static_membership)
+        } else {
+            Replica { name, static_member: false, _claim: None }
+        }
     }
 
     pub(crate) fn claim_name(name: &str, static_membership: bool) -> Replica {
         match bind_abstract(name) {
             Ok(claim) => Replica { name: name.to_string(), static_member: static_membership, _claim: claim },
+            Err(e) if e.kind() != io::ErrorKind::AddrInUse => {
+                // A sandbox without Unix sockets, say: the guard is lost, not the worker.
+                tracing::warn!(replica = %name, error = %e, "cannot claim the replica name on this host; \
+                    trusting it to be this worker's alone");
+                Replica { name: name.to_string(), static_member: static_membership, _claim: None }
+            }
             Err(e) => {
                 let own = format!("{name}-{}", std::process::id());
                 tracing::warn!(replica = %name, instead = %own, error = %e,
-                    "another worker on this host runs under this replica name: joining under a name of its own, \
-                     as a dynamic member (give each worker its own POD_NAME or HOSTNAME)");
+                    "another worker on this host runs under this replica name: this one runs under a name of its \
+                     own, as a dynamic group member with its own transactional.id (give each worker its own POD_NAME \
+                     or HOSTNAME)");
                 Replica { name: own, static_member: false, _claim: None }
             }
         }
