@@ -137,6 +137,14 @@ fn voids_delivery(key: &str, value: &str) -> Option<&'static str> {
             Some("offsets are committed by the worker only, once each event's verdict or DLQ record is acknowledged")
         }
         "enable.partition.eof" => Some("the worker reads without end-of-partition events"),
+        "isolation.level" if value.trim() != "read_committed" => {
+            Some("the worker reads committed input only: a record of an aborted transaction was never an upload")
+        }
+        "auto.offset.reset" if !matches!(value.trim(), "earliest" | "smallest" | "beginning") => Some(
+            "a partition without a committed offset (a new group, offsets expired) is read from its start: \
+             starting anywhere later would skip uploads without a verdict",
+        ),
+        "statistics.interval.ms" => Some("set by kafka.statistics_interval_ms (consumer lag and the broker watchdog read the statistics)"),
         "group.id" => Some("set by kafka.group_id"),
         "bootstrap.servers" | "metadata.broker.list" => Some("set by kafka.brokers"),
         "transactional.id" => Some("set from kafka.transactional_id_prefix, in exactly_once mode only"),
@@ -565,8 +573,9 @@ impl Settings {
             for (map, options) in [("client", &k.client), ("producer", &k.producer), ("consumer", &k.consumer)] {
                 // (transactional.id and auto-commit are refused in both modes below.)
                 for key in ["isolation.level", "enable.idempotence"] {
+                    // (A value the loop below refuses in both modes is named there, once.)
                     check(
-                        !options.contains_key(key),
+                        options.get(key).is_none_or(|value| voids_delivery(key, value).is_some()),
                         format!("kafka.{map}.\"{key}\": set by kafka.delivery = \"exactly_once\"; remove it"),
                     );
                 }
@@ -817,6 +826,9 @@ mod tests {
                     ("PERISAI__KAFKA__CLIENT__GROUP.ID", "other"),
                     ("PERISAI__KAFKA__PRODUCER__TRANSACTIONAL.ID", "mine"),
                     ("PERISAI__KAFKA__CONSUMER__GROUP.INSTANCE.ID", "mine"),
+                    ("PERISAI__KAFKA__CONSUMER__ISOLATION.LEVEL", "read_uncommitted"),
+                    ("PERISAI__KAFKA__CONSUMER__AUTO.OFFSET.RESET", "latest"),
+                    ("PERISAI__KAFKA__CLIENT__STATISTICS.INTERVAL.MS", "0"),
                 ]),
             )
             .unwrap_err()
@@ -828,8 +840,12 @@ mod tests {
                 "kafka.client.\"group.id\"",
                 "kafka.producer.\"transactional.id\"",
                 "kafka.consumer.\"group.instance.id\"",
+                "kafka.consumer.\"isolation.level\"",
+                "kafka.consumer.\"auto.offset.reset\"",
+                "kafka.client.\"statistics.interval.ms\"",
             ] {
                 assert!(err.contains(key), "{delivery}: {key} missing from: {err}");
+                assert_eq!(err.matches(key).count(), 1, "{delivery}: {key} named more than once: {err}");
             }
             Settings::load_with_env(
                 None,
@@ -838,10 +854,14 @@ mod tests {
                     ("PERISAI__KAFKA__PRODUCER__ACKS", "all"),
                     ("PERISAI__KAFKA__CONSUMER__FETCH.WAIT.MAX.MS", "50"),
                     ("PERISAI__KAFKA__CLIENT__CLIENT.ID", "perisai-test"),
+                    ("PERISAI__KAFKA__CONSUMER__AUTO.OFFSET.RESET", "earliest"),
                 ]),
             )
             .unwrap_or_else(|e| panic!("{delivery}: safe overrides refused: {e}"));
         }
+        // At-least-once, read_committed is librdkafka's default and may be spelled out.
+        Settings::load_with_env(None, env(&[("PERISAI__KAFKA__CONSUMER__ISOLATION.LEVEL", "read_committed")]))
+            .unwrap_or_else(|e| panic!("read_committed refused at least once: {e}"));
     }
 
     #[test]
