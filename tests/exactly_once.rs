@@ -240,8 +240,8 @@ async fn same_transactional_id_fences_the_older_worker() {
     let config_a = eos_config(dir.path(), &brokers, &topics, "a", free_port());
     let config_b = eos_config(dir.path(), &brokers, &topics, "b", free_port());
     let text = std::fs::read_to_string(&config_b).expect("config b");
-    std::fs::write(&config_b, text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ntransactional_id_prefix = \"perisai-eos-\"\n"))
-        .expect("config b");
+    let text = text.replace("commit_interval_ms = 100\n", "commit_interval_ms = 100\ntransactional_id_prefix = \"perisai-eos-\"\n");
+    std::fs::write(&config_b, text).expect("config b");
     let twin = unique("eos-twin");
     let mut a = spawn_worker_as(&config_a, dir.path(), 0, &twin);
     assert!(committed_view.wait_for(WAIT, |s| s.len() >= 300), "worker a\n{}", worker_log(dir.path(), 0));

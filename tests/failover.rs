@@ -129,7 +129,8 @@ async fn at_the_defaults_a_worker_restarted_under_its_name_resumes_without_waiti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_defaults_a_worker_stopped_and_started_under_its_name_resumes_at_once() {
     let rolled = restart_in_place(false, Stop::Term).await;
-    println!("failover: rollout step (SIGTERM, restart under the same name): verdicts resume {:.2}s after the exit", rolled.as_secs_f64());
+    let rolled_s = rolled.as_secs_f64();
+    println!("failover: rollout step (SIGTERM, restart under the same name): verdicts resume {rolled_s:.2}s after the exit");
     assert!(rolled <= Duration::from_secs(4), "{rolled:?}");
 }
 
@@ -280,8 +281,9 @@ async fn fenced_once(name: &str, exactly_once: bool) -> FencedRun {
 }
 
 /// A static member fenced under its own name (what librdkafka#3437 does to a static member after
-/// a broker outage longer than its session; here another consumer joins under its name) makes a new consumer in place and answers every event; fenced more than
-/// three times within ten minutes, it stops with an error, as a replica sharing its name must.
+/// a broker outage longer than its session; here another consumer joins under its name) makes a
+/// new consumer in place and answers every event; fenced more than three times within ten
+/// minutes, it stops with an error, as a replica sharing its name must.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_fenced_under_its_own_name_rejoins_in_place_at_most_three_times() {
     let mut run = fenced_once("failover-fenced", false).await;

@@ -144,7 +144,8 @@ pub fn is_refusal(error: &rdkafka::error::KafkaError) -> bool {
 
 impl Sink {
     /// A plain idempotent producer, or a transactional one named after `replica` when
-    /// `delivery = "exactly_once"` (the pipeline then calls `init_transactions` and `begin_transaction` on [`Sink::producer`]).
+    /// `delivery = "exactly_once"` (the pipeline then calls `init_transactions` and
+    /// `begin_transaction` on [`Sink::producer`]).
     pub fn new(settings: &KafkaSettings, replica: &Replica, instance: String, metrics: &Metrics) -> Result<Self, SetupError> {
         let brokers = Arc::new(BrokerWatch::new(
             "producer",
