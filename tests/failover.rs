@@ -1,11 +1,11 @@
 //! Fail-over at the default consumer settings (no session, heartbeat or membership override), on a
 //! real broker: a SIGKILLed worker restarted under the same replica name (a container restart in
 //! its pod, a StatefulSet pod) answers again within seconds in both delivery modes, without a
-//! rebalance (static membership is the default); a SIGKILLed worker that does not come back has
-//! its partitions moved to the surviving one within the session timeout and a rebalance; two
-//! workers started under one name on one host both run instead of fencing each other; a static
-//! member fenced under its own name makes a new consumer in place, at most three times in ten
-//! minutes. Nothing is lost either way.
+//! rebalance (static membership is the default); a worker that is SIGKILLed or stopped and does
+//! not come back has its partitions moved to the surviving one within the session timeout and a
+//! rebalance; two workers started under one name on one host both run instead of fencing each
+//! other; a static member fenced under its own name makes a new consumer in place, at most three
+//! times in ten minutes. Nothing is lost either way.
 
 mod common;
 mod fault_support;
@@ -168,25 +168,37 @@ async fn two_workers_under_one_name_on_one_host_both_run_instead_of_fencing_each
     }
 }
 
-/// Two workers; one is SIGKILLed and stays down: its partitions move to the other after the
-/// session timeout (6 s at the defaults).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_workers_partitions_move_within_the_session_timeout() {
+/// Two workers; one stops (`stop`) and stays down. Returns how long after its end the other
+/// answered the first record of its partitions.
+async fn partitions_of_a_worker_that_stays_down_move(stop: Stop) -> Duration {
     let brokers = brokers();
-    let topics = create_topics(&brokers, "failover-move", 4).await;
+    let (name_a, name_b) = match stop {
+        Stop::Kill => ("move-a", "move-b"),
+        Stop::Term => ("down-a", "down-b"),
+    };
+    let (prefix_a, prefix_b) = (format!("{name_a}-"), format!("{name_b}-"));
+    let topics = create_topics(&brokers, &format!("failover-{name_b}"), 4).await;
     let dir = temp_dir();
     let config = config(dir.path(), &brokers, &topics, false);
     let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 3000;
     let feeder = feed(&brokers, &topics.input, 0..n, 150);
-    let mut a = worker(&config, dir.path(), 0, "move-a");
-    let mut b = worker(&config, dir.path(), 1, "move-b");
+    let mut a = worker(&config, dir.path(), 0, name_a);
+    let mut b = worker(&config, dir.path(), 1, name_b);
     let both = watcher.wait_for(WAIT, |s| {
-        s.iter().filter(|v| v.worker.starts_with("move-a-")).count() >= 100 && s.iter().filter(|v| v.worker.starts_with("move-b-")).count() >= 100
+        s.iter().filter(|v| v.worker.starts_with(&prefix_a)).count() >= 100 && s.iter().filter(|v| v.worker.starts_with(&prefix_b)).count() >= 100
     });
     assert!(both, "both workers answer\n{}\n{}", worker_log(dir.path(), 0), worker_log(dir.path(), 1));
-    b.kill().expect("SIGKILL");
-    b.wait().unwrap();
+    match stop {
+        Stop::Kill => {
+            b.kill().expect("SIGKILL");
+            b.wait().unwrap();
+        }
+        Stop::Term => {
+            sigterm(&b);
+            assert!(wait_exit(&mut b, Duration::from_secs(30)).success(), "{}", worker_log(dir.path(), 1));
+        }
+    }
     let killed = Instant::now();
     // b's partitions are those whose latest verdict is b's: whichever worker joined first held
     // all four for a while, so "partitions b ever answered" would include a's own.
@@ -194,33 +206,50 @@ async fn a_dead_workers_partitions_move_within_the_session_timeout() {
     for v in watcher.snapshot().iter() {
         let e = latest.entry(v.source.0).or_insert((-1, false));
         if v.source.1 > e.0 {
-            *e = (v.source.1, v.worker.starts_with("move-b-"));
+            *e = (v.source.1, v.worker.starts_with(&prefix_b));
         }
     }
     let b_partitions: std::collections::BTreeSet<i32> = latest.iter().filter(|(_, (_, by_b))| *by_b).map(|(p, _)| *p).collect();
-    assert!(!b_partitions.is_empty(), "move-b held no partition when it was killed");
-    // move-a answered b's partitions too before b joined; only records past the last one it
+    assert!(!b_partitions.is_empty(), "{name_b} held no partition when it stopped");
+    // a answered b's partitions too before b joined; only records past the last one it
     // answered then are its work after the move.
     let before: std::collections::BTreeMap<i32, i64> = watcher
         .snapshot()
         .iter()
-        .filter(|v| v.worker.starts_with("move-a-") && b_partitions.contains(&v.source.0))
+        .filter(|v| v.worker.starts_with(&prefix_a) && b_partitions.contains(&v.source.0))
         .fold(Default::default(), |mut m, v| {
             let e = m.entry(v.source.0).or_insert(-1);
             *e = (*e).max(v.source.1);
             m
         });
     let after_move = |v: &Seen| {
-        v.worker.starts_with("move-a-") && b_partitions.contains(&v.source.0) && v.source.1 > before.get(&v.source.0).copied().unwrap_or(-1)
+        v.worker.starts_with(&prefix_a) && b_partitions.contains(&v.source.0) && v.source.1 > before.get(&v.source.0).copied().unwrap_or(-1)
     };
-    assert!(watcher.wait_for(WAIT, |s| s.iter().any(after_move)), "move-a never took move-b's partitions\n{}", worker_log(dir.path(), 0));
+    assert!(watcher.wait_for(WAIT, |s| s.iter().any(after_move)), "{name_a} never took {name_b}'s partitions\n{}", worker_log(dir.path(), 0));
     let moved = watcher.snapshot().iter().filter(|v| after_move(v)).map(|v| v.at).min().unwrap().saturating_duration_since(killed);
     feeder.join().unwrap();
     assert!(watcher.wait_for(WAIT, all_seen(n)));
     assert!(tally(&watcher.snapshot(), n).missing.is_empty());
     sigterm(&a);
     assert!(wait_exit(&mut a, Duration::from_secs(30)).success());
+    moved
+}
+
+/// A crash that is not restarted: the partitions move after the session timeout (6 s at the
+/// defaults) and a rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_partitions_move_within_the_session_timeout() {
+    let moved = partitions_of_a_worker_that_stays_down_move(Stop::Kill).await;
     println!("failover: partitions of a SIGKILLed worker that stays down move in {:.2}s", moved.as_secs_f64());
+    assert!(moved <= Duration::from_secs(10), "{moved:?}");
+}
+
+/// A scale-down: the price of static membership. A static member does not leave the group when
+/// it stops, so its partitions wait for its session to time out too, as after a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_for_good_has_its_partitions_moved_within_the_session_timeout() {
+    let moved = partitions_of_a_worker_that_stays_down_move(Stop::Term).await;
+    println!("failover: partitions of a worker stopped for good (SIGTERM) move in {:.2}s", moved.as_secs_f64());
     assert!(moved <= Duration::from_secs(10), "{moved:?}");
 }
 
