@@ -27,7 +27,9 @@
 //! # Shutdown
 //!
 //! Stop receiving, let in-flight events finish within `worker.drain_timeout_ms`, commit (or end
-//! the last transaction), leave the group.
+//! the last transaction), close the consumer. A dynamic member leaves the group then; a static
+//! one (the default, [`Replica`]) stays in it until it comes back under its name or its session
+//! times out.
 
 mod answer;
 mod callbacks;
