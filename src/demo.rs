@@ -153,7 +153,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         instance: "demo-worker".into(),
-        replica: Replica::claim(&settings.kafka),
+        replica: Replica::unclaimed("demo-worker", settings.kafka.static_membership),
     };
     let worker = tokio::spawn(worker.run(async move {
         let _ = stop_rx.await;

@@ -149,11 +149,14 @@ async fn two_workers_under_one_name_on_one_host_both_run_instead_of_fencing_each
     let feeder = feed(&brokers, &topics.input, 0..n, 150);
     let mut a = worker(&config, dir.path(), 0, "same-name");
     assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", worker_log(dir.path(), 0));
+    let by = |s: &[Seen], pid: u32| s.iter().filter(|v| v.worker == format!("same-name-{pid}")).count();
+    let a_alone = by(&watcher.snapshot(), a.id());
     let mut b = worker(&config, dir.path(), 1, "same-name");
     let logs = || format!("{}\n{}", worker_log(dir.path(), 0), worker_log(dir.path(), 1));
-    let by = |s: &[Seen], pid: u32| s.iter().filter(|v| v.worker == format!("same-name-{pid}")).count();
     let (pid_a, pid_b) = (a.id(), b.id());
-    assert!(watcher.wait_for(WAIT, |s| by(s, pid_a) >= 100 && by(s, pid_b) >= 50), "both workers answer\n{}", logs());
+    // Both go on answering side by side: a past what it had answered alone, b from its start.
+    let both = watcher.wait_for(WAIT, |s| by(s, pid_a) >= a_alone + 50 && by(s, pid_b) >= 50);
+    assert!(both, "both workers answer\n{}", logs());
     feeder.join().unwrap();
     assert!(watcher.wait_for(WAIT, all_seen(n)), "every event answered\n{}", logs());
     let t = tally(&watcher.snapshot(), n);

@@ -107,7 +107,9 @@ fn redelivered_by_generation(seen: &[Seen], last: usize) -> Vec<usize> {
 }
 
 /// One worker, then three, then one again, while events arrive at a steady rate: every event
-/// gets a verdict, and the graceful hand-overs (drain and commit on revoke) re-deliver little.
+/// gets a verdict, and nothing is re-delivered: on the scale-up the revoking worker drains and
+/// commits on revoke; on the scale-down the stopping workers drain and commit before they exit
+/// (static members, their partitions move once their sessions time out).
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_one_three_one_while_producing() {
     let brokers = brokers();
@@ -157,8 +159,8 @@ async fn scale_one_three_one_while_producing() {
     );
     assert!(done && t.missing.is_empty(), "missing verdicts for {:?}", &t.missing[..t.missing.len().min(20)]);
     assert!(per_worker[0] > before_alone, "worker 0 took the partitions back after the scale-down");
-    // Every hand-over here is graceful: the revoking worker drains and commits before the
-    // partitions move, so nothing is answered twice.
+    // Every hand-over here is graceful: the worker giving partitions up drains and commits before
+    // they move, so nothing is answered twice.
     assert_eq!(t.duplicates, 0, "graceful rebalances re-delivered events");
     assert!(status.success(), "worker 0 exit {status:?}\n{}", worker_log(dir.path(), 0));
     let committed: i64 = committed(&brokers, &topics.group, &topics.input, partitions).iter().sum();

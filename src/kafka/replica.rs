@@ -8,8 +8,9 @@
 //! but not per process: two workers started on one host would share it. So a worker claims its
 //! name on this host while it runs (an abstract Unix socket, released by the kernel the moment
 //! the process dies, even by SIGKILL, so a restart finds it free). A second worker that finds the
-//! name taken runs under `<name>-<pid>` as a dynamic member instead, and says so, rather than
-//! fencing the first.
+//! name taken runs under `<name>-<pid>` (claimed too) as a dynamic member instead, and says so,
+//! rather than fencing the first. "This host" is a network namespace: containers with networks of
+//! their own are hosts of their own here, and are trusted to have names of their own.
 
 use std::io;
 
@@ -45,15 +46,36 @@ impl Replica {
                     trusting it to be this worker's alone");
                 Replica { name: name.to_string(), static_member: static_membership, _claim: None }
             }
-            Err(e) => {
-                let own = format!("{name}-{}", std::process::id());
-                tracing::warn!(replica = %name, instead = %own, error = %e,
+            Err(_) => {
+                let own = Self::claim_own_name(name);
+                tracing::warn!(replica = %name, instead = %own.name,
                     "another worker on this host runs under this replica name: this one runs under a name of its \
                      own, as a dynamic group member with its own transactional.id (give each worker its own POD_NAME \
                      or HOSTNAME)");
-                Replica { name: own, static_member: false, _claim: None }
+                own
             }
         }
+    }
+
+    /// `<name>-<pid>`, claimed too: process ids repeat across containers that share a network
+    /// namespace (each its own PID 1), so the first free of `<name>-<pid>`, `<name>-<pid>-2`, ...
+    fn claim_own_name(name: &str) -> Replica {
+        let base = format!("{name}-{}", std::process::id());
+        let mut candidate = base.clone();
+        for n in 2.. {
+            match bind_abstract(&candidate) {
+                Ok(claim) => return Replica { name: candidate, static_member: false, _claim: claim },
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => candidate = format!("{base}-{n}"),
+                Err(_) => break,
+            }
+        }
+        Replica { name: candidate, static_member: false, _claim: None }
+    }
+
+    /// A worker on a broker of its own (the demo's embedded one, mock-cluster tests): no other
+    /// worker can meet its name there, so it is not claimed on the host.
+    pub fn unclaimed(name: &str, static_membership: bool) -> Replica {
+        Replica { name: name.to_string(), static_member: static_membership, _claim: None }
     }
 
     /// The name to build `transactional.id` from.
@@ -109,10 +131,26 @@ mod tests {
     }
 
     #[test]
-    fn static_membership_off_claims_the_name_for_transactions_only() {
+    #[cfg(target_os = "linux")]
+    fn static_membership_off_still_claims_the_name_for_transactions() {
         let name = format!("replica-test-off-{}", std::process::id());
-        let replica = Replica::claim_name(&name, false);
-        assert_eq!(replica.name(), name);
-        assert_eq!(replica.group_instance_id(), None);
+        let first = Replica::claim_name(&name, false);
+        assert_eq!((first.name(), first.group_instance_id()), (name.as_str(), None));
+        let second = Replica::claim_name(&name, false);
+        assert_eq!(second.name(), format!("{name}-{}", std::process::id()), "a taken name is not shared, even dynamic");
+    }
+
+    /// Containers sharing a network namespace can share a pid too: the fallback names are claimed
+    /// and stay distinct.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn fallback_names_are_claimed_and_distinct() {
+        let name = format!("replica-test-fallback-{}", std::process::id());
+        let holders: Vec<Replica> = (0..4).map(|_| Replica::claim_name(&name, true)).collect();
+        let names: std::collections::BTreeSet<&str> = holders.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let pid = std::process::id();
+        assert!(names.contains(format!("{name}-{pid}-2").as_str()) && names.contains(format!("{name}-{pid}-3").as_str()), "{names:?}");
+        assert_eq!(holders.iter().filter(|r| r.group_instance_id().is_some()).count(), 1);
     }
 }

@@ -58,7 +58,7 @@ fn worker(settings: &Arc<Settings>, metrics: &Arc<Metrics>, instance: &str) -> W
         metrics: metrics.clone(),
         readiness: Arc::new(Readiness::default()),
         instance: instance.into(),
-        replica: Replica::claim_name(instance, settings.kafka.static_membership),
+        replica: Replica::unclaimed(instance, settings.kafka.static_membership),
     }
 }
 

@@ -121,9 +121,13 @@ level = "info"
     path
 }
 
-/// Starts `perisai run` with its log in `dir/worker-N.log`.
+/// Starts `perisai run` with its log in `dir/worker-N.log`, named `workerN-<dir>`: `workerN-` is
+/// what verdict headers are matched on, and the test's own directory keeps the name apart from
+/// the workers of tests running beside it (a worker claims its name on the host; one finding it
+/// taken would run as a dynamic member instead of a static one, depending on timing).
 pub fn spawn_worker(config: &Path, dir: &Path, n: usize) -> Child {
-    spawn_worker_as(config, dir, n, &format!("worker{n}"))
+    let tag: String = dir.file_name().map(|f| f.to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect()).unwrap_or_default();
+    spawn_worker_as(config, dir, n, &format!("worker{n}-{tag}"))
 }
 
 /// Like `spawn_worker`, under the given HOSTNAME: restarts of one replica share it (its

@@ -247,7 +247,7 @@ pub fn all_seen(n: u32) -> impl Fn(&[Seen]) -> bool {
     move |seen| tally(seen, n).missing.is_empty()
 }
 
-/// Verdicts written by the worker whose HOSTNAME was `worker{k}`.
+/// Verdicts written by the worker `spawn_worker` started as number `k` (HOSTNAME `worker{k}-...`).
 pub fn by_worker(seen: &[Seen], k: usize) -> usize {
     let prefix = format!("worker{k}-");
     seen.iter().filter(|s| s.worker.starts_with(&prefix)).count()
