@@ -48,8 +48,24 @@ fn first_from_new_process(seen: &[Seen], replica: &str, old_pid: u32, after: Ins
 enum Stop {
     /// SIGKILL: a crash.
     Kill,
-    /// SIGTERM, drained and exited: a rollout step replacing a StatefulSet pod.
+    /// SIGTERM, drained and exited: a rollout step replacing a StatefulSet pod, or a scale-down.
     Term,
+}
+
+impl Stop {
+    /// Ends `worker` this way and returns once it is gone; a SIGTERMed worker must exit 0.
+    fn apply(self, worker: &mut Child, log: impl Fn() -> String) {
+        match self {
+            Stop::Kill => {
+                worker.kill().expect("SIGKILL");
+                worker.wait().unwrap();
+            }
+            Stop::Term => {
+                sigterm(worker);
+                assert!(wait_exit(worker, Duration::from_secs(30)).success(), "{}", log());
+            }
+        }
+    }
 }
 
 /// From the first worker's end to the first verdict of its successor under the same name.
@@ -72,16 +88,7 @@ async fn restart_in_place(exactly_once: bool, stop: Stop) -> Duration {
     let mut first = worker(&config, dir.path(), 0, replica);
     assert!(watcher.wait_for(WAIT, |s| s.len() >= 500), "no verdicts\n{}", worker_log(dir.path(), 0));
     let old_pid = first.id();
-    match stop {
-        Stop::Kill => {
-            first.kill().expect("SIGKILL");
-            first.wait().unwrap();
-        }
-        Stop::Term => {
-            sigterm(&first);
-            assert!(wait_exit(&mut first, Duration::from_secs(30)).success(), "{}", worker_log(dir.path(), 0));
-        }
-    }
+    stop.apply(&mut first, || worker_log(dir.path(), 0));
     let killed = Instant::now();
     let mut second = worker(&config, dir.path(), 1, replica);
     assert!(
@@ -192,16 +199,7 @@ async fn partitions_of_a_worker_that_stays_down_move(stop: Stop) -> Duration {
         s.iter().filter(|v| v.worker.starts_with(&prefix_a)).count() >= 100 && s.iter().filter(|v| v.worker.starts_with(&prefix_b)).count() >= 100
     });
     assert!(both, "both workers answer\n{}\n{}", worker_log(dir.path(), 0), worker_log(dir.path(), 1));
-    match stop {
-        Stop::Kill => {
-            b.kill().expect("SIGKILL");
-            b.wait().unwrap();
-        }
-        Stop::Term => {
-            sigterm(&b);
-            assert!(wait_exit(&mut b, Duration::from_secs(30)).success(), "{}", worker_log(dir.path(), 1));
-        }
-    }
+    stop.apply(&mut b, || worker_log(dir.path(), 1));
     let killed = Instant::now();
     // b's partitions are those whose latest verdict is b's: whichever worker joined first held
     // all four for a while, so "partitions b ever answered" would include a's own.
