@@ -33,43 +33,37 @@ impl Replica {
         if settings.static_membership || settings.delivery == Delivery::ExactlyOnce {
             Self::claim_name(&name, settings.static_membership)
         } else {
-            Replica { name, static_member: false, _claim: None }
+            Self::unclaimed(&name, false)
         }
     }
 
+    /// Claims the first free of `name`, `<name>-<pid>`, `<name>-<pid>-2`, ...: process ids repeat
+    /// across containers that share a network namespace (each its own PID 1), so the fallback
+    /// names are claimed too. Only `name` itself makes a static member.
     pub(crate) fn claim_name(name: &str, static_membership: bool) -> Replica {
-        match bind_abstract(name) {
-            Ok(claim) => Replica { name: name.to_string(), static_member: static_membership, _claim: claim },
-            Err(e) if e.kind() != io::ErrorKind::AddrInUse => {
-                // A sandbox without Unix sockets, say: the guard is lost, not the worker.
-                tracing::warn!(replica = %name, error = %e, "cannot claim the replica name on this host; \
-                    trusting it to be this worker's alone");
-                Replica { name: name.to_string(), static_member: static_membership, _claim: None }
-            }
-            Err(_) => {
-                let own = Self::claim_own_name(name);
-                tracing::warn!(replica = %name, instead = %own.name,
+        let own = format!("{name}-{}", std::process::id());
+        let fallbacks = std::iter::once(own.clone()).chain((2..).map(|n| format!("{own}-{n}")));
+        for candidate in std::iter::once(name.to_string()).chain(fallbacks) {
+            let claim = match bind_abstract(&candidate) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Ok(claim) => claim,
+                Err(e) => {
+                    // A sandbox without Unix sockets, say: the guard is lost, not the worker.
+                    tracing::warn!(replica = %candidate, error = %e, "cannot claim the replica name on this host; \
+                        trusting it to be this worker's alone");
+                    None
+                }
+            };
+            let own_name = candidate == name;
+            if !own_name {
+                tracing::warn!(replica = %name, instead = %candidate,
                     "another worker on this host runs under this replica name: this one runs under a name of its \
                      own, as a dynamic group member with its own transactional.id (give each worker its own POD_NAME \
                      or HOSTNAME)");
-                own
             }
+            return Replica { name: candidate, static_member: static_membership && own_name, _claim: claim };
         }
-    }
-
-    /// `<name>-<pid>`, claimed too: process ids repeat across containers that share a network
-    /// namespace (each its own PID 1), so the first free of `<name>-<pid>`, `<name>-<pid>-2`, ...
-    fn claim_own_name(name: &str) -> Replica {
-        let base = format!("{name}-{}", std::process::id());
-        let mut candidate = base.clone();
-        for n in 2.. {
-            match bind_abstract(&candidate) {
-                Ok(claim) => return Replica { name: candidate, static_member: false, _claim: claim },
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => candidate = format!("{base}-{n}"),
-                Err(_) => break,
-            }
-        }
-        Replica { name: candidate, static_member: false, _claim: None }
+        unreachable!("the fallback names never run out")
     }
 
     /// A worker on a broker of its own (the demo's embedded one, mock-cluster tests): no other
@@ -96,9 +90,8 @@ impl Replica {
 fn bind_abstract(name: &str) -> io::Result<Option<std::os::unix::net::UnixListener>> {
     use sha2::{Digest, Sha256};
     use std::os::linux::net::SocketAddrExt;
-    let digest = Sha256::digest(name.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let address = std::os::unix::net::SocketAddr::from_abstract_name(format!("perisai-replica-{hex}"))?;
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..16]);
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(format!("perisai-replica-{hash}"))?;
     std::os::unix::net::UnixListener::bind_addr(&address).map(Some)
 }
 
