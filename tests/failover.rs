@@ -33,6 +33,25 @@ fn config(dir: &Path, brokers: &str, topics: &Topics, exactly_once: bool) -> Pat
     path
 }
 
+/// A test's topics, its directory and config (at the defaults), a watcher of its verdicts, and
+/// `n` events being fed at `per_second`.
+struct Stream {
+    topics: Topics,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    watcher: Watcher,
+    feeder: std::thread::JoinHandle<()>,
+}
+
+async fn stream(brokers: &str, name: &str, partitions: i32, exactly_once: bool, n: u32, per_second: u32) -> Stream {
+    let topics = create_topics(brokers, name, partitions).await;
+    let dir = temp_dir();
+    let config = config(dir.path(), brokers, &topics, exactly_once);
+    let watcher = Watcher::start(brokers, &topics.verdicts);
+    let feeder = feed(brokers, &topics.input, 0..n, per_second);
+    Stream { topics, dir, config, watcher, feeder }
+}
+
 fn worker(config: &Path, dir: &Path, n: usize, replica: &str) -> Child {
     spawn_worker_as(config, dir, n, replica)
 }
@@ -79,12 +98,9 @@ async fn restart_in_place(exactly_once: bool, stop: Stop) -> Duration {
         (false, Stop::Term) => "roll-alo",
         (true, Stop::Term) => "roll-eos",
     };
-    let topics = create_topics(&brokers, &format!("failover-{replica}"), 4).await;
-    let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, exactly_once);
-    let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 3000;
-    let feeder = feed(&brokers, &topics.input, 0..n, 150);
+    let Stream { dir, config, watcher, feeder, .. } =
+        stream(&brokers, &format!("failover-{replica}"), 4, exactly_once, n, 150).await;
     let mut first = worker(&config, dir.path(), 0, replica);
     assert!(watcher.wait_for(WAIT, |s| s.len() >= 500), "no verdicts\n{}", worker_log(dir.path(), 0));
     let old_pid = first.id();
@@ -148,12 +164,9 @@ async fn at_the_defaults_a_worker_stopped_and_started_under_its_name_resumes_at_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_under_one_name_on_one_host_both_run_instead_of_fencing_each_other() {
     let brokers = brokers();
-    let topics = create_topics(&brokers, "failover-same-name", 4).await;
-    let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, true);
-    let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 2000;
-    let feeder = feed(&brokers, &topics.input, 0..n, 150);
+    let Stream { dir, config, watcher, feeder, .. } =
+        stream(&brokers, "failover-same-name", 4, true, n, 150).await;
     let mut a = worker(&config, dir.path(), 0, "same-name");
     assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", worker_log(dir.path(), 0));
     let by = |s: &[Seen], pid: u32| s.iter().filter(|v| v.worker == format!("same-name-{pid}")).count();
@@ -187,12 +200,9 @@ async fn partitions_of_a_worker_that_stays_down_move(stop: Stop) -> Duration {
         Stop::Term => ("down-a", "down-b"),
     };
     let (prefix_a, prefix_b) = (format!("{name_a}-"), format!("{name_b}-"));
-    let topics = create_topics(&brokers, &format!("failover-{name_b}"), 4).await;
-    let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, false);
-    let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 3000;
-    let feeder = feed(&brokers, &topics.input, 0..n, 150);
+    let Stream { dir, config, watcher, feeder, .. } =
+        stream(&brokers, &format!("failover-{name_b}"), 4, false, n, 150).await;
     let mut a = worker(&config, dir.path(), 0, name_a);
     let mut b = worker(&config, dir.path(), 1, name_b);
     let both = watcher.wait_for(WAIT, |s| {
@@ -290,12 +300,8 @@ fn recreations(dir: &Path) -> usize {
 
 async fn fenced_once(name: &str, exactly_once: bool) -> FencedRun {
     let brokers = brokers();
-    let topics = create_topics(&brokers, name, 2).await;
-    let dir = temp_dir();
-    let config = config(dir.path(), &brokers, &topics, exactly_once);
-    let watcher = Watcher::start(&brokers, &topics.verdicts);
     let n = 2000;
-    let feeder = feed(&brokers, &topics.input, 0..n, 100);
+    let Stream { topics, dir, config, watcher, feeder } = stream(&brokers, name, 2, exactly_once, n, 100).await;
     let mut worker = worker(&config, dir.path(), 0, name);
     let log = || worker_log(dir.path(), 0);
     assert!(watcher.wait_for(WAIT, |s| s.len() >= 100), "no verdicts\n{}", log());

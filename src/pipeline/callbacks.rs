@@ -7,10 +7,10 @@
 //! ([`Delivery::on_revoke`]); on assign, partitions that arrive while the worker is paused are
 //! paused too, so they deliver nothing the worker has no room for.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
@@ -26,6 +26,8 @@ pub struct ConsumerCallbacks {
     pub brokers: BrokerWatch,
     /// Set while the worker has paused its assignment for lack of room.
     pub paused: Arc<AtomicBool>,
+    /// Partitions assigned, counted from the rebalance events (readiness follows it).
+    pub assigned: AtomicUsize,
 }
 
 impl ClientContext for ConsumerCallbacks {
@@ -59,7 +61,24 @@ impl ConsumerContext for ConsumerCallbacks {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        // Counted from the event, not asked of librdkafka: `assignment()` waits on the group's
+        // thread, which never answers while the consumer closes (a fenced static member's
+        // consumer hung in its drop that way, past SIGTERM). An eager revoke or a rebalance error
+        // leaves nothing assigned; a cooperative one takes away what it names.
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let assigned = match rebalance {
+            Rebalance::Assign(tpl) => self.assigned.fetch_add(tpl.count(), Ordering::AcqRel) + tpl.count(),
+            Rebalance::Revoke(tpl) if cooperative => {
+                let before = self.assigned.load(Ordering::Acquire);
+                let after = before.saturating_sub(tpl.count());
+                self.assigned.store(after, Ordering::Release);
+                after
+            }
+            Rebalance::Revoke(_) | Rebalance::Error(_) => {
+                self.assigned.store(0, Ordering::Release);
+                0
+            }
+        };
         self.readiness.assigned.store(assigned > 0, Ordering::Release);
         if let Rebalance::Assign(tpl) = rebalance {
             if self.paused.load(Ordering::Acquire) && tpl.count() > 0 {

@@ -43,7 +43,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -195,6 +195,7 @@ impl Worker {
                 self.metrics.kafka_broker_repairs.with_label_values(&["consumer"]),
             ),
             paused: paused.clone(),
+            assigned: AtomicUsize::new(0),
         };
         let mut config = consumer_config(&settings.kafka);
         if let Some(id) = self.replica.group_instance_id() {
