@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
@@ -61,20 +61,18 @@ impl ConsumerContext for ConsumerCallbacks {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Counted from the event, not asked of librdkafka: `assignment()` waits on the group's
-        // thread, which never answers while the consumer closes (a fenced static member's
-        // consumer hung in its drop that way, past SIGTERM). An eager revoke or a rebalance error
-        // leaves nothing assigned; a cooperative one takes away what it names.
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        // Counted from the event, not asked of librdkafka: `assignment()` (and the rebalance
+        // protocol) wait on the group's thread, which never answers while the consumer closes (a
+        // fenced static member's consumer hung in its drop that way, past SIGTERM). A revoke names
+        // what it takes away (all of it, eager); a rebalance error leaves nothing assigned.
         let assigned = match rebalance {
             Rebalance::Assign(tpl) => self.assigned.fetch_add(tpl.count(), Ordering::AcqRel) + tpl.count(),
-            Rebalance::Revoke(tpl) if cooperative => {
-                let before = self.assigned.load(Ordering::Acquire);
-                let after = before.saturating_sub(tpl.count());
+            Rebalance::Revoke(tpl) => {
+                let after = self.assigned.load(Ordering::Acquire).saturating_sub(tpl.count());
                 self.assigned.store(after, Ordering::Release);
                 after
             }
-            Rebalance::Revoke(_) | Rebalance::Error(_) => {
+            Rebalance::Error(_) => {
                 self.assigned.store(0, Ordering::Release);
                 0
             }
