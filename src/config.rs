@@ -28,6 +28,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub media: MediaSettings,
     pub decode: DecodeSettings,
+    pub video: VideoSettings,
     pub cache: CacheSettings,
     pub pdq: PdqSettings,
     #[serde(default)]
@@ -228,6 +229,48 @@ pub struct DecodeSettings {
     pub deadline_ms: u64,
     /// Animation frames screened per upload: all of them up to this many, spread evenly beyond.
     pub max_frames: usize,
+}
+
+/// Videos: decoded by the `perisai-video` helper process (see `media::video`), sampled as
+/// Meta's vPDQ samples them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSettings {
+    /// The helper executable; empty = `perisai-video` beside the `perisai` executable.
+    pub helper: String,
+    /// Largest video accepted, in bytes (path and URL media; inline media is bounded by the event).
+    pub max_bytes: usize,
+    /// Refused from the container's header, before decoding, above these; and stopped when the
+    /// decoded stream goes past them.
+    pub max_duration_s: f64,
+    pub max_pixels: u64,
+    pub max_frames: u64,
+    /// vPDQ's sampling: one frame hashed every this many seconds (0 = every frame).
+    pub seconds_per_hash: f64,
+    /// One video's decoding, from the helper's start; past it the helper is killed (`decode_timeout`).
+    pub deadline_ms: u64,
+    /// The helper's address space (RLIMIT_AS).
+    pub helper_memory_bytes: u64,
+    /// The helper's decoder threads.
+    pub decoder_threads: usize,
+    /// Sampled frames the classifier scores, spread evenly over the video.
+    pub max_classified_frames: usize,
+}
+
+impl VideoSettings {
+    /// How the screen runs the helper.
+    pub fn limits(&self) -> crate::media::video::VideoLimits {
+        crate::media::video::VideoLimits {
+            helper: PathBuf::from(&self.helper),
+            seconds_per_hash: self.seconds_per_hash,
+            max_pixels: self.max_pixels,
+            max_duration_s: self.max_duration_s,
+            max_frames: self.max_frames,
+            threads: self.decoder_threads,
+            memory_bytes: self.helper_memory_bytes,
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -618,6 +661,18 @@ impl Settings {
         );
         check(self.decode.deadline_ms > 0, "decode.deadline_ms: must be > 0".into());
         check(self.decode.max_frames > 0, "decode.max_frames: must be > 0".into());
+        let v = &self.video;
+        check(v.max_bytes > 0, "video.max_bytes: must be > 0".into());
+        check(v.max_duration_s.is_finite() && v.max_duration_s > 0.0, "video.max_duration_s: must be a number > 0".into());
+        check(v.max_pixels > 0, "video.max_pixels: must be > 0".into());
+        check(v.max_frames > 0, "video.max_frames: must be > 0".into());
+        check(
+            v.seconds_per_hash.is_finite() && v.seconds_per_hash >= 0.0,
+            "video.seconds_per_hash: must be a number >= 0 (0 hashes every frame)".into(),
+        );
+        check(v.deadline_ms > 0, "video.deadline_ms: must be > 0".into());
+        check(v.helper_memory_bytes >= 64 << 20, "video.helper_memory_bytes: must be at least 64 MiB".into());
+        check((1..=64).contains(&v.decoder_threads), "video.decoder_threads: must be 1 to 64".into());
         check(
             self.cache.max_entries == 0 || self.cache.max_bytes >= 1 << 20,
             "cache.max_bytes: must be at least 1 MiB when the cache is on (cache.max_entries > 0)".into(),
@@ -704,6 +759,10 @@ impl Settings {
         resolve(&mut c.model_path, "classifier", "model_path", Some("/opt/perisai/models/open-nsfw.onnx"));
         resolve(&mut c.ort_library, "classifier", "ort_library", Some("/opt/perisai/lib/libonnxruntime.so.1.32.0"));
         resolve(&mut self.media.path_root, "media", "path_root", None);
+        resolve(&mut self.video.helper, "video", "helper", None);
+        if self.video.helper.is_empty() {
+            self.video.helper = helper_beside_this_binary().to_string_lossy().into_owned();
+        }
         // Banks are only ever declared in a file.
         for bank in &mut self.banks {
             if !bank.file.is_empty() && Path::new(&bank.file).is_relative() {
@@ -712,6 +771,20 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `perisai-video` beside the running executable; for test and bench binaries (in `deps/`), the
+/// one in the directory above; in the container image, /usr/local/bin. The first that exists,
+/// else the first (errors then name it).
+fn helper_beside_this_binary() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = exe.as_deref().and_then(Path::parent) {
+        candidates.push(dir.join("perisai-video"));
+        candidates.extend(dir.parent().map(|up| up.join("perisai-video")));
+    }
+    candidates.push(PathBuf::from("/usr/local/bin/perisai-video"));
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| candidates.swap_remove(0))
 }
 
 /// Where a compiled-in default path points: the first that exists of the checkout this binary

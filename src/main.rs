@@ -1,5 +1,6 @@
 //! The `perisai` command line. Wiring only; everything else lives in the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use perisai::bank::{BankSet, Signal};
 use perisai::config::Settings;
 use perisai::event::UploadEvent;
 use perisai::hash::pdq;
+use perisai::hash::vpdq::VpdqFeature;
 use perisai::media::decode::{self, DecodeLimits};
+use perisai::media::video;
 use perisai::metrics::{Metrics, MetricsServer, Readiness};
 use perisai::pipeline::Worker;
 use perisai::replay;
@@ -62,14 +65,24 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// PDQ-hash files like pdq-photo-hasher: `HASH,QUALITY,FILE` per line.
+    /// PDQ-hash images like pdq-photo-hasher (`HASH,QUALITY,FILE` per line), or a video like
+    /// Meta's vpdq (`--video`: `FRAME_NUMBER,QUALITY,PDQ_HEX,TIMESTAMP` per sampled frame).
     Hash {
         /// Hash at full resolution (default: the `cli` convention, 512×512 above 512 px).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "video")]
         full: bool,
         /// Print the 8 dihedral hashes (reference order), then quality, then file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "video")]
         dihedral: bool,
+        /// vPDQ-hash one video, decoded by the `perisai-video` helper under `[video]`'s limits.
+        #[arg(long)]
+        video: bool,
+        /// With --video: one frame hashed every this many seconds (0 = every frame).
+        #[arg(long, default_value_t = 1.0, requires = "video")]
+        seconds_per_hash: f64,
+        /// With --video: limits and helper from this configuration (default: the built-in one).
+        #[arg(long, short, requires = "video")]
+        config: Option<PathBuf>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -222,7 +235,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
-        Command::Hash { full, dihedral, files } => hash_files(full, dihedral, &files),
+        Command::Hash { video: true, seconds_per_hash, config, files, .. } => hash_video(config, seconds_per_hash, &files),
+        Command::Hash { full, dihedral, files, .. } => hash_files(full, dihedral, &files),
         // Synchronous: the topic reader polls on this thread, no runtime needed.
         Command::Policy { command } => match policy_command(command) {
             Ok(code) => code,
@@ -550,6 +564,48 @@ fn check_config(config: Option<PathBuf>) -> ExitCode {
 
 /// Hashes files the way `pdq-photo-hasher` prints them; unreadable files are reported on stderr
 /// and make the exit code non-zero, and the other files are still hashed.
+/// `perisai hash --video`: the lines vpdq's hasher writes, for one video.
+fn hash_video(config: Option<PathBuf>, seconds_per_hash: f64, files: &[PathBuf]) -> ExitCode {
+    let [file] = files else {
+        eprintln!("perisai: --video hashes one file at a time");
+        return ExitCode::from(2);
+    };
+    if !(seconds_per_hash.is_finite() && seconds_per_hash >= 0.0) {
+        eprintln!("perisai: --seconds-per-hash must be a number >= 0");
+        return ExitCode::from(2);
+    }
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("perisai: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("perisai: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut limits = settings.video.limits();
+    limits.seconds_per_hash = seconds_per_hash;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let mut out = std::io::stdout().lock();
+    let decoded = runtime.block_on(video::decode(&bytes, &limits, |frame| {
+        let line = VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image).line();
+        let _ = writeln!(out, "{line}");
+        std::future::ready(())
+    }));
+    match decoded.error {
+        None => ExitCode::SUCCESS,
+        Some(e) => {
+            eprintln!("perisai: {}: {} ({})", file.display(), e, e.kind());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn hash_files(full: bool, dihedral: bool, files: &[PathBuf]) -> ExitCode {
     let convention = if full { pdq::Convention::Full } else { pdq::Convention::Cli };
     let limits = DecodeLimits::default();

@@ -1,0 +1,334 @@
+//! Video decoding, outside this process: the `perisai-video` helper (a binary of its own that
+//! links FFmpeg) decodes one upload under limits the worker sets, and hands back the frames that
+//! vPDQ samples, as RGB. This module starts it, feeds it, reads it and judges how it ended.
+//!
+//! Why a process: demuxers and decoders parse hostile bytes, and a crash, a hang or a runaway
+//! allocation there must cost one upload a `media_error`, never the worker. The helper gets:
+//! - the media on its standard input as a sealed memory file (never a file on disk);
+//! - address-space, CPU-time, open-file and file-size limits, set here between fork and exec, so
+//!   they hold before any of its code runs; it dies with the worker (parent-death signal);
+//! - its own seccomp filter (no sockets, no exec), entered before it reads a byte;
+//! - a deadline, after which it is killed (`decode_timeout`).
+//!
+//! The record format it writes is documented in `video-helper/src/main.rs`.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::decode::{Channels, Image};
+
+/// How the helper is run: where it is, what it may decode, and what it may use.
+#[derive(Debug, Clone)]
+pub struct VideoLimits {
+    pub helper: PathBuf,
+    /// vPDQ's sampling: one frame every `seconds_per_hash` (0: every frame).
+    pub seconds_per_hash: f64,
+    pub max_pixels: u64,
+    pub max_duration_s: f64,
+    pub max_frames: u64,
+    /// The helper's decoder threads.
+    pub threads: usize,
+    /// The helper's address space (`RLIMIT_AS`).
+    pub memory_bytes: u64,
+    /// From the start of the helper to its end record; it is killed past this.
+    pub deadline: Duration,
+}
+
+/// What the container says about the video (the helper's `I` record).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VideoInfo {
+    pub container: String,
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub frame_rate: f64,
+    pub duration_s: Option<f64>,
+    pub declared_frames: Option<u64>,
+}
+
+/// One sampled frame: vPDQ's frame number and timestamp, and its pixels.
+#[derive(Debug)]
+pub struct Frame {
+    pub number: u64,
+    pub timestamp: f64,
+    pub image: Image,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VideoError {
+    #[error("the video helper could not be started ({helper}): {detail}")]
+    Unavailable { helper: String, detail: String },
+    #[error("the video decoder crashed ({0})")]
+    Crashed(String),
+    #[error("decoding the video did not finish within {0:?} (video.deadline_ms)")]
+    Timeout(Duration),
+    /// The helper ended the video itself: over a limit, damaged, not a video it decodes.
+    #[error("{detail}")]
+    Refused { kind: String, detail: String },
+}
+
+impl VideoError {
+    /// Stable label for metrics and `media_error` reasons.
+    pub fn kind(&self) -> &str {
+        match self {
+            VideoError::Unavailable { .. } => "video_unavailable",
+            VideoError::Crashed(_) => "decode_crashed",
+            VideoError::Timeout(_) => "decode_timeout",
+            VideoError::Refused { kind, .. } => kind,
+        }
+    }
+}
+
+/// How one video's decoding ended: what the container said, how many frames were decoded, and
+/// the error that cut it short, if any (frames already handed over still count).
+#[derive(Debug)]
+pub struct Decoded {
+    pub info: Option<VideoInfo>,
+    pub frames_decoded: u64,
+    pub error: Option<VideoError>,
+    /// How the helper process ended (`None`: killed at the deadline or never started).
+    pub exit: Option<ExitStatus>,
+}
+
+#[derive(Deserialize)]
+struct End {
+    frames_decoded: u64,
+    error: Option<Refusal>,
+}
+
+#[derive(Deserialize)]
+struct Refusal {
+    kind: String,
+    detail: String,
+}
+
+/// Container signatures at offset 0 (or 4, for ISO media's `ftyp`): the bytes say video.
+pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    let at = |offset: usize, magic: &[u8]| bytes.get(offset..offset + magic.len()) == Some(magic);
+    if at(4, b"ftyp") {
+        return Some("ISO media (MP4/QuickTime)");
+    }
+    // QuickTime files without `ftyp` start with another top-level atom.
+    if [b"moov", b"mdat", b"wide", b"free"].iter().any(|atom| at(4, *atom)) && bytes.len() >= 16 {
+        return Some("QuickTime");
+    }
+    if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
+        return Some("Matroska/WebM");
+    }
+    if at(0, b"RIFF") && at(8, b"AVI ") {
+        return Some("AVI");
+    }
+    if at(0, b"FLV\x01") {
+        return Some("FLV");
+    }
+    if at(0, b"DKIF") {
+        return Some("IVF");
+    }
+    if at(0, &[0x00, 0x00, 0x01, 0xBA]) {
+        return Some("MPEG program stream");
+    }
+    if at(0, &[0x30, 0x26, 0xB2, 0x75, 0x8E, 0x66, 0xCF, 0x11]) {
+        return Some("ASF/WMV");
+    }
+    // A transport stream is a run of 188-byte packets, each starting with 0x47.
+    if bytes.len() >= 188 * 3 && (0..3).all(|i| bytes[i * 188] == 0x47) {
+        return Some("MPEG transport stream");
+    }
+    if at(0, b"OggS") {
+        // Ogg holds audio more often than video; the helper finds whether a video stream is there.
+        return Some("Ogg");
+    }
+    None
+}
+
+/// Decodes one video in the helper, handing each sampled frame to `on_frame` as it arrives (so
+/// hashing overlaps decoding). Never fails: problems are in [`Decoded::error`].
+pub async fn decode<F, Fut>(bytes: &[u8], limits: &VideoLimits, mut on_frame: F) -> Decoded
+where
+    F: FnMut(Frame) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let deadline = Instant::now() + limits.deadline;
+    let mut decoded = Decoded { info: None, frames_decoded: 0, error: None, exit: None };
+    let mut child = match spawn(bytes, limits) {
+        Ok(child) => child,
+        Err(e) => {
+            decoded.error = Some(VideoError::Unavailable { helper: limits.helper.display().to_string(), detail: e.to_string() });
+            return decoded;
+        }
+    };
+    let mut stdout = child.stdout.take().expect("piped");
+    let read = tokio::time::timeout_at(deadline, async {
+        loop {
+            match read_record(&mut stdout, limits).await? {
+                Record::Info(info) => decoded.info = Some(info),
+                Record::Frame(frame) => on_frame(frame).await,
+                Record::End(end) => return Ok::<_, String>(end),
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(Ok(end)) => {
+            decoded.frames_decoded = end.frames_decoded;
+            decoded.error = end.error.map(|r| VideoError::Refused { kind: r.kind, detail: r.detail });
+            decoded.exit = tokio::time::timeout_at(deadline, child.wait()).await.ok().and_then(Result::ok);
+            if decoded.exit.is_none() {
+                let _ = child.kill().await;
+            }
+        }
+        Ok(Err(broken)) => {
+            // The stream broke off: the helper died (a crash, or a limit's signal) or wrote nonsense.
+            let exit = tokio::time::timeout_at(deadline, child.wait()).await.ok().and_then(Result::ok);
+            if exit.is_none() {
+                let _ = child.kill().await;
+            }
+            decoded.error = Some(VideoError::Crashed(describe_exit(exit, &broken)));
+            decoded.exit = exit;
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            decoded.error = Some(VideoError::Timeout(limits.deadline));
+        }
+    }
+    decoded
+}
+
+fn describe_exit(exit: Option<ExitStatus>, broken: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match exit.and_then(|s| s.signal()) {
+        Some(libc_sigxcpu) if libc_sigxcpu == 24 => "killed by its CPU-time limit".into(),
+        Some(signal) => format!("killed by signal {signal}"),
+        None => match exit.and_then(|s| s.code()) {
+            Some(code) => format!("exited with status {code}: {broken}"),
+            None => broken.to_string(),
+        },
+    }
+}
+
+fn spawn(bytes: &[u8], limits: &VideoLimits) -> std::io::Result<tokio::process::Child> {
+    let media = sealed_memory(bytes)?;
+    let mut command = Command::new(&limits.helper);
+    command
+        .arg("--seconds-per-hash")
+        .arg(limits.seconds_per_hash.to_string())
+        .arg("--max-pixels")
+        .arg(limits.max_pixels.to_string())
+        .arg("--max-duration-s")
+        .arg(limits.max_duration_s.to_string())
+        .arg("--max-frames")
+        .arg(limits.max_frames.to_string())
+        .arg("--threads")
+        .arg(limits.threads.to_string())
+        .env_clear()
+        .stdin(Stdio::from(media))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let (memory, cpu_seconds) = (limits.memory_bytes, limits.deadline.as_secs() + 1);
+    // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, prctl) are made,
+    // on values computed before the fork.
+    unsafe {
+        command.pre_exec(move || confine(memory, cpu_seconds));
+    }
+    command.spawn()
+}
+
+/// The helper's resource limits, set in the child before exec.
+fn confine(memory: u64, cpu_seconds: u64) -> std::io::Result<()> {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let limit = |resource, soft: u64, hard: u64| {
+        setrlimit(resource, Rlimit { current: Some(soft), maximum: Some(hard) }).map_err(std::io::Error::from)
+    };
+    limit(Resource::As, memory, memory)?;
+    // SIGXCPU at the soft limit, SIGKILL a second later.
+    limit(Resource::Cpu, cpu_seconds, cpu_seconds + 1)?;
+    // Standard streams, the media reopened, and FFmpeg's few: no room to collect descriptors.
+    limit(Resource::Nofile, 16, 16)?;
+    limit(Resource::Fsize, 0, 0)?;
+    limit(Resource::Core, 0, 0)?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)).map_err(std::io::Error::from)
+}
+
+/// The media in an anonymous memory file, sealed against every change: the helper reads (and
+/// seeks) it like a file, and nothing reaches a disk.
+fn sealed_memory(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let fd = memfd_create("perisai-media", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)?;
+    Ok(file.into())
+}
+
+enum Record {
+    Info(VideoInfo),
+    Frame(Frame),
+    End(End),
+}
+
+/// Largest JSON record the helper writes (its info and end records are a few hundred bytes).
+const MAX_JSON_RECORD: usize = 64 * 1024;
+const FRAME_HEADER: usize = 24;
+
+async fn read_record(input: &mut (impl AsyncRead + Unpin), limits: &VideoLimits) -> Result<Record, String> {
+    let mut head = [0u8; 5];
+    input.read_exact(&mut head).await.map_err(|e| format!("reading its output: {e}"))?;
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    let json = |payload: &[u8]| String::from_utf8_lossy(payload).into_owned();
+    match head[0] {
+        b'I' | b'E' if len <= MAX_JSON_RECORD => {
+            let mut payload = vec![0; len];
+            input.read_exact(&mut payload).await.map_err(|e| format!("reading its output: {e}"))?;
+            if head[0] == b'I' {
+                serde_json::from_slice(&payload).map(Record::Info).map_err(|e| format!("bad info record {}: {e}", json(&payload)))
+            } else {
+                serde_json::from_slice(&payload).map(Record::End).map_err(|e| format!("bad end record {}: {e}", json(&payload)))
+            }
+        }
+        b'F' if len >= FRAME_HEADER => {
+            let mut header = [0u8; FRAME_HEADER];
+            input.read_exact(&mut header).await.map_err(|e| format!("reading a frame: {e}"))?;
+            let number = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+            let timestamp = f64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+            let width = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+            let height = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+            let pixels = u64::from(width) * u64::from(height);
+            // The helper checks its limits; a frame over them means it is not the helper talking.
+            if pixels > limits.max_pixels || (len - FRAME_HEADER) as u64 != pixels * 3 {
+                return Err(format!("a frame record of {width}x{height} and {len} bytes"));
+            }
+            let mut rgb = vec![0; len - FRAME_HEADER];
+            input.read_exact(&mut rgb).await.map_err(|e| format!("reading a frame: {e}"))?;
+            Ok(Record::Frame(Frame { number, timestamp, image: Image { width, height, channels: Channels::Rgb, pixels: rgb } }))
+        }
+        tag => Err(format!("an unknown record (tag {tag}, {len} bytes)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_are_recognised_by_their_signatures() {
+        let mut mp4 = vec![0, 0, 0, 0x20];
+        mp4.extend_from_slice(b"ftypisom\0\0\x02\0");
+        assert_eq!(sniff(&mp4), Some("ISO media (MP4/QuickTime)"));
+        assert_eq!(sniff(&[0x1A, 0x45, 0xDF, 0xA3, 0x9F]), Some("Matroska/WebM"));
+        assert_eq!(sniff(b"RIFF\0\0\0\0AVI LIST"), Some("AVI"));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), None);
+        let ts: Vec<u8> = (0..188 * 3).map(|i| if i % 188 == 0 { 0x47 } else { 0 }).collect();
+        assert_eq!(sniff(&ts), Some("MPEG transport stream"));
+        assert_eq!(sniff(b"GIF89a"), None);
+        assert_eq!(sniff(b"hello, world"), None);
+    }
+}
