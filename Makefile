@@ -15,17 +15,19 @@ deps:
 setup: deps
 	@scripts/setup
 
+# Two binaries: the worker (`perisai`, Apache-2.0, no FFmpeg) and the video helper it starts
+# (`perisai-video`, which links FFmpeg; see the README's licences).
 build: setup
-	$(CARGO) build --release --bin perisai
+	$(CARGO) build --release --bin perisai --bin perisai-video
 
-demo: setup
+demo: build
 	$(CARGO) run --release --bin perisai -- demo
 
 # Unit tests, then the integration tests against a real Apache Kafka broker started here.
 # Benchmarks are compiled here (so they cannot rot) but run only by `make bench`.
 test: setup
 	@scripts/deps test
-	$(CARGO) build --release --bin perisai --benches
+	$(CARGO) build --release --bin perisai --bin perisai-video --benches
 	scripts/kafka start
 	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
