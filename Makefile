@@ -18,7 +18,7 @@ setup: deps
 # Two binaries: the worker (`perisai`, Apache-2.0, no FFmpeg) and the video helper it starts
 # (`perisai-video`, which links FFmpeg; see the README's licences).
 build: setup
-	$(CARGO) build --release --bin perisai --bin perisai-video
+	$(CARGO) build --release --workspace --bins
 
 demo: build
 	$(CARGO) run --release --bin perisai -- demo
@@ -27,7 +27,7 @@ demo: build
 # Benchmarks are compiled here (so they cannot rot) but run only by `make bench`.
 test: setup
 	@scripts/deps test
-	$(CARGO) build --release --bin perisai --bin perisai-video --benches
+	$(CARGO) build --release --workspace --bins --benches
 	scripts/kafka start
 	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
