@@ -590,13 +590,17 @@ fn hash_video(config: Option<PathBuf>, seconds_per_hash: f64, files: &[PathBuf])
     };
     let mut limits = settings.video.limits();
     limits.seconds_per_hash = seconds_per_hash;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let mut out = std::io::stdout().lock();
-    let decoded = runtime.block_on(video::decode(&bytes, &limits, |frame| {
-        let line = VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image).line();
-        let _ = writeln!(out, "{line}");
-        std::future::ready(())
-    }));
+    // Two threads: one reads the helper's frames while the other hashes.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let decoded = runtime.block_on(async {
+        let mut run = video::VideoRun::start(&bytes, &limits);
+        let mut out = std::io::stdout().lock();
+        while let Some(frame) = run.next_frame().await {
+            let line = VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image).line();
+            let _ = writeln!(out, "{line}");
+        }
+        run.finish().await
+    });
     match decoded.error {
         None => ExitCode::SUCCESS,
         Some(e) => {

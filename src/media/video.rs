@@ -149,63 +149,103 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Decodes one video in the helper, handing each sampled frame to `on_frame` as it arrives (so
-/// hashing overlaps decoding). Never fails: problems are in [`Decoded::error`].
-pub async fn decode<F, Fut>(bytes: &[u8], limits: &VideoLimits, mut on_frame: F) -> Decoded
-where
-    F: FnMut(Frame) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let deadline = Instant::now() + limits.deadline;
+/// Frames read ahead of the one being hashed: the helper keeps decoding while the worker hashes.
+const READ_AHEAD: usize = 2;
+
+/// One video being decoded by its helper: [`VideoRun::next_frame`] until `None`, then
+/// [`VideoRun::finish`]. Dropping it kills the helper.
+pub struct VideoRun {
+    frames: tokio::sync::mpsc::Receiver<Frame>,
+    reader: tokio::task::JoinHandle<Decoded>,
+    deadline: Instant,
+    timed_out: bool,
+    limits: VideoLimits,
+}
+
+impl VideoRun {
+    /// Starts the helper on `bytes`. Never fails: a helper that cannot start is the error
+    /// [`VideoRun::finish`] reports.
+    pub fn start(bytes: &[u8], limits: &VideoLimits) -> Self {
+        let deadline = Instant::now() + limits.deadline;
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = match spawn(bytes, limits) {
+            Ok(child) => tokio::spawn(read_all(child, tx, limits.clone(), deadline)),
+            Err(e) => {
+                let error = VideoError::Unavailable { helper: limits.helper.display().to_string(), detail: e.to_string() };
+                tokio::spawn(std::future::ready(Decoded { info: None, frames_decoded: 0, error: Some(error), exit: None }))
+            }
+        };
+        Self { frames: rx, reader, deadline, timed_out: false, limits: limits.clone() }
+    }
+
+    /// The next sampled frame, or `None` at the end, on an error or at the deadline.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        match tokio::time::timeout_at(self.deadline, self.frames.recv()).await {
+            Ok(frame) => frame,
+            Err(_) => {
+                self.timed_out = true;
+                None
+            }
+        }
+    }
+
+    /// How the decoding ended (waits for the helper, at most until the deadline).
+    pub async fn finish(mut self) -> Decoded {
+        self.frames.close();
+        if !self.timed_out {
+            if let Ok(Ok(decoded)) = tokio::time::timeout_at(self.deadline, &mut self.reader).await {
+                return decoded;
+            }
+        }
+        // Aborting the reader drops the child, which kills the helper (`kill_on_drop`).
+        self.reader.abort();
+        Decoded { info: None, frames_decoded: 0, error: Some(VideoError::Timeout(self.limits.deadline)), exit: None }
+    }
+}
+
+/// Reads the helper's records until its end record, passing frames on; then waits for it.
+async fn read_all(mut child: tokio::process::Child, frames: tokio::sync::mpsc::Sender<Frame>, limits: VideoLimits, deadline: Instant) -> Decoded {
     let mut decoded = Decoded { info: None, frames_decoded: 0, error: None, exit: None };
-    let mut child = match spawn(bytes, limits) {
-        Ok(child) => child,
-        Err(e) => {
-            decoded.error = Some(VideoError::Unavailable { helper: limits.helper.display().to_string(), detail: e.to_string() });
-            return decoded;
+    let mut stdout = child.stdout.take().expect("piped");
+    let read = async {
+        loop {
+            match read_record(&mut stdout, &limits).await? {
+                Record::Info(info) => decoded.info = Some(info),
+                Record::Frame(frame) => {
+                    // The caller stopped listening: it wants no more frames.
+                    if frames.send(frame).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+                Record::End(end) => return Ok::<_, String>(Some(end)),
+            }
         }
     };
-    let mut stdout = child.stdout.take().expect("piped");
-    let read = tokio::time::timeout_at(deadline, async {
-        loop {
-            match read_record(&mut stdout, limits).await? {
-                Record::Info(info) => decoded.info = Some(info),
-                Record::Frame(frame) => on_frame(frame).await,
-                Record::End(end) => return Ok::<_, String>(end),
-            }
-        }
-    })
-    .await;
-    match read {
-        Ok(Ok(end)) => {
+    let outcome = read.await;
+    drop(stdout);
+    let exit = tokio::time::timeout_at(deadline, child.wait()).await.ok().and_then(Result::ok);
+    if exit.is_none() {
+        let _ = child.kill().await;
+    }
+    decoded.exit = exit;
+    match outcome {
+        Ok(Some(end)) => {
             decoded.frames_decoded = end.frames_decoded;
             decoded.error = end.error.map(|r| VideoError::Refused { kind: r.kind, detail: r.detail });
-            decoded.exit = tokio::time::timeout_at(deadline, child.wait()).await.ok().and_then(Result::ok);
-            if decoded.exit.is_none() {
-                let _ = child.kill().await;
-            }
         }
-        Ok(Err(broken)) => {
-            // The stream broke off: the helper died (a crash, or a limit's signal) or wrote nonsense.
-            let exit = tokio::time::timeout_at(deadline, child.wait()).await.ok().and_then(Result::ok);
-            if exit.is_none() {
-                let _ = child.kill().await;
-            }
-            decoded.error = Some(VideoError::Crashed(describe_exit(exit, &broken)));
-            decoded.exit = exit;
-        }
-        Err(_) => {
-            let _ = child.kill().await;
-            decoded.error = Some(VideoError::Timeout(limits.deadline));
-        }
+        Ok(None) => {}
+        // The stream broke off: the helper died (a crash, or a limit's signal) or wrote nonsense.
+        Err(broken) => decoded.error = Some(VideoError::Crashed(describe_exit(exit, &broken))),
     }
     decoded
 }
 
+const SIGXCPU: i32 = 24;
+
 fn describe_exit(exit: Option<ExitStatus>, broken: &str) -> String {
     use std::os::unix::process::ExitStatusExt;
     match exit.and_then(|s| s.signal()) {
-        Some(libc_sigxcpu) if libc_sigxcpu == 24 => "killed by its CPU-time limit".into(),
+        Some(SIGXCPU) => "killed by its CPU-time limit".into(),
         Some(signal) => format!("killed by signal {signal}"),
         None => match exit.and_then(|s| s.code()) {
             Some(code) => format!("exited with status {code}: {broken}"),
