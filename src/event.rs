@@ -157,9 +157,30 @@ pub enum Reason {
         /// confirm, or that the retro role found without pixels to confirm it: it allows nothing.
         #[serde(default, skip_serializing_if = "is_false")]
         unconfirmed: bool,
+        /// Videos: the timestamp (seconds) of the first upload frame that matched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<f64>,
+        /// vPDQ matches: the share of the upload's frames that matched the bank video, and of the
+        /// bank video's frames that matched the upload (percent, after the quality filter and
+        /// de-duplication), and the timestamp of the bank video's first matched frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        query_match_pct: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_match_pct: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entry_at: Option<f64>,
     },
-    /// A classifier score, with the band it fell in (`none` when below every band).
-    Classifier { model: String, model_sha256: String, label: String, score: f32, band: String },
+    /// A classifier score, with the band it fell in (`none` when below every band). For a video,
+    /// the highest score of the frames scored and the timestamp of that frame (`at`).
+    Classifier {
+        model: String,
+        model_sha256: String,
+        label: String,
+        score: f32,
+        band: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<f64>,
+    },
     /// PDQ quality below a bank's floor: no PDQ match was attempted against that bank.
     LowQuality { signal: String, quality: u8, floor: u8 },
     /// The media could not be fetched, decoded or classified.
@@ -189,6 +210,28 @@ pub struct Signals {
     pub frames: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frames_screened: Option<u32>,
+    /// Videos: what the container said and how much of it was hashed (`width` and `height`
+    /// above are the video's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSignals>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VideoSignals {
+    /// The demuxer FFmpeg chose, e.g. `mov,mp4,m4a,3gp,3g2,mj2`, `matroska,webm`.
+    pub container: String,
+    /// The video stream's codec, e.g. `h264`, `vp9`.
+    pub codec: String,
+    /// Seconds, as the container declares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    pub frame_rate: f64,
+    /// Frames decoded, and frames sampled and hashed (vPDQ), of which the classifier scored
+    /// `frames_classified`.
+    pub frames_decoded: u64,
+    pub frames_hashed: u32,
+    #[serde(default)]
+    pub frames_classified: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

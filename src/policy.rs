@@ -27,6 +27,8 @@ pub struct ClassifierFinding {
     pub model_sha256: String,
     pub label: String,
     pub score: f32,
+    /// Videos: the timestamp of the frame with the highest score.
+    pub at: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,7 @@ pub fn decide(findings: &Findings, policy: &PolicySettings, bands: Bands) -> (Ac
             label: c.label.clone(),
             score: c.score,
             band: band_name.into(),
+            at: c.at,
         });
     }
     if let Some(e) = &findings.media_error {
@@ -96,6 +99,10 @@ pub fn match_reason(m: &BankMatch) -> Reason {
         transform: m.transform.map(str::to_string),
         quarantined: m.quarantined(),
         unconfirmed: m.unconfirmed,
+        at: m.at,
+        query_match_pct: None,
+        target_match_pct: None,
+        entry_at: None,
     }
 }
 
@@ -163,11 +170,12 @@ mod tests {
             hash: crate::bank::ParsedHash::Md5([0; 16]),
             status: None,
             unconfirmed: false,
+            at: None,
         }
     }
 
     fn classifier(score: f32) -> Option<ClassifierFinding> {
-        Some(ClassifierFinding { model: "m".into(), model_sha256: "00".into(), label: "nsfw".into(), score })
+        Some(ClassifierFinding { model: "m".into(), model_sha256: "00".into(), label: "nsfw".into(), score, at: None })
     }
 
     #[test]

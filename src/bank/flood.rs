@@ -152,6 +152,7 @@ mod tests {
             hash: ParsedHash::Md5([n; 16]),
             status,
             unconfirmed: false,
+            at: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct BankMatch {
     /// An allowlist PDQ match the other PDQ convention did not confirm (see
     /// `Screen::confirm_allowlist`): reported, but it allows nothing.
     pub unconfirmed: bool,
+    /// Video frames: the timestamp of the upload's frame that matched.
+    pub at: Option<f64>,
 }
 
 impl BankMatch {
@@ -100,6 +102,8 @@ pub struct PdqSignal {
     pub quality: u8,
     /// In the reference order: original, rotate90, rotate180, rotate270, flipX, flipY, flipPlus1, flipMinus1.
     pub dihedral: Option<[PdqHash; 8]>,
+    /// A video frame's timestamp (seconds), named in the reasons it matches.
+    pub at: Option<f64>,
 }
 
 /// Most PDQ matches one bank reports for one upload (the closest ones).
@@ -351,6 +355,7 @@ impl Bank {
             status: self.status_of(&hash),
             hash,
             unconfirmed: false,
+            at: None,
         }
     }
 
@@ -405,6 +410,7 @@ impl Bank {
             m.distance = Some(distance);
             m.quality = Some(pdq.quality);
             m.transform = (transform != DIHEDRAL_NAMES[0]).then_some(transform);
+            m.at = pdq.at;
             out.push(m);
         }
     }
@@ -653,7 +659,7 @@ impl BankSet {
             md5: md5.map(hex::encode).unwrap_or_default(),
             sha256: sha256.map(hex::encode).unwrap_or_default(),
         };
-        let pdq = pdq.map(|(hash, quality)| PdqSignal { hash, quality, dihedral: None });
+        let pdq = pdq.map(|(hash, quality)| PdqSignal { hash, quality, dihedral: None, at: None });
         self.match_media(&exact, pdq.as_slice())
     }
 

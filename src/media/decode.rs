@@ -120,6 +120,8 @@ pub enum Sniffed {
     Decodable,
     /// An image this service cannot decode (the name says which): it cannot be screened.
     OtherImage(&'static str),
+    /// A video container (the name says which): decoded by the video helper.
+    Video(&'static str),
     /// Nothing says image.
     NotImage,
 }
@@ -136,6 +138,9 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
     }
     if let Some(name) = other_image(bytes) {
         return Sniffed::OtherImage(name);
+    }
+    if let Some(name) = super::video::sniff(bytes) {
+        return Sniffed::Video(name);
     }
     let disguised = (1..=DISGUISE_WINDOW.min(bytes.len().saturating_sub(1)))
         .any(|skip| looks_like_image(&bytes[skip..]) || other_image(&bytes[skip..]).is_some());

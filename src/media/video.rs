@@ -150,7 +150,11 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
 }
 
 /// Frames read ahead of the one being hashed: the helper keeps decoding while the worker hashes.
-const READ_AHEAD: usize = 2;
+pub const READ_AHEAD: usize = 2;
+
+/// The helper's error kind for a file with no video stream (audio, say): not a media error, the
+/// upload is exact-hashed only, like other non-image media.
+pub const NO_VIDEO_STREAM: &str = "no_video_stream";
 
 /// One video being decoded by its helper: [`VideoRun::next_frame`] until `None`, then
 /// [`VideoRun::finish`]. Dropping it kills the helper.

@@ -454,12 +454,13 @@ fn redecide(row: &Recorded, policy: &PolicySettings) -> Action {
         .reasons
         .iter()
         .map(|reason| match reason {
-            Reason::Classifier { model, model_sha256, label, score, .. } => Reason::Classifier {
+            Reason::Classifier { model, model_sha256, label, score, at, .. } => Reason::Classifier {
                 model: model.clone(),
                 model_sha256: model_sha256.clone(),
                 label: label.clone(),
                 score: *score,
                 band: policy::band(bands, *score).0.into(),
+                at: *at,
             },
             Reason::Unscreened { what, .. } => Reason::Unscreened { what: what.clone(), action: policy.non_image_action },
             other => other.clone(),

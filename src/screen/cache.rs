@@ -13,6 +13,7 @@ use moka::future::Cache;
 
 use crate::bank::PdqSignal;
 use crate::event::Signals;
+use crate::hash::vpdq::VpdqFeature;
 use crate::metrics::Metrics;
 use crate::policy::{ClassifierFinding, MediaErrorFinding};
 
@@ -20,8 +21,13 @@ use crate::policy::{ClassifierFinding, MediaErrorFinding};
 #[derive(Debug, Clone, Default)]
 pub struct Learned {
     pub signals: Signals,
-    /// One PDQ hash per picture shown: the still image, then each animation frame screened.
+    /// One PDQ hash per picture shown: the still image, then each animation frame screened; for
+    /// a video, each sampled frame (in the banks' convention).
     pub pdq: Vec<PdqSignal>,
+    /// A video's vPDQ features: every sampled frame, as vpdq hashes it.
+    pub vpdq: Vec<VpdqFeature>,
+    /// The bytes are a video (decoded by the helper, or not).
+    pub is_video: bool,
     pub media_error: Option<MediaErrorFinding>,
     pub is_image: bool,
     /// Non-image media: what was not screened.
@@ -37,7 +43,7 @@ pub struct Learned {
 
 /// Media errors that could go differently next time (a deadline, a thread that failed, the
 /// classifier) are not kept: the next upload of the bytes is screened afresh.
-const TRANSIENT_ERRORS: [&str; 3] = ["decode_timeout", "internal", "classifier"];
+const TRANSIENT_ERRORS: [&str; 5] = ["decode_timeout", "decode_crashed", "video_unavailable", "internal", "classifier"];
 
 impl Learned {
     pub fn cacheable(&self) -> bool {
@@ -57,6 +63,8 @@ impl Learned {
             + error
             + classifier
             + (self.pdq.len() + usize::from(self.full_pdq.is_some())) * std::mem::size_of::<PdqSignal>()
+            + self.vpdq.len() * std::mem::size_of::<VpdqFeature>()
+            + self.signals.video.as_ref().map_or(0, |v| v.container.len() + v.codec.len())
     }
 }
 

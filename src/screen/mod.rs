@@ -17,11 +17,13 @@ use crate::bank::flood::FloodWatch;
 use crate::bank::{BankMatch, BankSet, PdqSignal, Signal};
 use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
-use crate::event::{Action, Signals, UploadEvent, Verdict, VERDICT_SCHEMA};
+use crate::event::{Action, Signals, UploadEvent, Verdict, VideoSignals, VERDICT_SCHEMA};
+use crate::hash::vpdq::VpdqFeature;
 use crate::hash::{exact, pdq};
 use crate::live_policy::LivePolicy;
 use crate::media::decode::{self, DecodeLimits, Image};
 use crate::media::fetch::{FetchError, MediaFetcher};
+use crate::media::video::{self, VideoRun};
 use crate::metrics::Metrics;
 use crate::policy::{self, ClassifierFinding, Findings, MediaErrorFinding, SCALING_ANOMALY};
 use cache::{Learned, ScreenCache};
@@ -66,10 +68,11 @@ pub enum ScreenError {
 
 /// One decode's pixels, for the classifier and the allowlist confirmation. Never cached.
 struct Pixels {
-    /// The still image (shared with the CPU pool's work, never copied).
-    image: Arc<Image>,
-    /// The animation frames screened, preprocessed for the classifier (none without one).
-    frame_inputs: Vec<Vec<f32>>,
+    /// The still image (shared with the CPU pool's work, never copied); `None` for a video.
+    image: Option<Arc<Image>>,
+    /// The animation or video frames screened, preprocessed for the classifier (none without
+    /// one), with a video frame's timestamp.
+    frame_inputs: Vec<(Option<f64>, Vec<f32>)>,
     /// The decode's share of the memory budget, held while the pixels live.
     _memory: MemoryReservation,
 }
@@ -229,13 +232,14 @@ impl Screen {
             self.on_cpu(move || inspect_blocking(&bytes, content_type.as_deref(), &limits, &metrics)).await
         };
         let (signals, plan) = match inspected {
-            Ok(Ok(planned)) => planned,
-            Ok(Err(learned)) => return (Arc::new(learned), None, None),
+            Ok(Inspected::Image(signals, plan)) => (signals, Some(plan)),
+            Ok(Inspected::Video(signals)) => (signals, None),
+            Ok(Inspected::Done(learned)) => return (Arc::new(learned), None, None),
             Err(e) => return (Arc::new(Learned::failed(Signals::default(), "internal", e.to_string())), None, None),
         };
         let key = signals.sha256.as_deref().and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok());
         let (Some(cache), Some(key)) = (&self.cache, key) else {
-            let (mut learned, mut pixels) = self.decode(media, signals, plan).await;
+            let (mut learned, mut pixels) = self.decode_any(media, signals, plan).await;
             self.complete_fresh(&mut learned, &mut pixels, media).await;
             return (Arc::new(learned), pixels, None);
         };
@@ -243,7 +247,7 @@ impl Screen {
         let slot = Mutex::new(None);
         let (learned, _fresh) = cache
             .get_or_learn(key, async {
-                let (mut learned, mut pixels) = self.decode(media, signals, plan).await;
+                let (mut learned, mut pixels) = self.decode_any(media, signals, plan).await;
                 self.complete_fresh(&mut learned, &mut pixels, media).await;
                 *slot.lock().expect("slot") = pixels;
                 Arc::new(learned)
@@ -271,6 +275,7 @@ impl Screen {
         Needs {
             score: learned.decoded && self.classifier.is_some() && (self.mode == Mode::ScoreAll || !blocked),
             full_pdq: learned.decoded
+                && !learned.is_video
                 && resampled
                 && self.settings.pdq.enabled
                 && self.settings.pdq.convention == pdq::Convention::Cli
@@ -291,20 +296,25 @@ impl Screen {
             return;
         }
         if pixels.is_none() {
-            let Ok(plan) = decode::plan(&media.bytes, &self.limits()) else { return };
-            let (again, decoded) = self.decode(media, learned.signals.clone(), plan).await;
+            let plan = if learned.is_video {
+                None
+            } else {
+                let Ok(plan) = decode::plan(&media.bytes, &self.limits()) else { return };
+                Some(plan)
+            };
+            let (again, decoded) = self.decode_any(media, learned.signals.clone(), plan).await;
             if decoded.is_none() {
                 learned.media_error.get_or_insert(again.media_error.unwrap_or_else(|| MediaErrorFinding {
                     kind: "internal".into(),
-                    detail: "the image decoded before did not decode again".into(),
+                    detail: "the media decoded before did not decode again".into(),
                 }));
                 return;
             }
             *pixels = decoded;
         }
         let Some(p) = pixels.as_ref() else { return };
-        if needs.full_pdq && learned.full_pdq.is_none() {
-            let image = p.image.clone();
+        if let (true, None, Some(image)) = (needs.full_pdq, &learned.full_pdq, &p.image) {
+            let image = image.clone();
             let dihedral = self.banks.any_dihedral();
             learned.full_pdq = self.on_cpu(move || full_pdq(&image, dihedral)).await.ok();
         }
@@ -356,18 +366,29 @@ impl Screen {
         // Announced before preprocessing, so a batch forming meanwhile waits for this image (and
         // the frames are announced before any is sent, so they go in one batch).
         let announced = classifier.announce();
-        let Pixels { image, frame_inputs, _memory: memory } = pixels;
-        let input = self
-            .on_cpu(move || preprocess::preprocess(&image))
-            .await
-            .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
+        let Pixels { image, mut frame_inputs, _memory: memory } = pixels;
+        if let Some(image) = image {
+            let input = self
+                .on_cpu(move || preprocess::preprocess(&image))
+                .await
+                .map_err(|e| ClassifyError::Preprocess(format!("preprocessing thread: {e}")))??;
+            frame_inputs.insert(0, (None, input));
+        }
         drop(memory);
-        // All at once, so the batcher can put the frames in one batch.
-        let frames = frame_inputs.into_iter().map(|input| classifier.score(input, classifier.announce()));
-        let scores = futures::future::join_all(std::iter::once(classifier.score(input, announced)).chain(frames)).await;
-        let mut score = f32::MIN;
-        for s in scores {
-            score = score.max(s?.nsfw);
+        // All at once, so the batcher can put the frames in one batch (the first was announced
+        // before preprocessing).
+        let mut announced = Some(announced);
+        let (times, inputs): (Vec<_>, Vec<_>) = frame_inputs.into_iter().unzip();
+        let scores = futures::future::join_all(
+            inputs.into_iter().map(|input| classifier.score(input, announced.take().unwrap_or_else(|| classifier.announce()))),
+        )
+        .await;
+        let (mut score, mut at) = (f32::MIN, None);
+        for (s, time) in scores.into_iter().zip(times) {
+            let nsfw = s?.nsfw;
+            if nsfw > score {
+                (score, at) = (nsfw, time);
+            }
         }
         self.metrics.observe_stage("classify", started.elapsed().as_secs_f64());
         Ok(ClassifierFinding {
@@ -375,6 +396,7 @@ impl Screen {
             model_sha256: classifier.model_sha256().chars().take(12).collect(),
             label: "nsfw".into(),
             score,
+            at,
         })
     }
 
@@ -398,6 +420,90 @@ impl Screen {
         }
     }
 
+    /// An image's decode (with its plan) or a video's (without).
+    async fn decode_any(&self, media: &Media, signals: Signals, plan: Option<decode::Plan>) -> (Learned, Option<Pixels>) {
+        match plan {
+            Some(plan) => self.decode(media, signals, plan).await,
+            None => self.decode_video(media, signals).await,
+        }
+    }
+
+    /// A video, decoded by the helper process: every sampled frame hashed as vpdq hashes it (and
+    /// in the banks' PDQ convention, for the image banks), up to `video.max_classified_frames`
+    /// of them, spread over the video, preprocessed for the classifier. Frames hashed before an
+    /// error still count; the error is the upload's media error.
+    async fn decode_video(&self, media: &Media, mut signals: Signals) -> (Learned, Option<Pixels>) {
+        let v = &self.settings.video;
+        // Frames read ahead, the one being hashed and the one being read: each at most max_pixels.
+        let in_flight = (video::READ_AHEAD as u64 + 2).saturating_mul(v.max_pixels.saturating_mul(3));
+        let memory = self.reserve_decode_memory(in_flight).await;
+        let started = Instant::now();
+        let work = FrameWork {
+            convention: self.settings.pdq.enabled.then_some(self.settings.pdq.convention),
+            dihedral: self.banks.any_dihedral(),
+        };
+        let classify = self.classifier.is_some() && v.max_classified_frames > 0;
+        let mut scored = Spread::new(v.max_classified_frames);
+        let mut learned = Learned { is_video: true, ..Default::default() };
+        let mut preprocess_error = None;
+        let mut run = VideoRun::start(&media.bytes, &v.limits());
+        let mut sampled = 0;
+        while let Some(frame) = run.next_frame().await {
+            let preprocess = classify && scored.wants(sampled);
+            match self.on_cpu(move || hash_video_frame(frame, work, preprocess)).await {
+                Ok(hashed) => {
+                    learned.vpdq.push(hashed.feature);
+                    learned.pdq.extend(hashed.pdq);
+                    match hashed.input {
+                        Some(Ok(input)) => scored.keep(sampled, (Some(to_millis(hashed.feature.timestamp)), input)),
+                        Some(Err(e)) => {
+                            preprocess_error.get_or_insert(e);
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) => {
+                    learned.media_error = Some(MediaErrorFinding { kind: "internal".into(), detail: format!("hashing a video frame: {e}") });
+                    break;
+                }
+            }
+            sampled += 1;
+        }
+        let decoded = run.finish().await;
+        self.metrics.observe_stage("video", started.elapsed().as_secs_f64());
+        if let Some(info) = &decoded.info {
+            signals.width = Some(info.width);
+            signals.height = Some(info.height);
+        }
+        let frame_inputs = scored.into_kept().into_iter().map(|(_, input)| input).collect::<Vec<_>>();
+        signals.video = decoded.info.as_ref().map(|info| VideoSignals {
+            container: info.container.clone(),
+            codec: info.codec.clone(),
+            duration_s: info.duration_s,
+            frame_rate: info.frame_rate,
+            frames_decoded: decoded.frames_decoded,
+            frames_hashed: learned.vpdq.len() as u32,
+            frames_classified: frame_inputs.len() as u32,
+        });
+        learned.signals = signals;
+        learned.decoded = !learned.vpdq.is_empty();
+        match decoded.error {
+            // Audio, or another stream with no pictures: nothing to screen but the bytes.
+            Some(e) if e.kind() == video::NO_VIDEO_STREAM => {
+                learned.unscreened = Some(format!("media without a video stream ({e}): exact hashes only"));
+            }
+            Some(e) => {
+                learned.media_error.get_or_insert(MediaErrorFinding { kind: e.kind().to_string(), detail: e.to_string() });
+            }
+            None => {}
+        }
+        if let Some(e) = preprocess_error {
+            learned.media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: format!("video frame: {e}") });
+        }
+        let pixels = learned.decoded.then(|| Pixels { image: None, frame_inputs, _memory: memory });
+        (learned, pixels)
+    }
+
     /// A share of the decode memory budget, then the decode and PDQ hashing of the still image
     /// and the animation frames. The pixels come back unless decoding failed.
     async fn decode(&self, media: &Media, signals: Signals, plan: decode::Plan) -> (Learned, Option<Pixels>) {
@@ -410,7 +516,10 @@ impl Screen {
         };
         let (bytes, limits, metrics) = (media.bytes.clone(), self.limits(), self.metrics.clone());
         match self.on_cpu(move || decode_blocking(&bytes, signals, plan, &limits, &work, &metrics)).await {
-            Ok((learned, Some((image, frame_inputs)))) => (learned, Some(Pixels { image: Arc::new(image), frame_inputs, _memory: memory })),
+            Ok((learned, Some((image, frame_inputs)))) => {
+                let frame_inputs = frame_inputs.into_iter().map(|input| (None, input)).collect();
+                (learned, Some(Pixels { image: Some(Arc::new(image)), frame_inputs, _memory: memory }))
+            }
             Ok((learned, None)) => (learned, None),
             Err(e) => (Learned::failed(Signals::default(), "internal", e.to_string()), None),
         }
@@ -467,6 +576,10 @@ fn exact_of(signals: &Signals) -> exact::ExactHashes {
     }
 }
 
+fn declared_video(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("video/"))
+}
+
 /// Media declared as something other than an image (video, audio, documents) is exact-hashed
 /// only. Media declared as an image, or undeclared, must decode — or it gets a media error.
 fn declared_non_image(content_type: Option<&str>) -> bool {
@@ -476,14 +589,33 @@ fn declared_non_image(content_type: Option<&str>) -> bool {
     })
 }
 
+/// What the first CPU stage found the bytes to be.
+enum Inspected {
+    /// A decodable image, with its decode plan.
+    Image(Signals, decode::Plan),
+    /// A video container: the helper decodes it.
+    Video(Signals),
+    /// The whole result (non-image media, an image that cannot be decoded).
+    Done(Learned),
+}
+
 /// The first CPU stage: exact hashes, what the bytes are, and for a decodable image its decode
-/// plan. `Err` is the whole result (non-image media, an image that cannot be decoded).
-fn inspect_blocking(
+/// plan.
+fn inspect_blocking(bytes: &[u8], content_type: Option<&str>, limits: &DecodeLimits, metrics: &Metrics) -> Inspected {
+    match inspect_image(bytes, content_type, limits, metrics) {
+        Ok((signals, Some(plan))) => Inspected::Image(signals, plan),
+        Ok((signals, None)) => Inspected::Video(signals),
+        Err(learned) => Inspected::Done(learned),
+    }
+}
+
+/// [`inspect_blocking`]'s work: `Ok` with no plan for a video, `Err` for the whole result.
+fn inspect_image(
     bytes: &[u8],
     content_type: Option<&str>,
     limits: &DecodeLimits,
     metrics: &Metrics,
-) -> Result<(Signals, decode::Plan), Learned> {
+) -> Result<(Signals, Option<decode::Plan>), Learned> {
     let started = Instant::now();
     let hashes = exact::exact_hashes(bytes);
     metrics.observe_stage("exact_hash", started.elapsed().as_secs_f64());
@@ -491,6 +623,10 @@ fn inspect_blocking(
     // The bytes decide, not the declaration: an image declared as video is decoded, and one in a
     // format that cannot be decoded is a media error, never an allow on exact hashes.
     match decode::sniff(bytes) {
+        decode::Sniffed::Video(_) => return Ok((signals, None)),
+        // A declared video in a container the signatures miss: the helper probes it (a media
+        // error if it is no video at all, never an allow on exact hashes).
+        decode::Sniffed::NotImage if declared_video(content_type) => return Ok((signals, None)),
         decode::Sniffed::NotImage if declared_non_image(content_type) => {
             let what = format!("non-image media declared {}: exact hashes only", content_type.unwrap_or_default().trim());
             return Err(Learned { signals, unscreened: Some(what), ..Default::default() });
@@ -502,7 +638,7 @@ fn inspect_blocking(
         _ => {}
     }
     match decode::plan(bytes, limits) {
-        Ok(plan) => Ok((signals, plan)),
+        Ok(plan) => Ok((signals, Some(plan))),
         Err(e) => Err(Learned::failed(signals, e.kind(), e.to_string())),
     }
 }
@@ -522,10 +658,10 @@ fn hash_picture(image: &Image, work: &PixelWork, metrics: &Metrics) -> Hashed {
     let started = Instant::now();
     let pdq = if work.dihedral {
         let (all, quality) = pdq::hash_dihedral(image, work.pdq.convention);
-        PdqSignal { hash: all[0], quality, dihedral: Some(all) }
+        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None }
     } else {
         let out = pdq::hash(image, work.pdq.convention);
-        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
+        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None }
     };
     metrics.observe_stage("pdq", started.elapsed().as_secs_f64());
     // The `cli` convention hashes a sparse 512×512 sample of a large image: one whose sampled
@@ -623,14 +759,56 @@ fn decode_blocking(
     (learned, Some((image, frame_inputs)))
 }
 
+/// How a video frame is hashed for the image banks: their convention (`None`: PDQ is off), and
+/// all 8 transforms when a bank asks for them.
+#[derive(Debug, Clone, Copy)]
+struct FrameWork {
+    convention: Option<pdq::Convention>,
+    dihedral: bool,
+}
+
+struct HashedFrame {
+    feature: VpdqFeature,
+    pdq: Option<PdqSignal>,
+    input: Option<Result<Vec<f32>, ClassifyError>>,
+}
+
+/// One sampled video frame: its vPDQ feature (PDQ of the full frame), its PDQ signal for the
+/// image banks (the same hash unless their convention or dihedral matching needs another), and
+/// its classifier input when it is one of those scored.
+fn hash_video_frame(frame: video::Frame, work: FrameWork, preprocess: bool) -> HashedFrame {
+    let feature = VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image);
+    let resampled = |c| c == pdq::Convention::Cli && (frame.image.width.max(frame.image.height) as usize > pdq::CLI_SIDE);
+    let pdq = work.convention.map(|convention| {
+        let mut signal = if work.dihedral {
+            let (all, quality) = pdq::hash_dihedral(&frame.image, convention);
+            PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None }
+        } else if resampled(convention) {
+            let out = pdq::hash(&frame.image, convention);
+            PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None }
+        } else {
+            PdqSignal { hash: feature.hash, quality: feature.quality, dihedral: None, at: None }
+        };
+        signal.at = Some(to_millis(feature.timestamp));
+        signal
+    });
+    let input = preprocess.then(|| preprocess::preprocess(&frame.image));
+    HashedFrame { feature, pdq, input }
+}
+
+/// A frame's timestamp as reasons give it: milliseconds (vpdq's are float32 quotients).
+fn to_millis(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
 /// The still image's PDQ hash at full resolution (all 8 transforms when a bank asks for them).
 fn full_pdq(image: &Image, dihedral: bool) -> PdqSignal {
     if dihedral {
         let (all, quality) = pdq::hash_dihedral(image, pdq::Convention::Full);
-        PdqSignal { hash: all[0], quality, dihedral: Some(all) }
+        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None }
     } else {
         let out = pdq::hash(image, pdq::Convention::Full);
-        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None }
+        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None }
     }
 }
 

@@ -150,7 +150,7 @@ fn decode(limits: &Limits, out: &mut impl Write) -> Decoded {
         Err(e) => return failed("unsupported_format", format!("not a video this service decodes: {e}")),
     };
     let Some(stream) = input.streams().find(|s| s.parameters().medium() == ffmpeg::media::Type::Video) else {
-        return failed("unsupported_format", "the file holds no video stream".into());
+        return failed("no_video_stream", "the file holds no video stream".into());
     };
     let stream_index = stream.index();
     let rate = match frame_rate(stream.avg_frame_rate(), stream.rate()) {
