@@ -118,6 +118,7 @@ fn verdict(i: u32, pdq: PdqHash) -> Verdict {
             label: "nsfw".into(),
             score: 0.0123,
             band: "none".into(),
+            at: None,
         }],
         signals: Signals { md5: Some(md5), sha256: Some(sha), pdq: Some(pdq.to_string()), pdq_quality: Some(90), width: Some(1024), height: Some(768), ..Default::default() },
         policy: "default-1".into(),

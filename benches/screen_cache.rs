@@ -125,7 +125,7 @@ async fn memory_per_entry(n: usize) -> (f64, f64) {
                 height: Some(768),
                 ..Default::default()
             },
-            pdq: vec![PdqSignal { hash, quality: 90, dihedral: None }],
+            pdq: vec![PdqSignal { hash, quality: 90, dihedral: None, at: None }],
             is_image: true,
             decoded: true,
             classifier: Some(ClassifierFinding {
@@ -133,6 +133,7 @@ async fn memory_per_entry(n: usize) -> (f64, f64) {
                 model_sha256: "864bb37bf886".into(),
                 label: "nsfw".into(),
                 score: 0.1,
+                at: None,
             }),
             ..Default::default()
         };

@@ -533,6 +533,7 @@ mod tests {
                 label: "nsfw".into(),
                 score: 0.1,
                 band: "none".into(),
+                at: None,
             }],
             signals: Signals {
                 md5: Some(md5_hex.into()),
@@ -776,6 +777,10 @@ mod tests {
             transform: Some("rotate90".into()),
             quarantined: false,
             unconfirmed: false,
+            at: None,
+            query_match_pct: None,
+            target_match_pct: None,
+            entry_at: None,
         });
         history.take(v, 0, 0, 0).unwrap();
         assert!(history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").is_none(), "kept as it was");
