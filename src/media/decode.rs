@@ -728,7 +728,7 @@ mod tests {
     }
 
     /// The bytes decide what is screened: images in formats that cannot be decoded, or behind a
-    /// few junk bytes, are images (media errors downstream), video containers are not.
+    /// few junk bytes, are images (media errors downstream); video containers are videos.
     #[test]
     fn sniffing_finds_images_whatever_they_are_declared() {
         let png = small_png();
@@ -739,7 +739,7 @@ mod tests {
         let box_of = |brand: &[u8; 4]| [&[0u8, 0, 0, 0x18][..], b"ftyp", brand, &[0, 0, 0, 0], b"mif1"].concat();
         assert_eq!(sniff(&box_of(b"heic")), Sniffed::OtherImage("HEIF/AVIF"));
         assert_eq!(sniff(&box_of(b"avif")), Sniffed::OtherImage("HEIF/AVIF"));
-        assert_eq!(sniff(&box_of(b"isom")), Sniffed::NotImage, "MP4 video");
+        assert_eq!(sniff(&box_of(b"isom")), Sniffed::Video("ISO media (MP4/QuickTime)"), "MP4 video");
         assert_eq!(sniff(b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00"), Sniffed::OtherImage("JPEG XL"));
         assert_eq!(sniff(b"<?xml version=\"1.0\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\"/>"), Sniffed::OtherImage("SVG"));
         assert_eq!(sniff(b"\xEF\xBB\xBF \r\n<SVG width=\"1\"/>"), Sniffed::OtherImage("SVG"), "a BOM, white space, upper case");
