@@ -110,11 +110,13 @@ pub async fn import(settings: &Settings, options: &ImportOptions, bytes: &[u8]) 
             schema: BANK_ENTRY_SCHEMA.into(),
             bank: options.bank.clone(),
             signal: row.signal.as_str().into(),
-            hash: row.hash.clone(),
+            hash: record::key_hash(row.signal, &row.hash),
             entry,
             source: source.clone(),
             added_at: added_at.clone(),
             tags: row.tags.clone(),
+            // The row's hash is the canonical signal string: a JSON list of strings.
+            vpdq: (row.signal == Signal::Vpdq).then(|| serde_json::from_str(&row.hash).expect("canonical signal string")),
         };
         let same = live
             .get(&key)
@@ -249,6 +251,7 @@ pub fn export(settings: &Settings, bank: &str, format: ExportFormat) -> Result<S
                     Signal::Pdq => "pdq",
                     Signal::Md5 => "video_md5",
                     Signal::Sha256 => "video_sha256",
+                    Signal::Vpdq => "vpdq",
                 };
                 out.push_str(&format!("{te} {hash}\n"));
             }

@@ -301,6 +301,13 @@ pub struct BankSettings {
     pub on_bad_row: OnBadRow,
     #[serde(default = "default_pdq_threshold")]
     pub pdq_threshold: u32,
+    /// vPDQ entries: a bank video matches when at least this share of the upload's frames
+    /// (percent, after the quality filter and de-duplication) match some frame of it...
+    #[serde(default = "default_vpdq_query_match_pct")]
+    pub vpdq_query_match_pct: f64,
+    /// ...and at least this share of its own frames match some frame of the upload.
+    #[serde(default = "default_vpdq_target_match_pct")]
+    pub vpdq_target_match_pct: f64,
     #[serde(default = "default_pdq_quality_floor")]
     pub pdq_quality_floor: u8,
     #[serde(default)]
@@ -323,12 +330,23 @@ impl BankSettings {
             action,
             on_bad_row: default_on_bad_row(),
             pdq_threshold: default_pdq_threshold(),
+            vpdq_query_match_pct: default_vpdq_query_match_pct(),
+            vpdq_target_match_pct: default_vpdq_target_match_pct(),
             pdq_quality_floor: default_pdq_quality_floor(),
             dihedral: false,
             flood_max_matches_per_minute: 0,
             flood_baseline_multiple: default_flood_baseline_multiple(),
         }
     }
+}
+
+/// python-threatexchange's defaults for vPDQ matching.
+fn default_vpdq_query_match_pct() -> f64 {
+    80.0
+}
+
+fn default_vpdq_target_match_pct() -> f64 {
+    0.0
 }
 
 fn default_non_image_action() -> Action {
@@ -689,6 +707,9 @@ impl Settings {
                 format!("banks[{i}].file: must name a file when kafka.banks_topic is empty (the bank would stay empty)"),
             );
             check(bank.pdq_threshold <= 128, format!("banks[{i}].pdq_threshold: must be <= 128"));
+            for (key, pct) in [("vpdq_query_match_pct", bank.vpdq_query_match_pct), ("vpdq_target_match_pct", bank.vpdq_target_match_pct)] {
+                check((0.0..=100.0).contains(&pct), format!("banks[{i}].{key}: must be 0 to 100"));
+            }
             check(
                 bank.flood_baseline_multiple.is_finite() && bank.flood_baseline_multiple >= 1.0,
                 format!("banks[{i}].flood_baseline_multiple: must be a number >= 1"),

@@ -247,15 +247,10 @@ fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoErr
     };
     let bank = |name: &str, action: Action, dihedral: bool, csv: String| -> Result<_, DemoError> {
         let bank_settings = BankSettings {
-            name: name.into(),
             file: format!("<demo:{name}>"),
-            action,
             on_bad_row: OnBadRow::Fail,
-            pdq_threshold: 31,
-            pdq_quality_floor: 50,
             dihedral,
-            flood_max_matches_per_minute: 0,
-            flood_baseline_multiple: 10.0,
+            ..BankSettings::new(name, action)
         };
         load_bank_bytes(&bank_settings, csv.as_bytes()).map_err(|e| DemoError::Bank(e.to_string()))
     };
@@ -435,6 +430,7 @@ async fn live_bank_story(
         source: "stopncii".into(),
         added_at: chrono::Utc::now().to_rfc3339(),
         tags: vec![],
+        vpdq: None,
     };
     let steps: [(Option<Vec<u8>>, usize, &str); 2] = [
         (Some(serde_json::to_vec(&value).expect("json")), 1, "video after victim's report"),
@@ -493,6 +489,7 @@ async fn retro_story(settings: &Arc<Settings>, banks: &Arc<BankSet>, metrics: &A
             source: "stopncii".into(),
             added_at: chrono::Utc::now().to_rfc3339(),
             tags: vec![],
+        vpdq: None,
         };
         let record = (record_key("demo-ncii", Signal::Pdq, &hash), Some(serde_json::to_vec(&value).expect("json")));
         bank_feed::publish(&settings.kafka, vec![record]).await?;

@@ -65,7 +65,7 @@ pub fn bands_for(policy: &PolicySettings, tenant: &str, surface: Option<&str>) -
 pub fn decide(findings: &Findings, policy: &PolicySettings, bands: Bands) -> (Action, Vec<Reason>) {
     let mut reasons: Vec<Reason> = findings.matches.iter().map(match_reason).collect();
     for low in &findings.low_quality {
-        reasons.push(Reason::LowQuality { signal: "pdq".into(), quality: low.quality, floor: low.floor });
+        reasons.push(Reason::LowQuality { signal: low.signal.as_str().into(), quality: low.quality, floor: low.floor });
     }
     if let Some(c) = &findings.classifier {
         let (band_name, _) = band(bands, c.score);
@@ -100,10 +100,15 @@ pub fn match_reason(m: &BankMatch) -> Reason {
         quarantined: m.quarantined(),
         unconfirmed: m.unconfirmed,
         at: m.at,
-        query_match_pct: None,
-        target_match_pct: None,
-        entry_at: None,
+        query_match_pct: m.vpdq.map(|v| round2(v.query_pct)),
+        target_match_pct: m.vpdq.map(|v| round2(v.target_pct)),
+        entry_at: m.vpdq.map(|v| v.entry_at),
     }
+}
+
+/// Percentages in reasons: two decimals are plenty to read, and the rule compared the exact ones.
+fn round2(pct: f64) -> f64 {
+    (pct * 100.0).round() / 100.0
 }
 
 /// The media error of an image whose PDQ sample disagrees with its pixels (an image-scaling
@@ -171,6 +176,7 @@ mod tests {
             status: None,
             unconfirmed: false,
             at: None,
+            vpdq: None,
         }
     }
 

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use super::formats::{self, Format, RowError};
+use super::video::VideoEntry;
 use super::{Applied, Bank, ParsedHash, Signal};
 use crate::config::{BankSettings, OnBadRow};
 use crate::hash::pdq::PdqHash;
@@ -63,8 +64,10 @@ pub fn load_bank_bytes(settings: &BankSettings, bytes: &[u8]) -> Result<(Bank, L
     bank.begin_bulk();
     let mut report = LoadReport { skipped: bad.len(), ..Default::default() };
     for (line, signal, hash, entry) in good {
-        let hash = parse_hash(signal, &hash).map_err(|problem| BankFileError::Row { bank: name.clone(), file: file.clone(), line, problem })?;
-        match bank.upsert(&hash, &entry) {
+        let row_error = |problem| BankFileError::Row { bank: name.clone(), file: file.clone(), line, problem };
+        let video = if signal == Signal::Vpdq { Some(VideoEntry::parse(&hash).map_err(row_error)?) } else { None };
+        let hash = parse_hash(signal, &hash).map_err(row_error)?;
+        match bank.upsert(&hash, &entry, video.as_ref()) {
             Err(full) => return Err(BankFileError::Row { bank: name, file, line, problem: full.to_string() }),
             // A hash listed twice keeps its last row's entry id: one entry per hash and bank.
             Ok(Applied::Replaced | Applied::Unchanged) => report.duplicates += 1,
@@ -78,14 +81,14 @@ pub fn load_bank_bytes(settings: &BankSettings, bytes: &[u8]) -> Result<(Bank, L
     Ok((bank, report))
 }
 
-/// Validates a hash for its signal and returns it as lowercase hex. Errors describe the
-/// problem, never the value.
+/// Validates a hash for its signal and returns it as lowercase hex; a vPDQ signal string as its
+/// canonical form (see `video::canonical_signal_string`). Errors describe the problem, never the
+/// value.
 pub fn normalize_hash(signal: Signal, text: &str) -> Result<String, String> {
-    parse_hash(signal, text).map(|h| match h {
-        ParsedHash::Md5(b) => hex::encode(b),
-        ParsedHash::Sha256(b) => hex::encode(b),
-        ParsedHash::Pdq(h) => h.to_string(),
-    })
+    if signal == Signal::Vpdq && text.trim_start().starts_with('[') {
+        return VideoEntry::parse(text).map(|video| super::video::canonical_signal_string(&video.frames));
+    }
+    parse_hash(signal, text).map(|h| h.to_hex())
 }
 
 /// Validates a hash for its signal (hex in either case). Errors describe the problem, never
@@ -97,6 +100,11 @@ pub fn parse_hash(signal: Signal, text: &str) -> Result<ParsedHash, String> {
         format!("{} hash must be {len} hex characters", signal.as_str())
     };
     Ok(match signal {
+        // A signal string (files, imports) or its digest (record keys, withdrawals).
+        Signal::Vpdq if text.first() == Some(&b'[') => {
+            ParsedHash::Vpdq(VideoEntry::parse(std::str::from_utf8(text).map_err(|_| bad())?)?.digest)
+        }
+        Signal::Vpdq => ParsedHash::Vpdq(decode_hex(text).ok_or_else(|| "vpdq hash must be a signal string or its 64-hex digest".to_string())?),
         Signal::Md5 => ParsedHash::Md5(decode_hex(text).ok_or_else(bad)?),
         Signal::Sha256 => ParsedHash::Sha256(decode_hex(text).ok_or_else(bad)?),
         Signal::Pdq => {

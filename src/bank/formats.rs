@@ -200,12 +200,15 @@ fn te_plain_line(line: u64, raw: &[u8]) -> Option<Result<ImportRow, String>> {
     if text.is_empty() || text.starts_with('#') {
         return None;
     }
-    let mut tokens = text.split_whitespace();
     // A lone token is refused rather than guessed at: it may be a hash printed without its type.
-    let (Some(kind), Some(hash)) = (tokens.next(), tokens.next()) else {
+    let Some((kind, rest)) = text.split_once(char::is_whitespace) else {
         return Some(Err("expected `<signal_type> <hash>`".into()));
     };
-    Some(te_signal(kind).and_then(|signal| build(line, signal, hash, None, Vec::new(), false)))
+    Some(te_signal(kind).and_then(|signal| {
+        // A vPDQ signal string (a JSON list) holds spaces; other hashes are one token.
+        let hash = if signal == Signal::Vpdq { rest.trim() } else { rest.split_whitespace().next().unwrap_or_default() };
+        build(line, signal, hash, None, Vec::new(), false)
+    }))
 }
 
 /// ThreatExchange signal type names for the hashes we can match; text, URL and TMK signals are not.
@@ -215,6 +218,7 @@ fn te_signal(name: &str) -> Result<Signal, String> {
         "pdq" => Ok(Signal::Pdq),
         "md5" | "video_md5" | "photo_md5" => Ok(Signal::Md5),
         "sha256" | "video_sha256" | "photo_sha256" => Ok(Signal::Sha256),
+        "vpdq" => Ok(Signal::Vpdq),
         _ => Err(format!("unsupported signal type {}", shown(name.trim()))),
     }
 }

@@ -12,6 +12,7 @@ pub mod flood;
 pub mod formats;
 pub mod pdq_index;
 pub mod record;
+pub mod video;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
@@ -21,8 +22,10 @@ use crate::event::Action;
 use crate::hash::exact::ExactHashes;
 use crate::hash::pdq::PdqHash;
 use crate::metrics::Metrics;
+use crate::hash::vpdq::VpdqFeature;
 use pdq_index::PdqIndex;
 use record::{BankUpdate, Change, Rejection};
+use video::{VideoEntry, VideoIndex};
 
 pub use file::{load_bank_bytes, load_bank_file, BankFileError, LoadReport};
 
@@ -36,6 +39,8 @@ pub enum Signal {
     Md5,
     Sha256,
     Pdq,
+    /// A video's vPDQ features; the entry's hash is the digest of its signal string.
+    Vpdq,
 }
 
 impl Signal {
@@ -44,6 +49,7 @@ impl Signal {
             Signal::Md5 => "md5",
             Signal::Sha256 => "sha256",
             Signal::Pdq => "pdq",
+            Signal::Vpdq => "vpdq",
         }
     }
 
@@ -52,6 +58,7 @@ impl Signal {
             "md5" => Some(Signal::Md5),
             "sha256" => Some(Signal::Sha256),
             "pdq" => Some(Signal::Pdq),
+            "vpdq" => Some(Signal::Vpdq),
             _ => None,
         }
     }
@@ -78,6 +85,16 @@ pub struct BankMatch {
     pub unconfirmed: bool,
     /// Video frames: the timestamp of the upload's frame that matched.
     pub at: Option<f64>,
+    /// vPDQ matches: how much of each video matched the other.
+    pub vpdq: Option<VpdqMatch>,
+}
+
+/// The shares of a vPDQ match (percent) and the bank video's first matched frame (seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VpdqMatch {
+    pub query_pct: f64,
+    pub target_pct: f64,
+    pub entry_at: f64,
 }
 
 impl BankMatch {
@@ -91,6 +108,8 @@ impl BankMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LowQuality {
     pub bank: String,
+    /// PDQ (an image, a frame) or vPDQ (no frame of a video at the floor).
+    pub signal: Signal,
     pub quality: u8,
     pub floor: u8,
 }
@@ -162,6 +181,9 @@ pub struct Bank {
     pdq: PdqIndex,
     /// PDQ hash → id while a bulk load defers the index (the index finds them afterwards).
     pdq_staging: Option<FastMap<PdqHash, u32>>,
+    /// vPDQ entries: digest → id, and the videos' frames indexed.
+    vpdq: FastMap<[u8; 32], u32>,
+    videos: VideoIndex,
     /// Entry ids by internal id; `None` for a freed id. Ids are reused, so the index's flat
     /// id → slot map stays as small as the bank.
     entries: Vec<Option<Box<str>>>,
@@ -188,6 +210,8 @@ impl Bank {
             sha256: FastMap::default(),
             pdq: PdqIndex::new(),
             pdq_staging: None,
+            vpdq: FastMap::default(),
+            videos: VideoIndex::default(),
             entries: Vec::new(),
             free: Vec::new(),
             quarantined: HashSet::default(),
@@ -207,12 +231,14 @@ impl Bank {
                 Some(staging) => staging.get(h).copied(),
                 None => self.pdq.find(h),
             },
+            ParsedHash::Vpdq(d) => self.vpdq.get(d).copied(),
         }
     }
 
     /// Adds an entry, or gives the hash's entry a new id. `hash` must already be validated
-    /// (see `file::parse_hash`). Fails only when the PDQ index is at its capacity.
-    pub fn upsert(&mut self, hash: &ParsedHash, entry: &str) -> Result<Applied, pdq_index::IndexError> {
+    /// (see `file::parse_hash`); a vPDQ entry comes with its video. Fails only when a PDQ index
+    /// is at its capacity, or a vPDQ hash comes without its video.
+    pub fn upsert(&mut self, hash: &ParsedHash, entry: &str, video: Option<&VideoEntry>) -> Result<Applied, pdq_index::IndexError> {
         if let Some(id) = self.id_of(hash) {
             let slot = &mut self.entries[id as usize];
             if slot.as_deref() == Some(entry) {
@@ -239,6 +265,12 @@ impl Bank {
                     staging.insert(*h, id);
                 }
             }),
+            ParsedHash::Vpdq(d) => match video {
+                Some(video) => self.videos.insert(id, video, self.settings.pdq_quality_floor).map(|()| {
+                    self.vpdq.insert(*d, id);
+                }),
+                None => Err(pdq_index::IndexError::Full),
+            },
         };
         if let Err(e) = inserted {
             self.free.push(id);
@@ -265,6 +297,10 @@ impl Bank {
                 if let Some(staging) = &mut self.pdq_staging {
                     staging.remove(h);
                 }
+            }
+            ParsedHash::Vpdq(d) => {
+                self.vpdq.remove(d);
+                self.videos.remove(id);
             }
         }
         self.entries[id as usize] = None;
@@ -315,6 +351,7 @@ impl Bank {
             Signal::Md5 => self.md5.len(),
             Signal::Sha256 => self.sha256.len(),
             Signal::Pdq => self.pdq.len(),
+            Signal::Vpdq => self.videos.len(),
         }
     }
 
@@ -332,13 +369,18 @@ impl Bank {
         }
     }
 
-    /// Every live entry: (signal, lowercase hex hash, entry id).
+    /// Every live entry: (signal, lowercase hex hash, entry id); a vPDQ entry's "hash" is its
+    /// canonical signal string, which imports read back.
     pub fn entries(&self) -> Vec<(Signal, String, &str)> {
         let name = |id: u32| self.entries[id as usize].as_deref().unwrap_or_default();
         let mut out: Vec<(Signal, String, &str)> = Vec::with_capacity(self.md5.len() + self.sha256.len() + self.pdq.len());
         out.extend(self.md5.iter().map(|(h, &id)| (Signal::Md5, hex::encode(h), name(id))));
         out.extend(self.sha256.iter().map(|(h, &id)| (Signal::Sha256, hex::encode(h), name(id))));
         out.extend(self.pdq.iter().map(|(id, h)| (Signal::Pdq, h.to_string(), name(id))));
+        out.extend(self.videos.ids().filter_map(|id| {
+            let frames = self.videos.frames_of(id)?;
+            Some((Signal::Vpdq, video::canonical_signal_string(frames), name(id)))
+        }));
         out.sort_unstable();
         out
     }
@@ -356,6 +398,7 @@ impl Bank {
             hash,
             unconfirmed: false,
             at: None,
+            vpdq: None,
         }
     }
 
@@ -372,6 +415,29 @@ impl Bank {
         }
     }
 
+    /// The bank videos an upload's vPDQ features match (see [`video`] for the rule); an upload
+    /// with no frame at the quality floor is reported low quality.
+    pub fn match_vpdq(&self, features: &[VpdqFeature], out: &mut Vec<BankMatch>, low: &mut Vec<LowQuality>) {
+        if features.is_empty() || self.videos.is_empty() {
+            return;
+        }
+        let floor = self.settings.pdq_quality_floor;
+        let upload = video::usable(features, |f| f.hash, |f| f.quality, floor);
+        if upload.is_empty() {
+            let quality = features.iter().map(|f| f.quality).max().unwrap_or(0);
+            low.push(LowQuality { bank: self.settings.name.clone(), signal: Signal::Vpdq, quality, floor });
+            return;
+        }
+        let s = &self.settings;
+        let hits = self.videos.query(&upload, s.pdq_threshold, s.vpdq_query_match_pct, s.vpdq_target_match_pct);
+        for hit in hits.into_iter().take(MAX_PDQ_MATCHES_PER_BANK) {
+            let mut m = self.hit(ParsedHash::Vpdq(hit.digest), hit.video);
+            m.at = Some(hit.at);
+            m.vpdq = Some(VpdqMatch { query_pct: hit.query_pct, target_pct: hit.target_pct, entry_at: hit.entry_at });
+            out.push(m);
+        }
+    }
+
     /// PDQ matches within the bank's threshold; below the quality floor no match is attempted.
     pub fn match_pdq(&self, pdq: &PdqSignal, out: &mut Vec<BankMatch>, low: &mut Vec<LowQuality>) {
         if self.pdq.is_empty() {
@@ -380,6 +446,7 @@ impl Bank {
         if pdq.quality < self.settings.pdq_quality_floor {
             low.push(LowQuality {
                 bank: self.settings.name.clone(),
+                signal: Signal::Pdq,
                 quality: pdq.quality,
                 floor: self.settings.pdq_quality_floor,
             });
@@ -422,6 +489,8 @@ pub enum ParsedHash {
     Md5([u8; 16]),
     Sha256([u8; 32]),
     Pdq(PdqHash),
+    /// The SHA-256 of a video's canonical vPDQ signal string (see [`video`]).
+    Vpdq([u8; 32]),
 }
 
 impl ParsedHash {
@@ -430,6 +499,7 @@ impl ParsedHash {
             ParsedHash::Md5(_) => Signal::Md5,
             ParsedHash::Sha256(_) => Signal::Sha256,
             ParsedHash::Pdq(_) => Signal::Pdq,
+            ParsedHash::Vpdq(_) => Signal::Vpdq,
         }
     }
 
@@ -439,6 +509,7 @@ impl ParsedHash {
             ParsedHash::Md5(h) => hex::encode(h),
             ParsedHash::Sha256(h) => hex::encode(h),
             ParsedHash::Pdq(h) => h.to_string(),
+            ParsedHash::Vpdq(d) => hex::encode(d),
         }
     }
 }
@@ -560,17 +631,21 @@ impl BankSet {
     }
 
     /// Every bank's matches for one upload, and the bank state they came from. `pdq` holds one
-    /// hash per picture the upload shows: the still image, then any animation frames screened.
+    /// hash per picture the upload shows: the still image, then any animation frames screened (a
+    /// video's sampled frames); `vpdq`, a video's features, for the vPDQ entries.
     ///
     /// A block or review bank matches the upload when it matches any picture (closest matches
     /// first, at most [`MAX_PDQ_MATCHES_PER_BANK`]); an allowlist's PDQ matches count only when
     /// it matches every picture, so a known-good default image cannot vouch for banned frames.
     /// Exact hashes cover the file's bytes, and so everything it shows.
-    pub fn match_media(&self, exact: &ExactHashes, pdq: &[PdqSignal]) -> Findings {
+    pub fn match_media(&self, exact: &ExactHashes, pdq: &[PdqSignal], vpdq: &[VpdqFeature]) -> Findings {
         let state = self.read();
         let mut findings = Findings { version: version_of(&state.positions), ..Default::default() };
         for bank in &state.banks {
             bank.match_exact(exact, &mut findings.matches);
+            let mut low = Vec::new();
+            bank.match_vpdq(vpdq, &mut findings.matches, &mut low);
+            findings.low_quality.extend(low);
         }
         for bank in &state.banks {
             let mut per_picture = Vec::with_capacity(pdq.len());
@@ -660,7 +735,7 @@ impl BankSet {
             sha256: sha256.map(hex::encode).unwrap_or_default(),
         };
         let pdq = pdq.map(|(hash, quality)| PdqSignal { hash, quality, dihedral: None, at: None });
-        self.match_media(&exact, pdq.as_slice())
+        self.match_media(&exact, pdq.as_slice(), &[])
     }
 
     /// Before reading the whole topic: defer the PDQ indexes (built once by [`BankSet::end_bulk`]).
@@ -764,7 +839,7 @@ impl BankSet {
             if loaded {
                 metrics.bank_loaded_seconds.with_label_values(&[bank.name()]).set(now);
             }
-            for signal in [Signal::Md5, Signal::Sha256, Signal::Pdq] {
+            for signal in [Signal::Md5, Signal::Sha256, Signal::Pdq, Signal::Vpdq] {
                 metrics.bank_entries.with_label_values(&[bank.name(), signal.as_str()]).set(bank.count(signal) as i64);
             }
             metrics.bank_entries_quarantined.with_label_values(&[bank.name()]).set(bank.quarantined_count() as i64);
@@ -797,7 +872,9 @@ fn apply_one(banks: &mut [Bank], update: &BankUpdate<'_>, journal: Option<&mut V
     let bank = &mut banks[index];
     let old_entry = journal.as_ref().and_then(|_| bank.entry_of(&update.hash)).map(str::to_string);
     let applied = match &update.change {
-        Change::Upsert { entry } => bank.upsert(&update.hash, entry).map_err(|e| Rejection::IndexFull(e.to_string()))?,
+        Change::Upsert { entry } => {
+            bank.upsert(&update.hash, entry, update.video.as_ref()).map_err(|e| Rejection::IndexFull(e.to_string()))?
+        }
         Change::Withdraw => bank.withdraw(&update.hash),
         change @ (Change::Quarantine | Change::ClearQuarantine | Change::Release | Change::ClearRelease) => {
             bank.change_status(&update.hash, change)

@@ -36,9 +36,9 @@ pub const MAX_ENTRY_BYTES: usize = 256;
 pub struct BankEntryRecord {
     pub schema: String,
     pub bank: String,
-    /// md5 | sha256 | pdq
+    /// md5 | sha256 | pdq | vpdq
     pub signal: String,
-    /// Lowercase hex.
+    /// Lowercase hex; for vpdq, the SHA-256 of the canonical signal string.
     pub hash: String,
     /// The partner's or case id; verdicts name it.
     pub entry: String,
@@ -48,11 +48,27 @@ pub struct BankEntryRecord {
     pub added_at: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// vpdq only: the video's features, `PDQ_HEX,QUALITY,TIMESTAMP` each (python-threatexchange's
+    /// signal string as a JSON list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpdq: Option<Vec<String>>,
+}
+
+/// The key form of a normalized hash: a vPDQ signal string's digest (lowercase hex), any other
+/// hash as it is.
+pub fn key_hash(signal: Signal, normalized: &str) -> String {
+    if signal == Signal::Vpdq && normalized.trim_start().starts_with('[') {
+        match super::video::VideoEntry::parse(normalized) {
+            Ok(video) => return hex::encode(video.digest),
+            Err(_) => return String::new(),
+        }
+    }
+    normalized.to_ascii_lowercase()
 }
 
 /// The record key of one entry: `BANK/SIGNAL/HASH`, hash in lowercase hex.
 pub fn record_key(bank: &str, signal: Signal, hash_hex: &str) -> String {
-    format!("{bank}/{}/{}", signal.as_str(), hash_hex.to_ascii_lowercase())
+    format!("{bank}/{}/{}", signal.as_str(), key_hash(signal, hash_hex))
 }
 
 /// The key of an entry's quarantine status: `BANK/SIGNAL/HASH/quarantine`.
@@ -95,6 +111,8 @@ pub struct BankUpdate<'a> {
     pub bank: &'a str,
     pub hash: ParsedHash,
     pub change: Change<'a>,
+    /// A vPDQ entry's video (upserts only).
+    pub video: Option<super::video::VideoEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +200,9 @@ struct ValueView<'a> {
     #[serde(borrow, default)]
     #[allow(dead_code)] // read to check its type; not kept
     tags: Option<Vec<Cow<'a, str>>>,
+    /// vpdq entries: the features.
+    #[serde(borrow, default)]
+    vpdq: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Decodes one record of the bank topic. `value` is `None` for a tombstone.
@@ -215,10 +236,10 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
                 }
             }
         };
-        return Ok(BankUpdate { bank, hash, change });
+        return Ok(BankUpdate { bank, hash, change, video: None });
     }
     let Some(value) = value else {
-        return Ok(BankUpdate { bank, hash, change: Change::Withdraw });
+        return Ok(BankUpdate { bank, hash, change: Change::Withdraw, video: None });
     };
     let view: ValueView<'a> = serde_json::from_slice(value).map_err(|e| Rejection::MalformedValue(without_input(&e)))?;
     match view.schema.as_deref() {
@@ -239,7 +260,19 @@ pub fn decode<'a>(key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> Result<Bank
         Some(Cow::Owned(e)) => Cow::Owned(check_entry(&e)?.to_string()),
         None => unreachable!("checked above"),
     };
-    Ok(BankUpdate { bank, hash, change: Change::Upsert { entry } })
+    // A vPDQ entry carries its features, and its key is their digest.
+    let video = match (signal, view.vpdq) {
+        (Signal::Vpdq, Some(features)) => {
+            let video = super::video::VideoEntry::parse(features.get()).map_err(Rejection::BadHash)?;
+            if ParsedHash::Vpdq(video.digest) != hash {
+                return Err(Rejection::KeyMismatch);
+            }
+            Some(video)
+        }
+        (Signal::Vpdq, None) => return Err(Rejection::MalformedValue("missing field `vpdq`".into())),
+        _ => None,
+    };
+    Ok(BankUpdate { bank, hash, change: Change::Upsert { entry }, video })
 }
 
 /// A status value must name its schema, repeat its key and say the status its key holds; the

@@ -311,6 +311,9 @@ impl History {
                 ParsedHash::Md5(h) => out.extend(self.with_hash(&self.md5, *h, |u| u.md5)),
                 ParsedHash::Sha256(h) => out.extend(self.with_hash(&self.sha256, *h, |u| u.sha256)),
                 ParsedHash::Pdq(h) => out.extend(self.pdq.query(h, bank.pdq_threshold).into_iter().map(|(slot, _)| slot)),
+                // Videos' frames are not remembered here yet: a vPDQ entry added later finds
+                // re-uploads, not the earlier copies.
+                ParsedHash::Vpdq(_) => {}
             }
         }
         if let (Applied::Withdrawn | Applied::Replaced, Some(old)) = (change.applied, &change.old_entry) {

@@ -183,7 +183,7 @@ impl Screen {
         let media = Media { bytes: Arc::new(bytes), content_type: event.content_type.clone() };
         let (mut learned, mut pixels, key) = self.learn(&media).await;
         let started = Instant::now();
-        let mut banks = self.banks.match_media(&exact_of(&learned.signals), &learned.pdq);
+        let mut banks = self.banks.match_media(&exact_of(&learned.signals), &learned.pdq, &learned.vpdq);
         self.metrics.observe_stage("match", started.elapsed().as_secs_f64());
         // A cached entry may lack what this upload needs now (the image was blocked when it was
         // first seen, so never scored): fill it in from the pixels, decoding again if need be.
@@ -259,7 +259,7 @@ impl Screen {
     /// After a fresh decode: what the upload needs on the banks as they are now, so that
     /// concurrent duplicates waiting for this one find it done.
     async fn complete_fresh(&self, learned: &mut Learned, pixels: &mut Option<Pixels>, media: &Media) {
-        let matches = self.banks.match_media(&exact_of(&learned.signals), &learned.pdq).matches;
+        let matches = self.banks.match_media(&exact_of(&learned.signals), &learned.pdq, &learned.vpdq).matches;
         let needs = self.needs(learned, &matches);
         self.complete(learned, pixels, media, needs).await;
     }
@@ -350,7 +350,7 @@ impl Screen {
         };
         let none = exact::ExactHashes { md5: String::new(), sha256: String::new() };
         let confirmed: Vec<_> =
-            self.banks.match_media(&none, std::slice::from_ref(full)).matches.into_iter().map(|m| (m.bank, m.hash)).collect();
+            self.banks.match_media(&none, std::slice::from_ref(full), &[]).matches.into_iter().map(|m| (m.bank, m.hash)).collect();
         for m in matches.iter_mut().filter(|m| needs(m)) {
             m.unconfirmed = !confirmed.iter().any(|(bank, hash)| *bank == m.bank && *hash == m.hash);
         }
