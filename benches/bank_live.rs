@@ -498,17 +498,7 @@ fn rss_bytes() -> u64 {
 fn memory(args: &[String]) {
     let entries: u64 = arg(args, "--entries", 10_000_000);
     let signal: String = arg(args, "--signal", "md5".to_string());
-    let settings = BankSettings {
-        name: "bench".into(),
-        file: String::new(),
-        action: Action::Block,
-        on_bad_row: OnBadRow::Fail,
-        pdq_threshold: 31,
-        pdq_quality_floor: 50,
-        dihedral: false,
-        flood_max_matches_per_minute: 0,
-        flood_baseline_multiple: 10.0,
-    };
+    let settings = BankSettings { on_bad_row: OnBadRow::Fail, ..BankSettings::new("bench", Action::Block) };
     let before = rss_bytes();
     let started = Instant::now();
     let mut bank = Bank::new(settings);
@@ -528,7 +518,7 @@ fn memory(args: &[String]) {
             "pdq" => ParsedHash::Pdq(PdqHash(bytes)),
             other => die(&format!("--signal {other}: expected md5, sha256 or pdq")),
         };
-        bank.upsert(&hash, &format!("case-{:06}", i % 1_000_000)).unwrap_or_else(|e| die(&e.to_string()));
+        bank.upsert(&hash, &format!("case-{:06}", i % 1_000_000), None).unwrap_or_else(|e| die(&e.to_string()));
     }
     let after = rss_bytes();
     println!(

@@ -63,6 +63,7 @@ impl World {
                 source: "victim report".into(),
                 added_at: "2026-12-07T00:00:00Z".into(),
                 tags: vec![],
+                vpdq: None,
             })
             .unwrap()
         });

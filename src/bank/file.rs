@@ -161,6 +161,8 @@ mod tests {
             action: Action::Block,
             on_bad_row,
             pdq_threshold: 31,
+            vpdq_query_match_pct: 80.0,
+            vpdq_target_match_pct: 0.0,
             pdq_quality_floor: 50,
             dihedral: false,
             flood_max_matches_per_minute: 0,

@@ -907,6 +907,8 @@ mod tests {
             action: Action::Block,
             on_bad_row: crate::config::OnBadRow::Fail,
             pdq_threshold: 31,
+            vpdq_query_match_pct: 80.0,
+            vpdq_target_match_pct: 0.0,
             pdq_quality_floor: 50,
             dihedral: false,
             flood_max_matches_per_minute: 0,
@@ -929,6 +931,7 @@ mod tests {
             source: "test".into(),
             added_at: "2026-11-29T00:00:00Z".into(),
             tags: vec![],
+            vpdq: None,
         };
         (record_key(bank, Signal::Md5, &hash), Some(serde_json::to_vec(&value).unwrap()))
     }
@@ -961,7 +964,7 @@ mod tests {
         assert_eq!((report.added, report.replaced, report.withdrawn, report.rejected), (1501, 1, 2, 2));
         assert_eq!(set.counts()[0].2, 1499);
         assert_eq!(set.version().as_deref(), Some(format!("0:{}", raw.len()).as_str()));
-        let found = |i| set.match_media(&exact(i), &[]).matches.first().map(|m| m.entry.clone());
+        let found = |i| set.match_media(&exact(i), &[], &[]).matches.first().map(|m| m.entry.clone());
         assert_eq!(found(7).as_deref(), Some("e-7-again"));
         assert_eq!(found(9).as_deref(), Some("e-9-back"));
         assert_eq!(found(11), None);
@@ -977,11 +980,11 @@ mod tests {
     fn withdrawn_ids_are_reused_without_leaking_old_entries() {
         let mut bank = Bank::new(settings("b"));
         let h = |i: u32| ParsedHash::Md5(file::decode_hex::<16>(md5_of(i).as_bytes()).unwrap());
-        assert_eq!(bank.upsert(&h(1), "one").unwrap(), Applied::Added);
-        assert_eq!(bank.upsert(&h(1), "one").unwrap(), Applied::Unchanged);
+        assert_eq!(bank.upsert(&h(1), "one", None).unwrap(), Applied::Added);
+        assert_eq!(bank.upsert(&h(1), "one", None).unwrap(), Applied::Unchanged);
         assert_eq!(bank.withdraw(&h(1)), Applied::Withdrawn);
         assert_eq!(bank.withdraw(&h(1)), Applied::Absent);
-        assert_eq!(bank.upsert(&h(2), "two").unwrap(), Applied::Added);
+        assert_eq!(bank.upsert(&h(2), "two", None).unwrap(), Applied::Added);
         assert_eq!(bank.entries.len(), 1, "the freed id was reused");
         let entries = bank.entries();
         assert_eq!(entries, vec![(Signal::Md5, md5_of(2), "two")]);

@@ -362,6 +362,7 @@ mod tests {
             source: "manual".into(),
             added_at: "2026-11-29T12:00:00Z".into(),
             tags: vec![],
+            vpdq: None,
         })
         .unwrap()
     }

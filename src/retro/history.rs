@@ -583,6 +583,7 @@ mod tests {
                 source: "test".into(),
                 added_at: "2026-11-29T00:00:00Z".into(),
                 tags: vec![],
+                vpdq: None,
             })
             .unwrap();
             self.send(record_key(bank, signal, hash), Some(value))
