@@ -93,6 +93,12 @@ pub struct Metrics {
     pub classifier_score: HistogramVec,
     /// reason: blocked_by_hash | not_image | disabled
     pub classifier_skipped: IntCounterVec,
+    /// One video's decoding in the helper, start to end (seconds of wall time).
+    pub video_decode_seconds: Histogram,
+    pub video_frames_hashed: IntCounter,
+    /// cause: ok | refused (the helper ended the video: a limit, damage, no video stream) |
+    /// crashed | timeout | unavailable
+    pub video_helper_exits: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -276,6 +282,19 @@ impl Metrics {
         registry.register(Box::new(classifier_score.clone())).expect("unique metric");
         let classifier_skipped =
             counter_vec("perisai_classifier_skipped_total", "Images not sent to the classifier, by reason.", &["reason"]);
+        let video_decode_seconds = histogram(
+            "perisai_video_decode_seconds",
+            "One video's decoding by the helper process, from its start to its end.",
+            vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+        );
+        let video_frames_hashed = IntCounter::new("perisai_video_frames_hashed_total", "Video frames sampled and hashed (vPDQ).")
+            .expect("valid metric");
+        registry.register(Box::new(video_frames_hashed.clone())).expect("unique metric");
+        let video_helper_exits = counter_vec(
+            "perisai_video_helper_exits_total",
+            "Video helper processes ended, by cause: ok, refused (a limit, damage, no video stream), crashed, timeout, unavailable.",
+            &["cause"],
+        );
         let build_info = gauge_vec("perisai_build_info", "Build information; always 1.", &["version"]);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
@@ -322,6 +341,9 @@ impl Metrics {
             classifier_inference_seconds,
             classifier_score,
             classifier_skipped,
+            video_decode_seconds,
+            video_frames_hashed,
+            video_helper_exits,
             build_info,
         })
     }

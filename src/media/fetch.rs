@@ -81,6 +81,12 @@ pub struct MediaFetcher {
 
 impl MediaFetcher {
     pub fn new(settings: &MediaSettings) -> Result<Self, FetchError> {
+        Self::with_max_bytes(settings, settings.max_bytes)
+    }
+
+    /// A fetcher that takes up to `max_bytes` (the larger of the image and video limits: which
+    /// one applies is known only from the bytes, see `Screen::screen`).
+    pub fn with_max_bytes(settings: &MediaSettings, max_bytes: usize) -> Result<Self, FetchError> {
         let http = &settings.http;
         let allow_hosts = HostAllowlist::new(&http.allow_hosts).map_err(FetchError::Setup)?;
         let allow_schemes: Vec<String> = http.allow_schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
@@ -97,7 +103,7 @@ impl MediaFetcher {
             .build()
             .map_err(|e| FetchError::Setup(error_chain(&e)))?;
         Ok(MediaFetcher {
-            max_bytes: settings.max_bytes,
+            max_bytes,
             path_root: (!settings.path_root.is_empty()).then(|| PathBuf::from(&settings.path_root)),
             client,
             allow_hosts,

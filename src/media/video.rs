@@ -76,6 +76,16 @@ pub enum VideoError {
 }
 
 impl VideoError {
+    /// The helper exit cause it counts as (`perisai_video_helper_exits_total`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            VideoError::Unavailable { .. } => "unavailable",
+            VideoError::Crashed(_) => "crashed",
+            VideoError::Timeout(_) => "timeout",
+            VideoError::Refused { .. } => "refused",
+        }
+    }
+
     /// Stable label for metrics and `media_error` reasons.
     pub fn kind(&self) -> &str {
         match self {

@@ -125,7 +125,7 @@ impl Screen {
         let cache = (settings.cache.max_entries > 0)
             .then(|| Arc::new(ScreenCache::new(settings.cache.max_entries, settings.cache.max_bytes, metrics.clone())));
         Ok(Self {
-            fetcher: MediaFetcher::new(&settings.media)?,
+            fetcher: MediaFetcher::with_max_bytes(&settings.media, settings.media.max_bytes.max(settings.video.max_bytes))?,
             policy: Arc::new(LivePolicy::new(settings.policy.clone())),
             settings,
             banks,
@@ -167,6 +167,19 @@ impl Screen {
         let fetched = self.fetcher.fetch(&event.media).await;
         self.metrics.observe_stage("fetch", started.elapsed().as_secs_f64());
         match fetched {
+            // Only videos may be as large as `video.max_bytes`.
+            Ok(bytes) if bytes.len() > self.settings.media.max_bytes && video::sniff(&bytes).is_none() => {
+                let detail = format!(
+                    "{} bytes, over media.max_bytes ({}) for media that is not a video",
+                    bytes.len(),
+                    self.settings.media.max_bytes
+                );
+                let findings = Findings {
+                    media_error: Some(MediaErrorFinding { kind: "too_large".into(), detail }),
+                    ..Default::default()
+                };
+                self.finish(event, findings, Signals::default(), received)
+            }
             Ok(bytes) => self.screen_bytes(event, bytes, received).await,
             Err(e) => {
                 let findings = Findings {
@@ -470,7 +483,9 @@ impl Screen {
             sampled += 1;
         }
         let decoded = run.finish().await;
-        self.metrics.observe_stage("video", started.elapsed().as_secs_f64());
+        self.metrics.video_decode_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.video_frames_hashed.inc_by(learned.vpdq.len() as u64);
+        self.metrics.video_helper_exits.with_label_values(&[decoded.error.as_ref().map_or("ok", |e| e.cause())]).inc();
         if let Some(info) = &decoded.info {
             signals.width = Some(info.width);
             signals.height = Some(info.height);
