@@ -4,8 +4,10 @@
 //! victim's report arrives as a live bank record: the next upload of that media is blocked; the
 //! hash is withdrawn, and the upload after that is allowed again. Last, a retro replica reads the
 //! verdicts back (undoing the block that rested on the withdrawn hash) and a report about an image
-//! uploaded and allowed long before takes down every copy retroactively. At the very end, the
-//! analysts' what-if: the same verdicts replayed under a stricter policy (`perisai policy replay`).
+//! uploaded and allowed long before takes down every copy retroactively. Videos go through the
+//! `perisai-video` helper: a banked clip's vPDQ hash blocks its re-encoded and trimmed copies, an
+//! unrelated clip is allowed. At the very end, the analysts' what-if: the same verdicts replayed
+//! under a stricter policy (`perisai policy replay`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -25,10 +27,12 @@ use crate::bank::{load_bank_bytes, BankSet, Signal};
 use crate::kafka::bank_feed::{self, BankFeed};
 use crate::config::{BandOverride, BankSettings, OnBadRow, Settings};
 use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
+use crate::hash::vpdq::{self, VpdqFeature};
 use crate::hash::{exact, pdq};
 use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
 use crate::kafka::replica::Replica;
 use crate::media::decode::{self, DecodeLimits};
+use crate::media::video::VideoRun;
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::pipeline::Worker;
 use crate::replay;
@@ -46,6 +50,19 @@ pub const SAMPLES: &[(&str, &[u8])] = &[
     ("coffee_skin_tint.jpg", include_bytes!("../demo/media/coffee_skin_tint.jpg")),
     ("rocket.jpg", include_bytes!("../demo/media/rocket.jpg")),
 ];
+
+/// Sample clips (FFmpeg's generated test patterns; see demo/media/README.md): `clip.mp4` is banked
+/// by its vPDQ hash, the next two are copies of it, `other.mp4` is unrelated.
+pub const VIDEOS: &[(&str, &[u8])] = &[
+    ("clip.mp4", include_bytes!("../demo/media/clip.mp4")),
+    ("clip_reencoded.webm", include_bytes!("../demo/media/clip_reencoded.webm")),
+    ("clip_trimmed.mp4", include_bytes!("../demo/media/clip_trimmed.mp4")),
+    ("other.mp4", include_bytes!("../demo/media/other.mp4")),
+];
+
+fn video_sample(name: &str) -> &'static [u8] {
+    VIDEOS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b).expect("sample video exists")
+}
 
 const TENANTS: &[(&str, &str)] = &[("acme", "post"), ("globex", "dm"), ("initech", "profile"), ("acme", "dm")];
 
@@ -133,7 +150,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let banks = demo_banks(&settings, &metrics)?;
+    let banked_video = vpdq_of(&settings, video_sample("clip.mp4")).await?;
+    let banks = demo_banks(&settings, &metrics, &banked_video)?;
     settings.banks = banks.settings();
     let settings = Arc::new(settings);
     let banks = Arc::new(banks);
@@ -238,7 +256,22 @@ fn replay_under_stricter_policy(settings: &Settings, verdicts: Vec<Verdict>) -> 
 }
 
 /// The demo's banks, built from the sample media and loaded through the ordinary CSV loader.
-fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoError> {
+/// A clip's vPDQ signal string, hashed by the helper as the worker would.
+async fn vpdq_of(settings: &Settings, bytes: &[u8]) -> Result<String, DemoError> {
+    let mut run = VideoRun::start(bytes, &settings.video.limits());
+    let mut features = Vec::new();
+    while let Some(frame) = run.next_frame().await {
+        features.push(VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image));
+    }
+    match run.finish().await.error {
+        None => Ok(vpdq::to_signal_string(&features)),
+        Some(e) => Err(DemoError::Bank(format!(
+            "hashing the demo clip: {e} (`make demo` builds the perisai-video helper beside perisai: cargo build --release --workspace --bins)"
+        ))),
+    }
+}
+
+fn demo_banks(settings: &Settings, metrics: &Metrics, banked_video: &str) -> Result<BankSet, DemoError> {
     let sample = |name: &str| SAMPLES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b).expect("sample exists");
     let pdq_of = |name: &str| -> Result<String, DemoError> {
         let limits = DecodeLimits::default();
@@ -258,10 +291,11 @@ fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoErr
     let coffee = exact::exact_hashes(sample("coffee.jpg"));
     let rocket = exact::exact_hashes(sample("rocket.jpg"));
     let block_csv = format!(
-        "signal,hash,entry\nsha256,{},case-1001\npdq,{},case-1001\nmd5,{},case-1002\n",
+        "signal,hash,entry\nsha256,{},case-1001\npdq,{},case-1001\nmd5,{},case-1002\nvpdq,\"{}\",case-2001\n",
         astronaut.sha256,
         pdq_of("astronaut.jpg")?,
-        rocket.md5
+        rocket.md5,
+        banked_video.replace('"', "\"\""),
     );
     let review_csv = format!("signal,hash,entry\npdq,{},report-77\nmd5,{},report-78\n", pdq_of("chelsea.jpg")?, coffee.md5);
     let allow_csv = format!("signal,hash,entry\nmd5,{},cleared-9\n", rocket.md5);
@@ -273,11 +307,6 @@ fn demo_banks(settings: &Settings, metrics: &Metrics) -> Result<BankSet, DemoErr
         bank("demo-ncii", Action::Block, false, "signal,hash,entry\n".into())?,
     ];
     Ok(BankSet::from_loaded(loaded, metrics))
-}
-
-/// Bytes that no image decoder takes: exact hashes only, as for video.
-fn demo_video() -> Vec<u8> {
-    (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
 }
 
 /// Upload event number `n` with inline media.
@@ -315,8 +344,9 @@ fn demo_events() -> Vec<DemoEvent> {
     let coffee = SAMPLES.iter().find(|(n, _)| *n == "coffee.jpg").expect("sample").1;
     push("truncated JPEG".into(), "acme", "post", "image/jpeg", serde_json::json!({"inline": b64(&coffee[..coffee.len() / 3])}));
     push("not base64".into(), "acme", "post", "image/jpeg", serde_json::json!({"inline": "@@not-base64@@"}));
-    let video = demo_video();
-    push("video (exact hash only)".into(), "globex", "post", "video/mp4", serde_json::json!({"inline": b64(&video)}));
+    for (name, content_type) in [("clip_reencoded.webm", "video/webm"), ("clip_trimmed.mp4", "video/mp4"), ("other.mp4", "video/mp4")] {
+        push(name.into(), "globex", "post", content_type, serde_json::json!({"inline": b64(video_sample(name))}));
+    }
     push("URL media (none allowlisted)".into(), "globex", "post", "image/jpeg", serde_json::json!({"url": "https://media.example/x.jpg"}));
     // Records that are not upload events at all: the DLQ keeps them.
     let n = events.len();
@@ -418,8 +448,8 @@ async fn live_bank_story(
     reader: &mut OutputReader,
     events: &mut Vec<DemoEvent>,
 ) -> Result<(), DemoError> {
-    let video = demo_video();
-    let md5 = exact::exact_hashes(&video).md5;
+    let video = video_sample("other.mp4");
+    let md5 = exact::exact_hashes(video).md5;
     let key = record_key("demo-ncii", Signal::Md5, &md5);
     let value = BankEntryRecord {
         schema: BANK_ENTRY_SCHEMA.into(),
@@ -447,7 +477,7 @@ async fn live_bank_story(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let applied_ms = published.elapsed().as_secs_f64() * 1000.0;
-        let event = demo_event(events.len() + 1, format!("{label} (+{applied_ms:.0} ms)"), "acme", "post", "video/mp4", &video);
+        let event = demo_event(events.len() + 1, format!("{label} (+{applied_ms:.0} ms)"), "acme", "post", "video/mp4", video);
         send_event(producer, settings, &event).await?;
         events.push(event);
         reader.wait_for(events.len(), Duration::from_secs(30)).await?;
@@ -509,18 +539,22 @@ pub fn explain(verdict: &Verdict) -> String {
         .reasons
         .iter()
         .map(|r| match r {
-            Reason::HashMatch { bank, signal, entry, distance, transform, .. } => {
+            Reason::HashMatch { bank, signal, entry, distance, transform, query_match_pct, target_match_pct, .. } => {
                 let mut s = format!("{bank} {signal} {entry}");
                 if let Some(d) = distance {
                     s.push_str(&format!(" d={d}"));
+                }
+                if let (Some(q), Some(t)) = (query_match_pct, target_match_pct) {
+                    s.push_str(&format!(" frames {q:.0}%/{t:.0}%"));
                 }
                 if let Some(t) = transform {
                     s.push_str(&format!(" ({t})"));
                 }
                 s
             }
+            Reason::Classifier { score, band, at: Some(at), .. } => format!("nsfw {score:.3} band={band} at {at:.1}s"),
             Reason::Classifier { score, band, .. } => format!("nsfw {score:.3} band={band}"),
-            Reason::LowQuality { quality, floor, .. } => format!("pdq quality {quality} < {floor}"),
+            Reason::LowQuality { signal, quality, floor, .. } => format!("{signal} quality {quality} < {floor}"),
             Reason::MediaError { error, .. } => format!("media_error {error}"),
             Reason::Unscreened { .. } => "not an image: exact hashes only".into(),
         })

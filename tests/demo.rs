@@ -1,8 +1,8 @@
 //! `perisai demo` (what `make demo` runs) on its embedded broker: every event answered, the live
 //! bank story told in order (blocked after the report, allowed after the withdrawal), the
-//! classifier sending the tinted landscape to review on profile pictures only, and a retroactive
-//! takedown of its earlier copies; last, a replay of its verdicts under a stricter policy. Needs
-//! `make setup`.
+//! classifier sending the tinted landscape to review on profile pictures only, a retroactive
+//! takedown of its earlier copies, and vPDQ blocking a banked clip's copies; last, a replay of its
+//! verdicts under a stricter policy. Needs `make setup` and the video helper (`make build`).
 
 use std::process::Command;
 
@@ -20,7 +20,18 @@ fn the_demo_tells_its_stories() {
     let withdrawn = row("after withdrawal");
     assert_eq!(withdrawn.len(), 1, "{stdout}");
     assert!(withdrawn[0].contains(" allow ") && !withdrawn[0].contains("demo-ncii"), "{}", withdrawn[0]);
-    assert!(withdrawn[0].contains("not an image: exact hashes only"), "the verdict says the pixels were not screened: {}", withdrawn[0]);
+    assert!(withdrawn[0].contains("nsfw ") && withdrawn[0].contains(" at "), "the video's frames were scored: {}", withdrawn[0]);
+
+    // Videos: the banked clip's re-encoded and trimmed copies are blocked by its vPDQ entry, an
+    // unrelated clip is allowed (its frames scored by the classifier).
+    for copy in ["clip_reencoded.webm", "clip_trimmed.mp4"] {
+        let line = row(copy);
+        assert_eq!(line.len(), 1, "{stdout}");
+        assert!(line[0].contains(" block ") && line[0].contains("demo-block vpdq case-2001 frames 100%/"), "{}", line[0]);
+    }
+    let other = row("other.mp4");
+    assert_eq!(other.len(), 1, "{stdout}");
+    assert!(other[0].contains(" allow ") && !other[0].contains("vpdq"), "{}", other[0]);
 
     assert!(stdout.contains("classifier: on"), "the model is installed by `make setup`:\n{stdout}");
     let tinted = row("coffee_skin_tint.jpg");

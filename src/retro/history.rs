@@ -334,8 +334,8 @@ impl History {
 
     /// Re-decides one upload with the banks as they are now: `None` when its bank matches are
     /// what its latest verdict says. Matches on quarantined entries are left as the verdict had
-    /// them (retro does not act on a flood), and so are dihedral matches (the verdict carries
-    /// the upload's PDQ hash as uploaded, not its rotations) unless their entry is in `removed`
+    /// them (retro does not act on a flood), and so are the matches retro cannot derive again
+    /// from the hashes it remembers (see [`rederivable`]) unless their entry is in `removed`
     /// (withdrawn or replaced since).
     pub fn redecide(
         &self,
@@ -375,7 +375,7 @@ impl History {
             }
         }
         for (key, &reason) in &current {
-            if matches!(reason, Reason::HashMatch { transform: Some(_), .. }) && !removed.contains(key) {
+            if !rederivable(reason) && !removed.contains(key) {
                 now.entry(key.clone()).or_insert_with(|| reason.clone());
             }
         }
@@ -426,6 +426,16 @@ impl History {
             truncated: false,
         };
         Some(Redecision { slot, partition: upload.partition, verdict })
+    }
+}
+
+/// Whether retro can find a match again from the hashes it remembers of an upload: its exact
+/// hashes and its one PDQ hash. Not dihedral matches (the verdict carries the PDQ hash as
+/// uploaded, not its rotations), nor a video's: vPDQ matches and its frames' PDQ matches.
+fn rederivable(r: &Reason) -> bool {
+    match r {
+        Reason::HashMatch { transform, signal, at, .. } => transform.is_none() && at.is_none() && signal != "vpdq",
+        _ => true,
     }
 }
 
