@@ -774,6 +774,39 @@ mod tests {
         assert_eq!(v.action, Action::Block, "{v:?}");
     }
 
+    /// A video's matches (vPDQ, and a frame's PDQ match) cannot be recomputed from what retro
+    /// remembers either: they stay until their entry goes.
+    #[test]
+    fn a_video_s_matches_go_only_with_their_entries() {
+        let banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        let mut v = verdict("e1", &md5(1), None);
+        v.action = Action::Block;
+        let hit = |signal: &str, entry: &str, at: f64, pct: Option<f64>| Reason::HashMatch {
+            bank: "ncii".into(),
+            signal: signal.into(),
+            entry: entry.into(),
+            action: Action::Block,
+            distance: None,
+            quality: None,
+            transform: None,
+            quarantined: false,
+            unconfirmed: false,
+            at: Some(at),
+            query_match_pct: pct,
+            target_match_pct: pct,
+            entry_at: pct.map(|_| 0.0),
+        };
+        v.reasons.push(hit("vpdq", "v-1", 0.0, Some(100.0)));
+        v.reasons.push(hit("pdq", "p-1", 3.0, None));
+        history.take(v, 0, 0, 0).unwrap();
+        assert!(history.redecide(0, &banks.set, &BTreeSet::new(), Action::Review, "p").is_none(), "kept as it was");
+        let removed: BTreeSet<EntryKey> = [("ncii".to_string(), "vpdq".to_string(), "v-1".to_string())].into_iter().collect();
+        let still = history.redecide(0, &banks.set, &removed, Action::Review, "p").expect("the vPDQ match went");
+        assert_eq!(still.verdict.action, Action::Block, "the frame's PDQ match still blocks: {:?}", still.verdict);
+        assert_eq!(still.verdict.retro.as_ref().unwrap().changes.len(), 1);
+    }
+
     /// A dihedral match (which retro cannot recompute) stays, unless its entry was withdrawn.
     #[test]
     fn a_dihedral_match_goes_only_with_its_entry() {
