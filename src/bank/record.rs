@@ -453,6 +453,45 @@ mod tests {
         check("ncii", "md5", MD5, &"x".repeat(257), false);
     }
 
+    /// A vPDQ entry: its key's hash is the digest of its features, which the value carries; the
+    /// schema and the decoder agree on the shape, the decoder alone checks the digest.
+    #[test]
+    fn vpdq_records_carry_their_features_under_their_digest() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/schemas/bank_entry.schema.json")).expect("schema JSON");
+        let validator = jsonschema::validator_for(&schema).expect("valid schema");
+        let features = vec![format!("{PDQ},100,0.000"), format!("{PDQ},90,1.000")];
+        let video = super::super::video::VideoEntry::parse(&serde_json::to_string(&features).unwrap()).unwrap();
+        let digest = hex::encode(video.digest);
+        let record = |hash: &str, vpdq: Option<Vec<String>>| {
+            let value = BankEntryRecord {
+                schema: BANK_ENTRY_SCHEMA.into(),
+                bank: "ncii".into(),
+                signal: "vpdq".into(),
+                hash: hash.into(),
+                entry: "case-9".into(),
+                source: "threatexchange".into(),
+                added_at: "2026-12-08T00:00:00Z".into(),
+                tags: vec![],
+                vpdq,
+            };
+            serde_json::to_vec(&value).unwrap()
+        };
+        let key = format!("ncii/vpdq/{digest}");
+        assert_eq!(record_key("ncii", Signal::Vpdq, &serde_json::to_string(&features).unwrap()), key, "keyed by the digest");
+        let good = record(&digest, Some(features.clone()));
+        assert!(validator.is_valid(&serde_json::from_slice(&good).unwrap()));
+        let update = decode(Some(key.as_bytes()), Some(&good)).unwrap();
+        assert_eq!(update.video.as_ref().map(|v| v.frames.len()), Some(2));
+        let bare = record(&digest, None);
+        assert!(!validator.is_valid(&serde_json::from_slice(&bare).unwrap()));
+        assert_eq!(decode(Some(key.as_bytes()), Some(&bare)).unwrap_err().reason(), "malformed_value");
+        let other = record(&digest, Some(vec![features[1].clone(), features[0].clone()]));
+        assert_eq!(decode(Some(key.as_bytes()), Some(&other)).unwrap_err().reason(), "key_mismatch", "features of another video");
+        let withdraw = decode(Some(key.as_bytes()), None).unwrap();
+        assert_eq!(withdraw.change, Change::Withdraw);
+    }
+
     #[test]
     fn quarantine_status_records() {
         let key = quarantine_key("ncii", Signal::Pdq, PDQ);
