@@ -641,7 +641,7 @@ fn inspect_image(
         decode::Sniffed::Video(_) => return Ok((signals, None)),
         // A declared video in a container the signatures miss: the helper probes it (a media
         // error if it is no video at all, never an allow on exact hashes).
-        decode::Sniffed::NotImage if declared_video(content_type) => return Ok((signals, None)),
+        decode::Sniffed::NotImage if declared_video(content_type) && !bytes.is_empty() => return Ok((signals, None)),
         decode::Sniffed::NotImage if declared_non_image(content_type) => {
             let what = format!("non-image media declared {}: exact hashes only", content_type.unwrap_or_default().trim());
             return Err(Learned { signals, unscreened: Some(what), ..Default::default() });

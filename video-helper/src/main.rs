@@ -194,7 +194,7 @@ fn decode(limits: &Limits, out: &mut impl Write) -> Decoded {
         return Err((0, over));
     }
     let every = sampling_interval(limits.seconds_per_hash, info.frame_rate);
-    let mut frames = FrameWriter { every, rate: info.frame_rate as f32, limits, decoded: 0, scaler: None, out };
+    let mut frames = FrameWriter { every, rate: info.frame_rate as f32, limits, decoded: 0, corrupt: 0, scaler: None, out };
     let mut packet = ffmpeg::Packet::empty();
     let mut read_error = None;
     loop {
@@ -220,6 +220,10 @@ fn decode(limits: &Limits, out: &mut impl Write) -> Decoded {
     match read_error {
         Some(failure) => Err((frames.decoded, failure)),
         None if frames.decoded == 0 => Err((0, Failure::new("decode", "the video stream holds no decodable frame"))),
+        // The decoder concealed damage in these frames: what they show is partly made up.
+        None if frames.corrupt > 0 => {
+            Err((frames.decoded, Failure::new("decode", format!("{} of {} frames are damaged", frames.corrupt, frames.decoded))))
+        }
         None => Ok(frames.decoded),
     }
 }
@@ -277,6 +281,8 @@ struct FrameWriter<'a, W: Write> {
     rate: f32,
     limits: &'a Limits,
     decoded: u64,
+    /// Frames the decoder marked corrupt (damage it concealed).
+    corrupt: u64,
     /// Created for the first sampled frame, again when the frame size or format changes.
     scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
     out: &'a mut W,
@@ -294,6 +300,9 @@ impl<W: Write> FrameWriter<'_, W> {
             }
             let number = self.decoded;
             self.decoded += 1;
+            // SAFETY: reading a field of the frame the decoder just filled.
+            let concealed = unsafe { (*frame.as_ptr()).decode_error_flags } != 0;
+            self.corrupt += u64::from(frame.is_corrupt() || concealed);
             if self.decoded > self.limits.max_frames {
                 return Err(self.fail("too_large", format!("more than video.max_frames ({}) frames", self.limits.max_frames)));
             }
