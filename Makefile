@@ -29,7 +29,7 @@ test: setup
 	@scripts/deps test
 	$(CARGO) build --release --workspace --bins --benches
 	scripts/kafka start
-	set -o pipefail; $(CARGO) test --release -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
+	set -o pipefail; $(CARGO) test --release --workspace -- --test-threads=2 2>&1 | tee $${CARGO_TARGET_DIR:-target}/test.log; \
 	  rc=$$?; scripts/kafka stop; exit $$rc
 	scripts/helm-check
 	FUZZ_SECONDS=10 scripts/fuzz-smoke

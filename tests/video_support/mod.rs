@@ -71,3 +71,22 @@ pub fn our_lines(file: &Path, seconds_per_hash: f64) -> Vec<String> {
     assert!(out.status.success(), "perisai hash --video {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
 }
+
+/// python-threatexchange's signal string for `file`, made by the reference binding as
+/// `vpdq_util.vpdq_to_json(hash_file_compact(file))` makes it: a JSON list (`json.dumps`, so `", "`
+/// between items) of `PDQ_HEX,QUALITY,TIMESTAMP`, the timestamp formatted `{:.3}` (Python's
+/// general format: `1.0`, `0.967`, `11.0`).
+pub fn reference_signal_string(python: &Path, file: &Path, seconds_per_hash: f64) -> String {
+    const SCRIPT: &str = "import sys, json, vpdq\n\
+        fs = vpdq.computeHash(sys.argv[1], seconds_per_hash=float(sys.argv[2]))\n\
+        print(json.dumps([f'{f.hex},{f.quality},{f.timestamp:.3}' for f in fs]))\n";
+    let out = Command::new(python)
+        .args(["-c", SCRIPT])
+        .arg(file)
+        .arg(seconds_per_hash.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the vpdq reference");
+    assert!(out.status.success(), "vpdq on {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
