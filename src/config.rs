@@ -707,9 +707,16 @@ impl Settings {
                 format!("banks[{i}].file: must name a file when kafka.banks_topic is empty (the bank would stay empty)"),
             );
             check(bank.pdq_threshold <= 128, format!("banks[{i}].pdq_threshold: must be <= 128"));
-            for (key, pct) in [("vpdq_query_match_pct", bank.vpdq_query_match_pct), ("vpdq_target_match_pct", bank.vpdq_target_match_pct)] {
-                check((0.0..=100.0).contains(&pct), format!("banks[{i}].{key}: must be 0 to 100"));
-            }
+            // Above 0: python-threatexchange would match every bank video at 0 %, a bank that
+            // blocks everything; this service looks only at bank videos some frame came near.
+            check(
+                bank.vpdq_query_match_pct > 0.0 && bank.vpdq_query_match_pct <= 100.0,
+                format!("banks[{i}].vpdq_query_match_pct: must be above 0 and at most 100"),
+            );
+            check(
+                (0.0..=100.0).contains(&bank.vpdq_target_match_pct),
+                format!("banks[{i}].vpdq_target_match_pct: must be 0 to 100"),
+            );
             check(
                 bank.flood_baseline_multiple.is_finite() && bank.flood_baseline_multiple >= 1.0,
                 format!("banks[{i}].flood_baseline_multiple: must be a number >= 1"),

@@ -174,7 +174,7 @@ enum BankCommand {
         config: Option<PathBuf>,
         #[arg(long)]
         bank: String,
-        /// md5, sha256 or pdq.
+        /// md5, sha256, pdq or vpdq (a vPDQ entry by its digest, the last part of its record key).
         #[arg(long, value_parser = parse_signal)]
         signal: Signal,
         /// A file with one hash per line (blank lines and `#` comments ignored).
@@ -189,7 +189,7 @@ enum BankCommand {
         config: Option<PathBuf>,
         #[arg(long)]
         bank: String,
-        /// md5, sha256 or pdq.
+        /// md5, sha256, pdq or vpdq (a vPDQ entry by its digest, the last part of its record key).
         #[arg(long, value_parser = parse_signal)]
         signal: Signal,
         #[arg(required = true)]
@@ -228,7 +228,7 @@ fn parse_precision(s: &str) -> Result<f64, String> {
 }
 
 fn parse_signal(s: &str) -> Result<Signal, String> {
-    Signal::parse(s).ok_or_else(|| format!("{s:?}: expected md5, sha256 or pdq"))
+    Signal::parse(s).ok_or_else(|| format!("{s:?}: expected md5, sha256, pdq or vpdq"))
 }
 
 fn main() -> ExitCode {
@@ -286,8 +286,8 @@ async fn bank_command(command: BankCommand) -> anyhow::Result<ExitCode> {
                 let records = perisai::kafka::bank_feed::read_into(&settings.kafka, &banks, &metrics)?;
                 println!("bank topic {}: {records} records read, version {}", settings.kafka.banks_topic, banks.version().unwrap_or_default());
             }
-            for (name, action, md5, sha256, pdq) in banks.counts() {
-                println!("{name} ({}): md5={md5} sha256={sha256} pdq={pdq}", action.as_str());
+            for (name, action, md5, sha256, pdq, vpdq) in banks.counts() {
+                println!("{name} ({}): md5={md5} sha256={sha256} pdq={pdq} vpdq={vpdq}", action.as_str());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -692,12 +692,15 @@ impl BankSet {
         version_of(&self.read().positions)
     }
 
-    /// Entry counts per bank: (name, action, md5, sha256, pdq).
-    pub fn counts(&self) -> Vec<(String, Action, usize, usize, usize)> {
+    /// Entry counts per bank: (name, action, md5, sha256, pdq, vpdq).
+    pub fn counts(&self) -> Vec<(String, Action, usize, usize, usize, usize)> {
         self.read()
             .banks
             .iter()
-            .map(|b| (b.name().to_string(), b.settings.action, b.count(Signal::Md5), b.count(Signal::Sha256), b.count(Signal::Pdq)))
+            .map(|b| {
+                let n = |signal| b.count(signal);
+                (b.name().to_string(), b.settings.action, n(Signal::Md5), n(Signal::Sha256), n(Signal::Pdq), n(Signal::Vpdq))
+            })
             .collect()
     }
 
