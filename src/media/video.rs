@@ -10,7 +10,7 @@
 //! - its own seccomp filter (no sockets, no exec), entered before it reads a byte;
 //! - a deadline, after which it is killed (`decode_timeout`).
 //!
-//! The record format it writes is documented in `video-helper/src/main.rs`.
+//! The record format it writes is documented in `video-helper/src/lib.rs`.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
