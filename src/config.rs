@@ -689,7 +689,8 @@ impl Settings {
             "video.seconds_per_hash: must be a number >= 0 (0 hashes every frame)".into(),
         );
         check(v.deadline_ms > 0, "video.deadline_ms: must be > 0".into());
-        check(v.helper_memory_bytes >= 64 << 20, "video.helper_memory_bytes: must be at least 64 MiB".into());
+        // Below ~200 MiB Debian's FFmpeg libraries do not even load; 4K frames need ~400 MiB.
+        check(v.helper_memory_bytes >= 256 << 20, "video.helper_memory_bytes: must be at least 256 MiB".into());
         check((1..=64).contains(&v.decoder_threads), "video.decoder_threads: must be 1 to 64".into());
         check(
             self.cache.max_entries == 0 || self.cache.max_bytes >= 1 << 20,

@@ -655,7 +655,10 @@ impl BankSet {
                 bank.match_pdq(signal, &mut matches, &mut low);
                 per_picture.push(matches);
             }
-            if let Some(lowest) = low.into_iter().min_by_key(|l| l.quality) {
+            // A video's dark or flat frames are ordinary: it is reported only when no frame
+            // reached the floor.
+            let reported = vpdq.is_empty() || low.len() == pdq.len();
+            if let Some(lowest) = low.into_iter().min_by_key(|l| l.quality).filter(|_| reported) {
                 findings.low_quality.push(lowest);
             }
             if per_picture.len() <= 1 {

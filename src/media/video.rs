@@ -12,7 +12,7 @@
 //!
 //! The record format it writes is documented in `video-helper/src/lib.rs`.
 
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -169,11 +169,18 @@ pub const NO_VIDEO_STREAM: &str = "no_video_stream";
 /// One video being decoded by its helper: [`VideoRun::next_frame`] until `None`, then
 /// [`VideoRun::finish`]. Dropping it kills the helper.
 pub struct VideoRun {
-    frames: tokio::sync::mpsc::Receiver<Frame>,
+    updates: tokio::sync::mpsc::Receiver<Update>,
     reader: tokio::task::JoinHandle<Decoded>,
     deadline: Instant,
+    info: Option<VideoInfo>,
     timed_out: bool,
     limits: VideoLimits,
+}
+
+/// What the reader task passes on, in the helper's order.
+enum Update {
+    Info(VideoInfo),
+    Frame(Frame),
 }
 
 impl VideoRun {
@@ -189,53 +196,76 @@ impl VideoRun {
                 tokio::spawn(std::future::ready(Decoded { info: None, frames_decoded: 0, error: Some(error), exit: None }))
             }
         };
-        Self { frames: rx, reader, deadline, timed_out: false, limits: limits.clone() }
+        Self { updates: rx, reader, deadline, info: None, timed_out: false, limits: limits.clone() }
     }
 
-    /// The next sampled frame, or `None` at the end, on an error or at the deadline.
+    /// The next sampled frame, or `None` at the end, on an error or at the deadline (checked
+    /// before frames already read are handed out: a worker slower than its helper is still
+    /// bounded by the deadline).
     pub async fn next_frame(&mut self) -> Option<Frame> {
-        match tokio::time::timeout_at(self.deadline, self.frames.recv()).await {
-            Ok(frame) => frame,
-            Err(_) => {
+        loop {
+            if Instant::now() >= self.deadline {
                 self.timed_out = true;
-                None
+                return None;
+            }
+            match tokio::time::timeout_at(self.deadline, self.updates.recv()).await {
+                Ok(Some(Update::Info(info))) => self.info = Some(info),
+                Ok(Some(Update::Frame(frame))) => return Some(frame),
+                Ok(None) => return None,
+                Err(_) => {
+                    self.timed_out = true;
+                    return None;
+                }
             }
         }
     }
 
     /// How the decoding ended (waits for the helper, at most until the deadline).
     pub async fn finish(mut self) -> Decoded {
-        self.frames.close();
+        self.updates.close();
         if !self.timed_out {
-            if let Ok(Ok(decoded)) = tokio::time::timeout_at(self.deadline, &mut self.reader).await {
+            if let Ok(Ok(mut decoded)) = tokio::time::timeout_at(self.deadline, &mut self.reader).await {
+                while let Ok(update) = self.updates.try_recv() {
+                    if let Update::Info(info) = update {
+                        self.info = Some(info);
+                    }
+                }
+                decoded.info = self.info.take();
                 return decoded;
             }
         }
         // Aborting the reader drops the child, which kills the helper (`kill_on_drop`).
         self.reader.abort();
-        Decoded { info: None, frames_decoded: 0, error: Some(VideoError::Timeout(self.limits.deadline)), exit: None }
+        Decoded { info: self.info.take(), frames_decoded: 0, error: Some(VideoError::Timeout(self.limits.deadline)), exit: None }
     }
 }
 
-/// Reads the helper's records until its end record, passing frames on; then waits for it.
-async fn read_all(mut child: tokio::process::Child, frames: tokio::sync::mpsc::Sender<Frame>, limits: VideoLimits, deadline: Instant) -> Decoded {
+/// Reads the helper's records until its end record, passing them on; then waits for it. At the
+/// deadline (reading, or waiting for the caller to take a frame) the helper is killed.
+async fn read_all(mut child: tokio::process::Child, updates: tokio::sync::mpsc::Sender<Update>, limits: VideoLimits, deadline: Instant) -> Decoded {
     let mut decoded = Decoded { info: None, frames_decoded: 0, error: None, exit: None };
     let mut stdout = child.stdout.take().expect("piped");
+    let mut records = 0usize;
     let read = async {
         loop {
-            match read_record(&mut stdout, &limits).await? {
-                Record::Info(info) => decoded.info = Some(info),
-                Record::Frame(frame) => {
-                    // The caller stopped listening: it wants no more frames.
-                    if frames.send(frame).await.is_err() {
-                        return Ok(None);
-                    }
-                }
+            let record = read_record(&mut stdout, &limits).await?;
+            records += 1;
+            let update = match record {
+                Record::Info(info) => Update::Info(info),
+                Record::Frame(frame) => Update::Frame(frame),
                 Record::End(end) => return Ok::<_, String>(Some(end)),
+            };
+            // The caller stopped listening: it wants no more frames.
+            if updates.send(update).await.is_err() {
+                return Ok(None);
             }
         }
     };
-    let outcome = read.await;
+    let Ok(outcome) = tokio::time::timeout_at(deadline, read).await else {
+        let _ = child.kill().await;
+        decoded.error = Some(VideoError::Timeout(limits.deadline));
+        return decoded;
+    };
     drop(stdout);
     let exit = tokio::time::timeout_at(deadline, child.wait()).await.ok().and_then(Result::ok);
     if exit.is_none() {
@@ -248,6 +278,14 @@ async fn read_all(mut child: tokio::process::Child, frames: tokio::sync::mpsc::S
             decoded.error = end.error.map(|r| VideoError::Refused { kind: r.kind, detail: r.detail });
         }
         Ok(None) => {}
+        // Status 127 before a word: the dynamic loader could not start it (a missing library,
+        // or an address-space limit too small to map FFmpeg's).
+        Err(_) if records == 0 && exit.and_then(|s| s.code()) == Some(127) => {
+            decoded.error = Some(VideoError::Unavailable {
+                helper: limits.helper.display().to_string(),
+                detail: "it exited with status 127 before writing anything: its libraries did not load (is video.helper_memory_bytes large enough?)".into(),
+            });
+        }
         // The stream broke off: the helper died (a crash, or a limit's signal) or wrote nonsense.
         Err(broken) => decoded.error = Some(VideoError::Crashed(describe_exit(exit, &broken))),
     }
@@ -287,7 +325,10 @@ fn spawn(bytes: &[u8], limits: &VideoLimits) -> std::io::Result<tokio::process::
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let (memory, cpu_seconds) = (limits.memory_bytes, limits.deadline.as_secs() + 1);
+    // CPU time counts every decoder thread: the wall-clock deadline is the bound, this one only
+    // stops a helper that spins where the worker cannot see it.
+    let threads = limits.threads.max(1) as u64 + 1;
+    let (memory, cpu_seconds) = (limits.memory_bytes, limits.deadline.as_secs_f64().ceil() as u64 * threads + 1);
     // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, prctl) are made,
     // on values computed before the fork.
     unsafe {
@@ -320,6 +361,8 @@ fn sealed_memory(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)?;
+    // From the start, for a helper that reads its input as it is.
+    file.seek(std::io::SeekFrom::Start(0))?;
     Ok(file.into())
 }
 

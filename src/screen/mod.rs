@@ -447,8 +447,10 @@ impl Screen {
     /// error still count; the error is the upload's media error.
     async fn decode_video(&self, media: &Media, mut signals: Signals) -> (Learned, Option<Pixels>) {
         let v = &self.settings.video;
-        // Frames read ahead, the one being hashed and the one being read: each at most max_pixels.
-        let in_flight = (video::READ_AHEAD as u64 + 2).saturating_mul(v.max_pixels.saturating_mul(3));
+        // Frames read ahead and the one being read, 3 bytes a pixel each, and the one being hashed
+        // with PDQ's float buffers (8 more bytes a pixel): each frame at most max_pixels.
+        let per_pixel = 3 * (video::READ_AHEAD as u64 + 2) + 8;
+        let in_flight = per_pixel.saturating_mul(v.max_pixels);
         let memory = self.reserve_decode_memory(in_flight).await;
         let started = Instant::now();
         let work = FrameWork {
@@ -617,7 +619,7 @@ enum Inspected {
 /// The first CPU stage: exact hashes, what the bytes are, and for a decodable image its decode
 /// plan.
 fn inspect_blocking(bytes: &[u8], content_type: Option<&str>, limits: &DecodeLimits, metrics: &Metrics) -> Inspected {
-    match inspect_image(bytes, content_type, limits, metrics) {
+    match inspect_bytes(bytes, content_type, limits, metrics) {
         Ok((signals, Some(plan))) => Inspected::Image(signals, plan),
         Ok((signals, None)) => Inspected::Video(signals),
         Err(learned) => Inspected::Done(learned),
@@ -625,7 +627,7 @@ fn inspect_blocking(bytes: &[u8], content_type: Option<&str>, limits: &DecodeLim
 }
 
 /// [`inspect_blocking`]'s work: `Ok` with no plan for a video, `Err` for the whole result.
-fn inspect_image(
+fn inspect_bytes(
     bytes: &[u8],
     content_type: Option<&str>,
     limits: &DecodeLimits,

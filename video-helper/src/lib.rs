@@ -91,9 +91,9 @@ pub fn decode(limits: &Limits, input: &str, out: &mut impl Write) -> Decoded {
     let mut options = ffmpeg::Dictionary::new();
     options.set("format_whitelist", DEMUXERS);
     options.set("protocol_whitelist", "file");
-    let mut input = match ffmpeg::format::input_with_dictionary(&input, options) {
+    let mut input = match open(input, options, limits) {
         Ok(input) => input,
-        Err(e) => return failed("unsupported_format", format!("not a video this service decodes: {e}")),
+        Err(failure) => return Err((0, failure)),
     };
     let Some(stream) = input.streams().find(|s| s.parameters().medium() == ffmpeg::media::Type::Video) else {
         return failed("no_video_stream", "the file holds no video stream".into());
@@ -116,11 +116,16 @@ pub fn decode(limits: &Limits, input: &str, out: &mut impl Write) -> Decoded {
     });
     let mut decoder = match context.decoder().video() {
         Ok(decoder) => decoder,
-        Err(e) => return failed("unsupported_format", format!("no decoder for this video codec: {e}")),
+        Err(ffmpeg::Error::DecoderNotFound) => return failed("unsupported_format", "no decoder for this video codec".into()),
+        // The decoder exists but would not open (its parameters, or memory).
+        Err(e) => return failed("decode", format!("the video decoder did not open: {e}")),
     };
     let (width, height) = (decoder.width(), decoder.height());
     let duration_s = duration_of(&input, &stream);
     let declared_frames = u64::try_from(stream.frames()).ok().filter(|&n| n > 0);
+    // What the video alone should hold: its stream's frame count, else the container's duration
+    // when nothing but the video is in it (an audio track may run longer).
+    let video_duration = (input.nb_streams() == 1).then_some(duration_s).flatten();
     let info = Info {
         container: input.format().name().to_string(),
         codec: decoder.codec().map(|c| c.name().to_string()).unwrap_or_default(),
@@ -163,15 +168,75 @@ pub fn decode(limits: &Limits, input: &str, out: &mut impl Write) -> Decoded {
     if decoder.send_eof().is_ok() {
         frames.receive(&mut decoder)?;
     }
-    match read_error {
-        Some(failure) => Err((frames.decoded, failure)),
-        None if frames.decoded == 0 => Err((0, Failure::new("decode", "the video stream holds no decodable frame"))),
-        // The decoder concealed damage in these frames: what they show is partly made up.
-        None if frames.corrupt > 0 => {
-            Err((frames.decoded, Failure::new("decode", format!("{} of {} frames are damaged", frames.corrupt, frames.decoded))))
-        }
-        None => Ok(frames.decoded),
+    if let Some(failure) = read_error {
+        return Err((frames.decoded, failure));
     }
+    if frames.decoded == 0 {
+        return Err((0, Failure::new("decode", "the video stream holds no decodable frame")));
+    }
+    // Cut short, or damaged so that the demuxer skipped some: the rest was never screened.
+    if let Some(why) = missing_frames(frames.decoded, declared_frames, video_duration, info.frame_rate) {
+        return Err((frames.decoded, Failure::new("decode", why)));
+    }
+    // The decoder concealed damage in these frames: what they show is partly made up.
+    if frames.corrupt > 0 {
+        return Err((frames.decoded, Failure::new("decode", format!("{} of {} frames are damaged", frames.corrupt, frames.decoded))));
+    }
+    Ok(frames.decoded)
+}
+
+/// Opens the container with the demuxer and protocol whitelists, and refuses a video stream whose
+/// declared frame size is over the limit before FFmpeg probes it (probing opens the decoder,
+/// which would allocate for that size, or refuse it and forget what was declared).
+fn open(path: &str, options: ffmpeg::Dictionary, limits: &Limits) -> Result<ffmpeg::format::context::Input, Failure> {
+    use ffmpeg::ffi;
+    let refused = |e: i32| Failure::new("unsupported_format", format!("not a video this service decodes: {}", ffmpeg::Error::from(e)));
+    let path = std::ffi::CString::new(path).map_err(|_| Failure::new("decode", "the input path holds a NUL"))?;
+    // SAFETY: the FFmpeg calls below follow `avformat_open_input`'s contract: `context` starts
+    // null, is only read after a successful open, and is closed on every path that does not
+    // hand it to `Input::wrap`, which owns (and closes) it from then on.
+    unsafe {
+        let mut context: *mut ffi::AVFormatContext = std::ptr::null_mut();
+        let mut dictionary = options.disown();
+        let opened = ffi::avformat_open_input(&mut context, path.as_ptr(), std::ptr::null_mut(), &mut dictionary);
+        drop(ffmpeg::Dictionary::own(dictionary));
+        if opened < 0 {
+            return Err(refused(opened));
+        }
+        let streams = std::slice::from_raw_parts((*context).streams, (*context).nb_streams as usize);
+        for &stream in streams {
+            let parameters = (*stream).codecpar;
+            if (*parameters).codec_type != ffi::AVMediaType::AVMEDIA_TYPE_VIDEO {
+                continue;
+            }
+            let (width, height) = ((*parameters).width.max(0) as u64, (*parameters).height.max(0) as u64);
+            if width * height > limits.max_pixels {
+                ffi::avformat_close_input(&mut context);
+                return Err(Failure::new(
+                    "too_large",
+                    format!("frames of {width}x{height} are over video.max_pixels ({})", limits.max_pixels),
+                ));
+            }
+            break;
+        }
+        let probed = ffi::avformat_find_stream_info(context, std::ptr::null_mut());
+        if probed < 0 {
+            ffi::avformat_close_input(&mut context);
+            return Err(refused(probed));
+        }
+        Ok(ffmpeg::format::context::Input::wrap(context))
+    }
+}
+
+/// When fewer frames were decoded than the container declares (its frame count, or its duration
+/// at the frame rate, with a little slack for rounding): why.
+fn missing_frames(decoded: u64, declared_frames: Option<u64>, duration_s: Option<f64>, rate: f64) -> Option<String> {
+    if let Some(declared) = declared_frames {
+        return (decoded + 2 < declared).then(|| format!("only {decoded} of the {declared} frames the container declares were decoded"));
+    }
+    let expected = duration_s? * rate;
+    (expected.is_finite() && (decoded as f64) < expected * 0.9 - 2.0)
+        .then(|| format!("only {decoded} frames were decoded of about {expected:.0} the container's duration implies"))
 }
 
 /// `avg_frame_rate`, else `r_frame_rate` (vpdq's choice), as numerator and denominator.
@@ -323,6 +388,16 @@ mod tests {
         assert_eq!(frame_rate(r(0, 1), r(25, 1)), Some((25, 1)));
         assert_eq!(frame_rate(r(0, 0), r(0, 1)), None);
         assert_eq!(frame_rate(r(-1, 1), r(0, 1)), None);
+    }
+
+    #[test]
+    fn a_video_cut_short_is_missing_frames() {
+        assert_eq!(missing_frames(60, Some(60), Some(2.0), 30.0), None);
+        assert_eq!(missing_frames(58, Some(60), None, 30.0), None, "a little slack");
+        assert!(missing_frames(22, Some(60), None, 30.0).unwrap().contains("22 of the 60"));
+        assert!(missing_frames(25, None, Some(2.0), 30.0).is_some(), "from the duration");
+        assert_eq!(missing_frames(57, None, Some(2.0), 30.0), None);
+        assert_eq!(missing_frames(10, None, None, 30.0), None, "nothing declared, nothing to miss");
     }
 
     #[test]
