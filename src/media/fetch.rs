@@ -1,6 +1,7 @@
 //! Getting an event's media bytes: inline base64, a file under the configured root, or a URL on
-//! an allowlisted host. Every source is capped at `media.max_bytes`, and every refusal is a
-//! [`FetchError`] whose [`kind`](FetchError::kind) is a stable label for metrics and verdicts.
+//! an allowlisted host. Every source is capped at `media.max_bytes`, or `video.max_bytes` once
+//! its first bytes say video (a URL body stops as soon as they say otherwise), and every refusal
+//! is a [`FetchError`] whose [`kind`](FetchError::kind) is a stable label for metrics and verdicts.
 //!
 //! Error messages never carry media bytes; URLs in them lose their query string, fragment and
 //! credentials, which often hold signed tokens.
@@ -15,6 +16,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use url::{Host, Url};
 
+use super::video;
 use crate::config::MediaSettings;
 use crate::event::MediaRef;
 
@@ -65,10 +67,16 @@ impl FetchError {
     }
 }
 
+/// Bytes enough to tell a video container from its first bytes (an MPEG-TS needs three packets).
+const SNIFF_BYTES: usize = 188 * 3;
+
 /// Fetches media under the limits and guards of one [`MediaSettings`]. Build it once and share
 /// it: it holds the HTTP connection pool.
 pub struct MediaFetcher {
+    /// Media whose first bytes say video may be as large as `video_max_bytes`; all other media
+    /// stops at `max_bytes` (see [`MediaFetcher::limit_for`]).
     max_bytes: usize,
+    video_max_bytes: usize,
     path_root: Option<PathBuf>,
     client: reqwest::Client,
     allow_hosts: HostAllowlist,
@@ -81,12 +89,11 @@ pub struct MediaFetcher {
 
 impl MediaFetcher {
     pub fn new(settings: &MediaSettings) -> Result<Self, FetchError> {
-        Self::with_max_bytes(settings, settings.max_bytes)
+        Self::with_video_max_bytes(settings, settings.max_bytes)
     }
 
-    /// A fetcher that takes up to `max_bytes` (the larger of the image and video limits: which
-    /// one applies is known only from the bytes, see `Screen::screen`).
-    pub fn with_max_bytes(settings: &MediaSettings, max_bytes: usize) -> Result<Self, FetchError> {
+    /// A fetcher that lets videos be as large as `video_max_bytes` (`video.max_bytes`).
+    pub fn with_video_max_bytes(settings: &MediaSettings, video_max_bytes: usize) -> Result<Self, FetchError> {
         let http = &settings.http;
         let allow_hosts = HostAllowlist::new(&http.allow_hosts).map_err(FetchError::Setup)?;
         let allow_schemes: Vec<String> = http.allow_schemes.iter().map(|s| s.to_ascii_lowercase()).collect();
@@ -103,7 +110,8 @@ impl MediaFetcher {
             .build()
             .map_err(|e| FetchError::Setup(error_chain(&e)))?;
         Ok(MediaFetcher {
-            max_bytes,
+            max_bytes: settings.max_bytes,
+            video_max_bytes: video_max_bytes.max(settings.max_bytes),
             path_root: (!settings.path_root.is_empty()).then(|| PathBuf::from(&settings.path_root)),
             client,
             allow_hosts,
@@ -123,8 +131,29 @@ impl MediaFetcher {
         }
     }
 
-    fn too_large(&self, detail: impl Into<String>) -> FetchError {
-        FetchError::TooLarge { limit: self.max_bytes, detail: detail.into() }
+    fn too_large(&self, limit: usize, detail: impl Into<String>) -> FetchError {
+        FetchError::TooLarge { limit, detail: detail.into() }
+    }
+
+    /// The limit for media that starts with `head`: the video limit once the bytes say video,
+    /// the larger one while too few have arrived to tell, else the media limit.
+    fn limit_for(&self, head: &[u8], complete: bool) -> usize {
+        if video::sniff(head).is_some() {
+            self.video_max_bytes
+        } else if head.len() < SNIFF_BYTES && !complete {
+            self.video_max_bytes
+        } else {
+            self.max_bytes
+        }
+    }
+
+    /// Refuses media over the limit its bytes call for.
+    fn checked(&self, bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<Vec<u8>, FetchError> {
+        let limit = self.limit_for(&bytes, true);
+        if bytes.len() > limit {
+            return Err(self.too_large(limit, format!("{} is {} bytes", what(), bytes.len())));
+        }
+        Ok(bytes)
     }
 
     fn decode_inline(&self, data: &str) -> Result<Vec<u8>, FetchError> {
@@ -138,10 +167,10 @@ impl MediaFetcher {
                 3 => 2,
                 _ => return Err(FetchError::InvalidBase64(format!("invalid length ({} characters)", data.len()))),
             };
-        if decoded_len > self.max_bytes {
-            return Err(self.too_large(format!("inline media decodes to {decoded_len} bytes")));
+        if decoded_len > self.video_max_bytes {
+            return Err(self.too_large(self.video_max_bytes, format!("inline media decodes to {decoded_len} bytes")));
         }
-        BASE64.decode(data).map_err(|e| {
+        let bytes = BASE64.decode(data).map_err(|e| {
             // The decoder's own message quotes the offending byte; the offset is enough.
             FetchError::InvalidBase64(match e {
                 base64::DecodeError::InvalidByte(offset, b'\n' | b'\r') => {
@@ -160,7 +189,8 @@ impl MediaFetcher {
                 }
                 base64::DecodeError::InvalidPadding => "invalid padding".to_string(),
             })
-        })
+        })?;
+        self.checked(bytes, || "inline media".into())
     }
 
     async fn read_path(&self, rel: &str) -> Result<Vec<u8>, FetchError> {
@@ -168,15 +198,16 @@ impl MediaFetcher {
             return Err(FetchError::Path("path media is disabled (media.path_root is empty)".into()));
         };
         let rel_path = relative_path(rel).map_err(|why| FetchError::Path(format!("{rel:?}: {why}")))?;
-        let (root, name, max) = (root.clone(), rel.to_string(), self.max_bytes);
+        let (root, name, max) = (root.clone(), rel.to_string(), self.video_max_bytes);
         // Blocking file calls on a blocking thread; none of them can wait on a FIFO or a device.
         let read = tokio::task::spawn_blocking(move || read_beneath(&root, &rel_path, max))
             .await
             .map_err(|e| FetchError::Path(format!("{name:?}: reading thread failed ({e})")))?;
-        read.map_err(|problem| match problem {
-            PathProblem::TooLarge(what) => self.too_large(format!("{rel:?} {what}")),
+        let bytes = read.map_err(|problem| match problem {
+            PathProblem::TooLarge(what) => self.too_large(self.video_max_bytes, format!("{rel:?} {what}")),
             PathProblem::Refused(what) => FetchError::Path(format!("{rel:?}: {what}")),
-        })
+        })?;
+        self.checked(bytes, || format!("{rel:?}"))
     }
 
     async fn fetch_url(&self, raw: &str) -> Result<Vec<u8>, FetchError> {
@@ -285,20 +316,22 @@ impl MediaFetcher {
     async fn read_body(&self, mut response: reqwest::Response, url: &Url) -> Result<Vec<u8>, FetchError> {
         let declared = response.content_length();
         if let Some(len) = declared {
-            if len > self.max_bytes as u64 {
-                return Err(self.too_large(format!("{} declares {len} bytes", redact(url))));
+            if len > self.video_max_bytes as u64 {
+                return Err(self.too_large(self.video_max_bytes, format!("{} declares {len} bytes", redact(url))));
             }
         }
         // A declared length is only a promise: reserving all of it up front would let servers
         // that never send their bodies pin memory across many in-flight fetches.
         let mut body = Vec::with_capacity(declared.unwrap_or(0).min(INITIAL_BODY_CAPACITY) as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| self.request_error(e, url))? {
-            if body.len() + chunk.len() > self.max_bytes {
-                return Err(self.too_large(format!("{} sent more than the limit", redact(url))));
+            // Decided from the first bytes: only a video may run past the media limit.
+            let limit = self.limit_for(&body, false);
+            if body.len() + chunk.len() > limit {
+                return Err(self.too_large(limit, format!("{} sent more than the limit", redact(url))));
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        self.checked(body, || redact(url))
     }
 
     /// The connect timeout covers the TCP connection and the TLS handshake alike. Which one
@@ -471,6 +504,24 @@ mod tests {
         assert!(relative_path("").is_err());
         assert!(relative_path(".").is_err());
         assert!(relative_path("a\0b").is_err());
+    }
+
+    /// Only bytes that say video may pass the media limit, up to the video limit.
+    #[test]
+    fn the_first_bytes_choose_the_limit() {
+        let settings: crate::config::Settings = crate::config::Settings::load(None).unwrap();
+        let media = MediaSettings { max_bytes: 1000, ..settings.media };
+        let fetcher = MediaFetcher::with_video_max_bytes(&media, 5000).unwrap();
+        let mut mp4 = vec![0u8; 3000];
+        mp4[4..12].copy_from_slice(b"ftypisom");
+        let b64 = |b: &[u8]| BASE64.encode(b);
+        assert_eq!(fetcher.decode_inline(&b64(&mp4)).unwrap().len(), 3000, "a video under video.max_bytes");
+        let err = fetcher.decode_inline(&b64(&vec![7u8; 3000])).unwrap_err().to_string();
+        assert!(err.contains("1000-byte limit"), "other media under media.max_bytes: {err}");
+        let err = fetcher.decode_inline(&b64(&[mp4.clone(), mp4].concat())).unwrap_err().to_string();
+        assert!(err.contains("5000-byte limit"), "{err}");
+        assert_eq!(fetcher.limit_for(b"\0\0", false), 5000, "too few bytes to tell yet");
+        assert_eq!(fetcher.limit_for(&[7u8; 600], false), 1000);
     }
 
     #[test]
