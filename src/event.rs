@@ -214,7 +214,16 @@ pub struct Signals {
     /// above are the video's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoSignals>,
+    /// Videos: the vPDQ features, `PDQ_HEX,QUALITY,TIMESTAMP` each (python-threatexchange's
+    /// signal string as a list), exact duplicates left out, at most [`MAX_VPDQ_IN_VERDICT`]
+    /// spread over the video. What retro re-decides a video with, and what a reviewer bans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpdq: Option<Vec<String>>,
 }
+
+/// Most vPDQ features a verdict carries (about 75 bytes each): ten minutes at one a second fit
+/// whole; beyond, an even spread.
+pub const MAX_VPDQ_IN_VERDICT: usize = 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VideoSignals {
@@ -268,8 +277,9 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// The same decision in a record that fits any sane topic limit: attributes dropped, at most
-    /// 8 hash matches, the classifier and media-error reasons (details cut to 256 bytes).
+    /// The same decision in a record that fits any sane topic limit: attributes and a video's
+    /// vPDQ features dropped, at most 8 hash matches, the classifier and media-error reasons
+    /// (details cut to 256 bytes).
     pub fn compact(&self) -> Verdict {
         let mut matches = 0;
         let reasons = self
@@ -288,7 +298,8 @@ impl Verdict {
                 Reason::Unscreened { .. } => Some(r.clone()),
             })
             .collect();
-        Verdict { reasons, attributes: Attributes::default(), retro: None, truncated: true, ..self.clone() }
+        let signals = Signals { vpdq: None, ..self.signals.clone() };
+        Verdict { reasons, signals, attributes: Attributes::default(), retro: None, truncated: true, ..self.clone() }
     }
 }
 

@@ -269,6 +269,8 @@ impl Bank {
                 Some(video) => self.videos.insert(id, video, self.settings.pdq_quality_floor).map(|()| {
                     self.vpdq.insert(*d, id);
                 }),
+                // Every decoder attaches the video to a vPDQ upsert (see `record::decode`,
+                // `file::load_bank_bytes`); without its frames there is nothing to index.
                 None => Err(pdq_index::IndexError::Full),
             },
         };
@@ -578,6 +580,9 @@ pub struct BankChange {
     pub applied: Applied,
     /// The entry id the hash had before (replaced or withdrawn).
     pub old_entry: Option<String>,
+    /// A vPDQ entry that now applies (added, replaced, released): its usable frames, which
+    /// retro looks for among the frames of the videos it remembers.
+    pub video_frames: Option<Box<[PdqHash]>>,
 }
 
 impl BankSet {
@@ -888,7 +893,12 @@ fn apply_one(banks: &mut [Bank], update: &BankUpdate<'_>, journal: Option<&mut V
     };
     if let Some(journal) = journal {
         if !matches!(applied, Applied::Unchanged | Applied::Absent) {
-            journal.push(BankChange { bank: update.bank.to_string(), hash: update.hash, applied, old_entry });
+            let applies = matches!(applied, Applied::Added | Applied::Replaced | Applied::Released);
+            let video_frames = match (update.hash, applies) {
+                (ParsedHash::Vpdq(_), true) => bank.id_of(&update.hash).map(|id| bank.videos.usable_hashes(id).into_boxed_slice()),
+                _ => None,
+            };
+            journal.push(BankChange { bank: update.bank.to_string(), hash: update.hash, applied, old_entry, video_frames });
         }
     }
     Ok((index, applied))

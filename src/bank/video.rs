@@ -179,6 +179,12 @@ impl VideoIndex {
         }
     }
 
+    /// A video's usable frames (after the matcher's filter), in order: what retro looks for.
+    pub fn usable_hashes(&self, id: u32) -> Vec<PdqHash> {
+        let Some(stored) = self.videos.get(&id) else { return Vec::new() };
+        stored.usable.iter().filter_map(|&(frame_id, _)| self.frames.hash_of(frame_id)).collect()
+    }
+
     /// A video's frames as given (for export).
     pub fn frames_of(&self, id: u32) -> Option<&[VideoFrame]> {
         self.videos.get(&id).map(|s| &*s.frames)

@@ -40,10 +40,15 @@ pub fn to_signal_string(features: &[VpdqFeature]) -> String {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "\"{},{},{:.3}\"", f.hash, f.quality, f.timestamp);
+        let _ = write!(out, "\"{}\"", signal_item(f));
     }
     out.push(']');
     out
+}
+
+/// One feature as python-threatexchange's signal string holds it: `PDQ_HEX,QUALITY,TIMESTAMP`.
+pub fn signal_item(f: &VpdqFeature) -> String {
+    format!("{},{},{:.3}", f.hash, f.quality, f.timestamp)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +70,11 @@ pub enum VpdqParseError {
 /// Reads a signal string (frame numbers are not in it: features are numbered in order).
 pub fn parse_signal_string(text: &str) -> Result<Vec<VpdqFeature>, VpdqParseError> {
     let items: Vec<String> = serde_json::from_str(text).map_err(|_| VpdqParseError::NotAList)?;
+    parse_items(&items)
+}
+
+/// Reads the items of a signal string (see [`parse_signal_string`]).
+pub fn parse_items(items: &[String]) -> Result<Vec<VpdqFeature>, VpdqParseError> {
     if items.is_empty() {
         return Err(VpdqParseError::Empty);
     }

@@ -5,7 +5,10 @@
 //! partition and offset, its exact hashes and PDQ hash, the action and bank matches of its
 //! latest verdict (the first, or a later retroactive one) and that verdict's other reasons.
 //! Exact hashes and event ids are found through hash tables that hold only slot numbers (many
-//! uploads may share a hash), PDQ hashes through the same multi-index as the banks.
+//! uploads may share a hash), PDQ hashes through the same multi-index as the banks. A video also
+//! keeps the vPDQ features its verdict carries (each frame's hash in a second multi-index, with
+//! its quality and time: 45 bytes a frame, about 27 KB for ten minutes at one hash a second), so
+//! a vPDQ or PDQ entry added later finds the earlier copies of a video too.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hash;
@@ -15,9 +18,11 @@ use hashbrown::HashTable;
 use sha2::{Digest, Sha256};
 
 use crate::bank::pdq_index::PdqIndex;
-use crate::bank::{Applied, BankChange, BankSet, ParsedHash, Signal};
+use crate::bank::{Applied, BankChange, BankSet, PdqSignal, ParsedHash, Signal};
+use crate::hash::exact::ExactHashes;
+use crate::hash::vpdq::{self, VpdqFeature};
 use crate::config::BankSettings;
-use crate::event::{Action, Reason, Retro, RetroChange, Signals, Verdict, VERDICT_SCHEMA};
+use crate::event::{Action, Reason, Retro, RetroChange, Signals, Verdict, MAX_VPDQ_IN_VERDICT, VERDICT_SCHEMA};
 use crate::hash::pdq::PdqHash;
 use crate::policy;
 
@@ -43,6 +48,8 @@ pub struct Upload {
     pub action: Action,
     /// The latest verdict's bank matches (`Reason::HashMatch` only).
     pub matches: Box<[Reason]>,
+    /// A video's frames, in order: (id in the history's frame index, quality, time in ms).
+    pub video: Option<Box<[(u32, u8, u32)]>>,
 }
 
 impl Upload {
@@ -112,6 +119,10 @@ pub struct History {
     md5: HashTable<u32>,
     sha256: HashTable<u32>,
     pdq: PdqIndex,
+    /// Videos' frame hashes by frame id, each frame id's upload slot, and the ids to reuse.
+    frames: PdqIndex,
+    frame_slot: Vec<u32>,
+    free_frames: Vec<u32>,
     /// Slots whose latest verdict has bank matches (the ones a withdrawal can change).
     matched: BTreeSet<u32>,
     /// Per verdict partition, slots in offset order: the oldest go first.
@@ -198,7 +209,10 @@ impl History {
             pdq_quality: pdq.map(|_| signals.pdq_quality.unwrap_or(0)),
             action: verdict.action,
             matches,
+            video: None,
         };
+        // An unreadable feature list is no video to look for: the upload is kept for its other hashes.
+        let features = signals.vpdq.as_deref().and_then(|items| vpdq::parse_items(items).ok());
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -225,9 +239,43 @@ impl History {
         if let Some(h) = pdq {
             self.pdq.insert(slot, h);
         }
+        if let Some(features) = features {
+            let frames = features.iter().map(|f| (self.add_frame(slot, f.hash), f.quality, (f.timestamp * 1000.0).round() as u32)).collect();
+            if let Some(upload) = self.slots[slot as usize].as_mut() {
+                upload.video = Some(frames);
+            }
+        }
         self.partitions.entry(partition).or_default().push_back((offset, slot));
         self.len += 1;
         Ok(slot)
+    }
+
+    fn add_frame(&mut self, slot: u32, hash: PdqHash) -> u32 {
+        let id = self.free_frames.pop().unwrap_or(self.frame_slot.len() as u32);
+        if id as usize == self.frame_slot.len() {
+            self.frame_slot.push(slot);
+        } else {
+            self.frame_slot[id as usize] = slot;
+        }
+        self.frames.insert(id, hash);
+        id
+    }
+
+    /// The slots of the videos with a frame within `threshold` of one of `hashes`.
+    fn with_frame_near(&self, hashes: &[PdqHash], threshold: u32) -> Vec<u32> {
+        hashes.iter().flat_map(|h| self.frames.query(h, threshold)).map(|(id, _)| self.frame_slot[id as usize]).collect()
+    }
+
+    /// A remembered video's features, as its verdict gave them (frame numbers are positions).
+    fn features_of(&self, upload: &Upload) -> Vec<VpdqFeature> {
+        let frames = upload.video.as_deref().unwrap_or_default();
+        frames
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(id, quality, ms))| {
+                Some(VpdqFeature { frame: i as u64, quality, hash: self.frames.hash_of(id)?, timestamp: f64::from(ms) / 1000.0 })
+            })
+            .collect()
     }
 
     /// Records a verdict that superseded the upload's latest one (read back, or just written).
@@ -295,6 +343,10 @@ impl History {
         if upload.pdq_quality.is_some() {
             self.pdq.remove(slot);
         }
+        for &(id, _, _) in upload.video.as_deref().unwrap_or_default() {
+            self.frames.remove(id);
+            self.free_frames.push(id);
+        }
         self.matched.remove(&slot);
         self.free.push(slot);
         self.len -= 1;
@@ -310,10 +362,11 @@ impl History {
             match &change.hash {
                 ParsedHash::Md5(h) => out.extend(self.with_hash(&self.md5, *h, |u| u.md5)),
                 ParsedHash::Sha256(h) => out.extend(self.with_hash(&self.sha256, *h, |u| u.sha256)),
-                ParsedHash::Pdq(h) => out.extend(self.pdq.query(h, bank.pdq_threshold).into_iter().map(|(slot, _)| slot)),
-                // Videos' frames are not remembered here yet: a vPDQ entry added later finds
-                // re-uploads, not the earlier copies.
-                ParsedHash::Vpdq(_) => {}
+                ParsedHash::Pdq(h) => {
+                    out.extend(self.pdq.query(h, bank.pdq_threshold).into_iter().map(|(slot, _)| slot));
+                    out.extend(self.with_frame_near(std::slice::from_ref(h), bank.pdq_threshold));
+                }
+                ParsedHash::Vpdq(_) => out.extend(self.with_frame_near(change.video_frames.as_deref().unwrap_or_default(), bank.pdq_threshold)),
             }
         }
         if let (Applied::Withdrawn | Applied::Replaced, Some(old)) = (change.applied, &change.old_entry) {
@@ -347,7 +400,25 @@ impl History {
     ) -> Option<Redecision> {
         let upload = self.get(slot)?;
         let pdq = upload.pdq_quality.and_then(|q| Some((self.pdq.hash_of(slot)?, q)));
-        let found = banks.match_signals(upload.md5.as_ref(), upload.sha256.as_ref(), pdq);
+        // A verdict carries at most MAX_VPDQ_IN_VERDICT features: a list that long may be a spread,
+        // on which the shares differ from the screen's.
+        let video = upload.video.as_deref().is_some_and(|frames| frames.len() < MAX_VPDQ_IN_VERDICT);
+        let found = if video {
+            // A video is matched as the screen matched it: its features against the vPDQ
+            // entries, each frame (hashed in the `full` convention) against the PDQ entries.
+            let features = self.features_of(upload);
+            let frames: Vec<PdqSignal> = features
+                .iter()
+                .map(|f| PdqSignal { hash: f.hash, quality: f.quality, dihedral: None, at: Some(f.timestamp) })
+                .collect();
+            let exact = ExactHashes {
+                md5: upload.md5.map(hex::encode).unwrap_or_default(),
+                sha256: upload.sha256.map(hex::encode).unwrap_or_default(),
+            };
+            banks.match_media(&exact, &frames, &features)
+        } else {
+            banks.match_signals(upload.md5.as_ref(), upload.sha256.as_ref(), pdq)
+        };
         let key_of = |r: &Reason| match r {
             Reason::HashMatch { bank, signal, entry, .. } => Some((bank.clone(), signal.clone(), entry.clone())),
             _ => None,
@@ -375,7 +446,7 @@ impl History {
             }
         }
         for (key, &reason) in &current {
-            if !rederivable(reason) && !removed.contains(key) {
+            if !rederivable(reason, video) && !removed.contains(key) {
                 now.entry(key.clone()).or_insert_with(|| reason.clone());
             }
         }
@@ -430,11 +501,15 @@ impl History {
 }
 
 /// Whether retro can find a match again from the hashes it remembers of an upload: its exact
-/// hashes and its one PDQ hash. Not dihedral matches (the verdict carries the PDQ hash as
-/// uploaded, not its rotations), nor a video's: vPDQ matches and its frames' PDQ matches.
-fn rederivable(r: &Reason) -> bool {
+/// hashes, its one PDQ hash, a video's whole feature list. Not dihedral matches (the verdict
+/// carries the hashes as uploaded, not their rotations), nor a video frame's PDQ match (retro has
+/// the frame's `full` hash, the banks may use the `cli` convention): those stay until their
+/// entry goes, and retro only adds to them.
+fn rederivable(r: &Reason, video_remembered: bool) -> bool {
     match r {
-        Reason::HashMatch { transform, signal, at, .. } => transform.is_none() && at.is_none() && signal != "vpdq",
+        Reason::HashMatch { transform: Some(_), .. } => false,
+        Reason::HashMatch { signal, .. } if signal == "vpdq" => video_remembered,
+        Reason::HashMatch { at, .. } => at.is_none(),
         _ => true,
     }
 }
@@ -626,6 +701,59 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A video uploaded first, its vPDQ reported later: retro finds the earlier copy through the
+    /// features its verdict carried and blocks it; a PDQ entry matching one frame does too (the
+    /// reason names the second); withdrawn, the vPDQ block is undone, the frame's stays.
+    #[test]
+    fn a_video_entry_added_later_takes_down_the_earlier_copies() {
+        let mut banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        let frames: Vec<PdqHash> = (0..10).map(|i| pdq(500 + i)).collect();
+        let item = |h: &PdqHash, t: usize| format!("{h},100,{t}.000");
+        let mut video = verdict("video", &md5(1), None);
+        video.signals.vpdq = Some(frames.iter().enumerate().map(|(t, h)| item(&near(*h, 9), t)).collect());
+        history.take(video, 0, 0, 0).unwrap();
+        let other = verdict("other", &md5(2), Some(frames[0]));
+        history.take(other, 0, 1, 0).unwrap();
+        // The bank's copy: the same frames, and two of its own (80 % of the upload's match).
+        let banked: Vec<String> = frames.iter().take(8).chain([pdq(900), pdq(901)].iter()).enumerate().map(|(t, h)| item(h, t)).collect();
+        let text = serde_json::to_string(&banked).unwrap();
+        let digest = hex::encode(crate::bank::video::VideoEntry::parse(&text).unwrap().digest);
+        let value = serde_json::to_vec(&BankEntryRecord {
+            schema: BANK_ENTRY_SCHEMA.into(),
+            bank: "ncii".into(),
+            signal: "vpdq".into(),
+            hash: digest.clone(),
+            entry: "v-1".into(),
+            source: "test".into(),
+            added_at: "2026-11-29T00:00:00Z".into(),
+            tags: vec![],
+            vpdq: Some(banked),
+        })
+        .unwrap();
+        let changes = banks.send(format!("ncii/vpdq/{digest}"), Some(value));
+        assert!(changes[0].video_frames.as_ref().is_some_and(|f| f.len() == 10));
+        let out = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(out.len(), 1, "only the video: {out:?}");
+        let v = &out[0];
+        assert_eq!((v.media_id.as_str(), v.action), ("m-video", Action::Block));
+        assert!(
+            v.reasons.iter().any(|r| matches!(r, Reason::HashMatch { signal, query_match_pct: Some(q), .. } if signal == "vpdq" && *q == 80.0)),
+            "{v:?}"
+        );
+        // A photo banked later, shown at second 3 of the video.
+        let changes = banks.put("ncii", Signal::Pdq, &frames[3].to_string(), "p-1");
+        let out = redecide_all(&mut history, &banks, &changes);
+        let video = out.iter().find(|v| v.media_id == "m-video").expect("the video is re-decided");
+        assert!(video.reasons.iter().any(|r| matches!(r, Reason::HashMatch { entry, at: Some(at), .. } if entry == "p-1" && *at == 3.0)), "{video:?}");
+        // The vPDQ entry withdrawn: its match goes, the frame's PDQ match still blocks.
+        let changes = banks.send(format!("ncii/vpdq/{digest}"), None);
+        let out = redecide_all(&mut history, &banks, &changes);
+        let video = out.iter().find(|v| v.media_id == "m-video").expect("re-decided");
+        assert!(!video.reasons.iter().any(|r| matches!(r, Reason::HashMatch { signal, .. } if signal == "vpdq")), "{video:?}");
+        assert_eq!(video.action, Action::Block);
     }
 
     /// Upload first, hash later: exactly the uploads the new entry reaches are re-decided (exact
@@ -878,7 +1006,7 @@ mod tests {
         assert_eq!(history.len(), 5);
         // Freed slots are reused and forgotten hashes are not found.
         let banks = Banks::new(&["ncii"]);
-        let change = BankChange { bank: "ncii".into(), hash: ParsedHash::Pdq(pdq(0)), applied: Applied::Added, old_entry: None };
+        let change = BankChange { bank: "ncii".into(), hash: ParsedHash::Pdq(pdq(0)), applied: Applied::Added, old_entry: None, video_frames: None };
         assert!(history.candidates(&change, &settings("ncii")).is_empty());
         history.take(verdict("c", &md5(77), Some(pdq(0))), 0, 300, 9_999).unwrap();
         assert_eq!(history.candidates(&change, &settings("ncii")).len(), 1);

@@ -17,8 +17,8 @@ use crate::bank::flood::FloodWatch;
 use crate::bank::{BankMatch, BankSet, PdqSignal, Signal};
 use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
-use crate::event::{Action, Signals, UploadEvent, Verdict, VideoSignals, VERDICT_SCHEMA};
-use crate::hash::vpdq::VpdqFeature;
+use crate::event::{Action, Signals, UploadEvent, Verdict, VideoSignals, MAX_VPDQ_IN_VERDICT, VERDICT_SCHEMA};
+use crate::hash::vpdq::{self, VpdqFeature};
 use crate::hash::{exact, pdq};
 use crate::live_policy::LivePolicy;
 use crate::media::decode::{self, DecodeLimits, Image};
@@ -125,7 +125,7 @@ impl Screen {
         let cache = (settings.cache.max_entries > 0)
             .then(|| Arc::new(ScreenCache::new(settings.cache.max_entries, settings.cache.max_bytes, metrics.clone())));
         Ok(Self {
-            fetcher: MediaFetcher::with_max_bytes(&settings.media, settings.media.max_bytes.max(settings.video.max_bytes))?,
+            fetcher: MediaFetcher::with_video_max_bytes(&settings.media, settings.video.max_bytes)?,
             policy: Arc::new(LivePolicy::new(settings.policy.clone())),
             settings,
             banks,
@@ -167,19 +167,6 @@ impl Screen {
         let fetched = self.fetcher.fetch(&event.media).await;
         self.metrics.observe_stage("fetch", started.elapsed().as_secs_f64());
         match fetched {
-            // Only videos may be as large as `video.max_bytes`.
-            Ok(bytes) if bytes.len() > self.settings.media.max_bytes && video::sniff(&bytes).is_none() => {
-                let detail = format!(
-                    "{} bytes, over media.max_bytes ({}) for media that is not a video",
-                    bytes.len(),
-                    self.settings.media.max_bytes
-                );
-                let findings = Findings {
-                    media_error: Some(MediaErrorFinding { kind: "too_large".into(), detail }),
-                    ..Default::default()
-                };
-                self.finish(event, findings, Signals::default(), received)
-            }
             Ok(bytes) => self.screen_bytes(event, bytes, received).await,
             Err(e) => {
                 let findings = Findings {
@@ -227,7 +214,11 @@ impl Screen {
         } else if !learned.is_image {
             self.metrics.classifier_skipped.with_label_values(&["not_image"]).inc();
         }
-        let mut verdict = self.finish(event, findings, learned.signals.clone(), received);
+        let mut signals = learned.signals.clone();
+        if learned.is_video && !learned.vpdq.is_empty() {
+            signals.vpdq = Some(verdict_features(&learned.vpdq));
+        }
+        let mut verdict = self.finish(event, findings, signals, received);
         verdict.banks_version = banks.version;
         verdict
     }
@@ -811,6 +802,19 @@ fn hash_video_frame(frame: video::Frame, work: FrameWork, preprocess: bool) -> H
     });
     let input = preprocess.then(|| preprocess::preprocess(&frame.image));
     HashedFrame { feature, pdq, input }
+}
+
+/// A video's features as its verdict carries them: exact duplicates left out (the matcher drops
+/// them first), at most `MAX_VPDQ_IN_VERDICT`, spread evenly.
+fn verdict_features(features: &[VpdqFeature]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Spread::new(MAX_VPDQ_IN_VERDICT);
+    for (i, f) in features.iter().filter(|f| seen.insert(f.hash)).enumerate() {
+        if kept.wants(i) {
+            kept.keep(i, vpdq::signal_item(f));
+        }
+    }
+    kept.into_kept().into_iter().map(|(_, item)| item).collect()
 }
 
 /// A frame's timestamp as reasons give it: milliseconds (vpdq's are float32 quotients).

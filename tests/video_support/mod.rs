@@ -49,15 +49,20 @@ pub fn reference_lines(python: &Path, file: &Path, seconds_per_hash: f64) -> Vec
     const SCRIPT: &str = "import sys, vpdq\n\
         for f in vpdq.computeHash(sys.argv[1], seconds_per_hash=float(sys.argv[2])):\n\
         \x20   print(f'{f.frame_number},{f.quality},{f.hex},{f.timestamp:.3f}')\n";
+    run_reference(python, SCRIPT, file, seconds_per_hash).lines().map(str::to_string).collect()
+}
+
+/// Runs `script` on the reference binding with `file` and `seconds_per_hash` as its arguments.
+fn run_reference(python: &Path, script: &str, file: &Path, seconds_per_hash: f64) -> String {
     let out = Command::new(python)
-        .args(["-c", SCRIPT])
+        .args(["-c", script])
         .arg(file)
         .arg(seconds_per_hash.to_string())
         .stdin(Stdio::null())
         .output()
         .expect("run the vpdq reference");
     assert!(out.status.success(), "vpdq on {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `perisai hash --video` lines for `file`.
@@ -80,13 +85,5 @@ pub fn reference_signal_string(python: &Path, file: &Path, seconds_per_hash: f64
     const SCRIPT: &str = "import sys, json, vpdq\n\
         fs = vpdq.computeHash(sys.argv[1], seconds_per_hash=float(sys.argv[2]))\n\
         print(json.dumps([f'{f.hex},{f.quality},{f.timestamp:.3}' for f in fs]))\n";
-    let out = Command::new(python)
-        .args(["-c", SCRIPT])
-        .arg(file)
-        .arg(seconds_per_hash.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the vpdq reference");
-    assert!(out.status.success(), "vpdq on {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    run_reference(python, SCRIPT, file, seconds_per_hash).trim().to_string()
 }
