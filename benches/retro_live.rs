@@ -414,7 +414,7 @@ fn memory(args: &[String]) {
         let mut times = Vec::new();
         let mut found = 0;
         for _ in 0..queries {
-            let change = BankChange { bank: "ncii".into(), hash: make(&mut rng), applied: Applied::Added, old_entry: None };
+            let change = BankChange { bank: "ncii".into(), hash: make(&mut rng), applied: Applied::Added, old_entry: None, video_frames: None };
             let t = Instant::now();
             found += history.candidates(&change, &bank).len();
             times.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -1,17 +1,19 @@
-//! Perisai screens uploaded images in real time: known abuse material is blocked by hash banks
-//! (exact MD5/SHA-256 and PDQ perceptual hashes), unknown but likely harmful images are routed
-//! to human review by an ONNX classifier. Workers read upload events from Kafka and write one
-//! verdict per event.
+//! Perisai screens uploaded images and videos in real time: known abuse material is blocked by
+//! hash banks (exact MD5/SHA-256, PDQ perceptual hashes, Meta's vPDQ for video), unknown but
+//! likely harmful media is routed to human review by an ONNX classifier. Workers read upload
+//! events from Kafka and write one verdict per event.
 //!
 //! # Layout
 //!
 //! - [`config`]: settings, defaults, environment overrides, validation.
 //! - [`event`]: wire types (upload events, verdicts, reasons). Plain data.
-//! - [`media`]: getting media bytes (inline, path, guarded URL fetch) and decoding them under limits.
-//! - [`hash`]: exact hashes and PDQ. Knows no banks.
+//! - [`media`]: getting media bytes (inline, path, guarded URL fetch) and decoding them under limits;
+//!   videos through the `perisai-video` helper process (`video-helper/`, the only code that links
+//!   FFmpeg), which `media::video` starts, confines and reads.
+//! - [`hash`]: exact hashes, PDQ, and vPDQ's frame features and signal strings. Knows no banks.
 //! - [`bank`]: hash banks, their file and import formats, the bank topic's records (entries and
-//!   quarantine/release statuses), the PDQ index, the live bank set every screening thread
-//!   shares, and flood detection.
+//!   quarantine/release statuses), the PDQ index, vPDQ entries and their frame index (`video`),
+//!   the live bank set every screening thread shares, and flood detection.
 //! - [`classify`]: the classifier trait, ONNX model, preprocessing, micro-batching.
 //! - [`policy`]: the pure decision from signals to a verdict.
 //! - [`live_policy`]: the policy in force, reloaded on SIGHUP or when the config file changes.
