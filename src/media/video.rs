@@ -337,9 +337,24 @@ fn spawn(bytes: &[u8], limits: &VideoLimits) -> std::io::Result<tokio::process::
     command.spawn()
 }
 
-/// The helper's resource limits, set in the child before exec.
+/// The helper's resource limits, set in the child before exec, and nothing open in it but its
+/// standard streams: descriptors the worker inherited without close-on-exec (from whatever
+/// started it) would otherwise reach the helper, and fill its few allowed files.
 fn confine(memory: u64, cpu_seconds: u64) -> std::io::Result<()> {
     use rustix::process::{setrlimit, Resource, Rlimit};
+    // Marked close-on-exec rather than closed: the spawning code still reports a failed exec
+    // through a pipe of its own until then.
+    // SAFETY: close_range and fcntl are async-signal-safe; the standard streams (0-2) are set up
+    // before this runs and stay.
+    unsafe {
+        const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+            // Kernels before 5.11: one by one, up to the descriptor limit in force.
+            for fd in 3..1024 {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
     let limit = |resource, soft: u64, hard: u64| {
         setrlimit(resource, Rlimit { current: Some(soft), maximum: Some(hard) }).map_err(std::io::Error::from)
     };
