@@ -203,7 +203,15 @@ fn open(path: &str, options: ffmpeg::Dictionary, limits: &Limits) -> Result<ffmp
         if opened < 0 {
             return Err(refused(opened));
         }
-        let streams = std::slice::from_raw_parts((*context).streams, (*context).nb_streams as usize);
+        // A file with no stream at all has a null array (a slice of it would be undefined).
+        let streams: &[*mut ffi::AVStream] = match (*context).nb_streams {
+            0 => &[],
+            n if (*context).streams.is_null() => {
+                ffi::avformat_close_input(&mut context);
+                return Err(Failure::new("decode", format!("the container lists {n} streams and none")));
+            }
+            n => std::slice::from_raw_parts((*context).streams, n as usize),
+        };
         for &stream in streams {
             let parameters = (*stream).codecpar;
             if (*parameters).codec_type != ffi::AVMediaType::AVMEDIA_TYPE_VIDEO {
