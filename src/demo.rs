@@ -27,12 +27,11 @@ use crate::bank::{load_bank_bytes, BankSet, Signal};
 use crate::kafka::bank_feed::{self, BankFeed};
 use crate::config::{BandOverride, BankSettings, OnBadRow, Settings};
 use crate::event::{Action, Reason, Verdict, UPLOAD_SCHEMA};
-use crate::hash::vpdq::{self, VpdqFeature};
+use crate::hash::vpdq;
 use crate::hash::{exact, pdq};
 use crate::kafka::embedded::{EmbeddedBroker, MOCK_CONSUMER_OPTIONS};
 use crate::kafka::replica::Replica;
 use crate::media::decode::{self, DecodeLimits};
-use crate::media::video::VideoRun;
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::pipeline::Worker;
 use crate::replay;
@@ -258,12 +257,8 @@ fn replay_under_stricter_policy(settings: &Settings, verdicts: Vec<Verdict>) -> 
 /// The demo's banks, built from the sample media and loaded through the ordinary CSV loader.
 /// A clip's vPDQ signal string, hashed by the helper as the worker would.
 async fn vpdq_of(settings: &Settings, bytes: &[u8]) -> Result<String, DemoError> {
-    let mut run = VideoRun::start(bytes, &settings.video.limits());
-    let mut features = Vec::new();
-    while let Some(frame) = run.next_frame().await {
-        features.push(VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image));
-    }
-    match run.finish().await.error {
+    let (features, error) = vpdq::hash_video(bytes, &settings.video.limits()).await;
+    match error {
         None => Ok(vpdq::to_signal_string(&features)),
         Some(e) => Err(DemoError::Bank(format!(
             "hashing the demo clip: {e} (`make demo` builds the perisai-video helper beside perisai: cargo build --release --workspace --bins)"

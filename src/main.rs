@@ -16,9 +16,8 @@ use perisai::bank::{BankSet, Signal};
 use perisai::config::Settings;
 use perisai::event::UploadEvent;
 use perisai::hash::pdq;
-use perisai::hash::vpdq::VpdqFeature;
+use perisai::hash::vpdq;
 use perisai::media::decode::{self, DecodeLimits};
-use perisai::media::video;
 use perisai::metrics::{Metrics, MetricsServer, Readiness};
 use perisai::pipeline::Worker;
 use perisai::replay;
@@ -592,16 +591,12 @@ fn hash_video(config: Option<PathBuf>, seconds_per_hash: f64, files: &[PathBuf])
     limits.seconds_per_hash = seconds_per_hash;
     // Two threads: one reads the helper's frames while the other hashes.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    let decoded = runtime.block_on(async {
-        let mut run = video::VideoRun::start(&bytes, &limits);
-        let mut out = std::io::stdout().lock();
-        while let Some(frame) = run.next_frame().await {
-            let line = VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image).line();
-            let _ = writeln!(out, "{line}");
-        }
-        run.finish().await
-    });
-    match decoded.error {
+    let (features, error) = runtime.block_on(vpdq::hash_video(&bytes, &limits));
+    let mut out = std::io::stdout().lock();
+    for feature in &features {
+        let _ = writeln!(out, "{}", feature.line());
+    }
+    match error {
         None => ExitCode::SUCCESS,
         Some(e) => {
             eprintln!("perisai: {}: {} ({})", file.display(), e, e.kind());

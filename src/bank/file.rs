@@ -66,7 +66,10 @@ pub fn load_bank_bytes(settings: &BankSettings, bytes: &[u8]) -> Result<(Bank, L
     for (line, signal, hash, entry) in good {
         let row_error = |problem| BankFileError::Row { bank: name.clone(), file: file.clone(), line, problem };
         let video = if signal == Signal::Vpdq { Some(VideoEntry::parse(&hash).map_err(row_error)?) } else { None };
-        let hash = parse_hash(signal, &hash).map_err(row_error)?;
+        let hash = match &video {
+            Some(video) => ParsedHash::Vpdq(video.digest),
+            None => parse_hash(signal, &hash).map_err(row_error)?,
+        };
         match bank.upsert(&hash, &entry, video.as_ref()) {
             Err(full) => return Err(BankFileError::Row { bank: name, file, line, problem: full.to_string() }),
             // A hash listed twice keeps its last row's entry id: one entry per hash and bank.

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::pdq::{self, Convention, PdqHash};
 use crate::media::decode::Image;
+use crate::media::video::{VideoError, VideoLimits, VideoRun};
 
 /// One sampled frame's hash.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +30,19 @@ impl VpdqFeature {
     pub fn line(&self) -> String {
         format!("{},{},{},{:.3}", self.frame, self.quality, self.hash, self.timestamp)
     }
+}
+
+/// A whole video's features, decoded by the helper under `limits`: every sampled frame hashed
+/// on this task as it arrives, and the error that cut decoding short, if any (the features hashed
+/// before it are returned too). For one-off hashing (`perisai hash --video`, the demo's bank);
+/// the screen hashes frames on its CPU pool instead.
+pub async fn hash_video(bytes: &[u8], limits: &VideoLimits) -> (Vec<VpdqFeature>, Option<VideoError>) {
+    let mut run = VideoRun::start(bytes, limits);
+    let mut features = Vec::new();
+    while let Some(frame) = run.next_frame().await {
+        features.push(VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image));
+    }
+    (features, run.finish().await.error)
 }
 
 /// python-threatexchange's `vpdq` signal string: a JSON list of `"PDQ_HEX,QUALITY,TIMESTAMP"`.
