@@ -16,6 +16,13 @@
 //!   20 KB–625 KB), each event a distinct file (a comment segment naming the event), with PDQ and
 //!   the classifier on (`make setup`) and `--pdq-bank` random PDQ hashes (default 1,000,000) in
 //!   the review bank: the whole screen through Kafka, beside `benches/whole_screen.rs`.
+//! - `video` (not in the default set): `video/mp4` **path media**, `--video-size` (1280x720) by
+//!   `--video-seconds` (30) H.264 clips made with the ffmpeg command (`testsrc2` with temporal
+//!   noise at 30 fps, CRF 23, as `scripts/bench-video` makes them), each event a distinct file (the
+//!   same stream remuxed with a comment naming the event). The whole screen as for `photo`, plus
+//!   `--vpdq-bank` random 30-frame vPDQ videos (default 1,000) in the review bank. The worker's
+//!   CPU includes its reaped helper processes; the helpers' peak RSS is sampled while they run.
+//!   Needs the helper built beside the worker (`make build`).
 //!
 //! For each run it also reads, from /proc, the worker's CPU time split by thread (librdkafka's
 //! `rdk:*` threads vs the rest) and its peak RSS (VmHWM), and the
@@ -31,6 +38,7 @@
 //! cargo bench --bench pipeline -- [--events 100000] [--media png,octet] [--in-flight 256,1024]
 //!                                 [--runs 3] [--image-side 57] [--jpeg-side 192] [--keep-topics]
 //!                                 [--delivery at_least_once,exactly_once] [--pdq-bank 1000000]
+//!                                 [--video-size 1280x720] [--video-seconds 30] [--vpdq-bank 1000]
 //! ```
 //! `PERISAI_BENCH_EXTRA_TOML` is appended to every run's configuration (tables such as
 //! `[kafka.consumer]`, to try a librdkafka option).
@@ -74,6 +82,7 @@ enum MediaKind {
     Octet,
     Jpeg,
     Photo,
+    Video,
 }
 
 impl MediaKind {
@@ -83,6 +92,7 @@ impl MediaKind {
             MediaKind::Octet => "octet",
             MediaKind::Jpeg => "jpeg",
             MediaKind::Photo => "photo",
+            MediaKind::Video => "video",
         }
     }
     fn content_type(self) -> &'static str {
@@ -90,7 +100,12 @@ impl MediaKind {
             MediaKind::Png => "image/png",
             MediaKind::Octet => "application/octet-stream",
             MediaKind::Jpeg | MediaKind::Photo => "image/jpeg",
+            MediaKind::Video => "video/mp4",
         }
+    }
+    /// The whole screen (PDQ against a large bank, the classifier), not exact matching only.
+    fn whole_screen(self) -> bool {
+        matches!(self, MediaKind::Photo | MediaKind::Video)
     }
 }
 
@@ -102,6 +117,9 @@ struct Options {
     image_side: u32,
     jpeg_side: u32,
     pdq_bank: usize,
+    video_size: String,
+    video_seconds: u32,
+    vpdq_bank: usize,
     keep_topics: bool,
     delivery: Vec<&'static str>,
 }
@@ -115,6 +133,9 @@ fn parse_args() -> Options {
         image_side: 57,
         jpeg_side: 192,
         pdq_bank: 1_000_000,
+        video_size: "1280x720".into(),
+        video_seconds: 30,
+        vpdq_bank: 1000,
         keep_topics: false,
         delivery: vec!["at_least_once"],
     };
@@ -127,6 +148,9 @@ fn parse_args() -> Options {
             "--image-side" => o.image_side = value().parse().unwrap_or_else(|_| die("--image-side: a number")),
             "--jpeg-side" => o.jpeg_side = value().parse().unwrap_or_else(|_| die("--jpeg-side: a number")),
             "--pdq-bank" => o.pdq_bank = value().parse().unwrap_or_else(|_| die("--pdq-bank: a number")),
+            "--vpdq-bank" => o.vpdq_bank = value().parse().unwrap_or_else(|_| die("--vpdq-bank: a number")),
+            "--video-seconds" => o.video_seconds = value().parse().unwrap_or_else(|_| die("--video-seconds: a number")),
+            "--video-size" => o.video_size = value(),
             "--in-flight" => {
                 o.in_flight = value()
                     .split(',')
@@ -141,7 +165,8 @@ fn parse_args() -> Options {
                         "octet" => MediaKind::Octet,
                         "jpeg" => MediaKind::Jpeg,
                         "photo" => MediaKind::Photo,
-                        _ => die("--media: png, octet, jpeg and/or photo"),
+                        "video" => MediaKind::Video,
+                        _ => die("--media: png, octet, jpeg, photo and/or video"),
                     })
                     .collect()
             }
@@ -249,10 +274,64 @@ fn distinct_photo(i: u32) -> Vec<u8> {
     photos::with_comment(&photos[i as usize % photos.len()], &format!("event {i}"))
 }
 
+/// The `video` kind's files: the path-media root the worker reads, and the one encoded clip
+/// every event's file is remuxed from.
+struct Videos {
+    root: tempfile::TempDir,
+    clip: std::path::PathBuf,
+    seconds: f64,
+}
+
+static VIDEOS: std::sync::OnceLock<Videos> = std::sync::OnceLock::new();
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| die(&format!("the ffmpeg command is needed for --media video: {e}")));
+    if !out.status.success() {
+        die(&format!("ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+}
+
+/// Encodes the clip once: noise on every frame, so the decoder has real work on each.
+fn prepare_videos(size: &str, seconds: u32) -> &'static Videos {
+    VIDEOS.get_or_init(|| {
+        let root = tempfile::tempdir().expect("temp dir");
+        let clip = root.path().join("clip.mp4");
+        let started = Instant::now();
+        ffmpeg(&[
+            "-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=30,noise=alls=12:allf=t+u"),
+            "-t", &seconds.to_string(), "-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p",
+            clip.to_str().expect("UTF-8 temp path"),
+        ]);
+        println!("encoded a {size} {seconds} s clip in {:.1} s", started.elapsed().as_secs_f64());
+        Videos { root, clip, seconds: f64::from(seconds) }
+    })
+}
+
+/// Event `i`'s video: the clip remuxed (no re-encode) with a comment naming the event, so each
+/// event is a distinct file with the same frames.
+fn distinct_video(i: u32) -> Vec<u8> {
+    let videos = VIDEOS.get().expect("prepare_videos first");
+    let file = videos.root.path().join(video_name(i));
+    ffmpeg(&[
+        "-i", videos.clip.to_str().expect("UTF-8"), "-c", "copy", "-metadata", &format!("comment=event {i}"),
+        file.to_str().expect("UTF-8"),
+    ]);
+    std::fs::read(&file).expect("read remuxed clip")
+}
+
+fn video_name(i: u32) -> String {
+    format!("v-{i}.mp4")
+}
+
 fn media_bytes(kind: MediaKind, i: u32, side: u32, jpeg_side: u32) -> Vec<u8> {
     match kind {
         MediaKind::Jpeg => return photo_jpeg(i, jpeg_side),
         MediaKind::Photo => return distinct_photo(i),
+        MediaKind::Video => return distinct_video(i),
         MediaKind::Png | MediaKind::Octet => {}
     }
     let mut bytes = noise_png(i, side);
@@ -267,7 +346,11 @@ fn event_json(i: u32, kind: MediaKind, media: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "schema": "perisai.upload/v1", "event_id": format!("e-{i}"), "media_id": format!("m-{i}"),
         "tenant": "bench", "surface": "post", "content_type": kind.content_type(),
-        "media": {"inline": base64::engine::general_purpose::STANDARD.encode(media)},
+        "media": if kind == MediaKind::Video {
+            serde_json::json!({"path": video_name(i)})
+        } else {
+            serde_json::json!({"inline": base64::engine::general_purpose::STANDARD.encode(media)})
+        },
         "attributes": {"bench": true}
     }))
     .expect("event JSON")
@@ -382,8 +465,8 @@ async fn produce_input(brokers: &str, topic: &str, kind: MediaKind, events: u32,
 }
 
 /// Block bank: filler md5s plus the md5 hits; review bank: filler sha256s plus the sha256 hits,
-/// and `pdq` random PDQ hashes.
-fn write_banks(dir: &Path, hits: &Hits, pdq: usize) -> String {
+/// `pdq` random PDQ hashes and `vpdq` random 30-frame vPDQ videos.
+fn write_banks(dir: &Path, hits: &Hits, pdq: usize, vpdq: usize) -> String {
     let filler = |i: usize| exact_hashes(format!("bank-filler-{i}").as_bytes());
     let mut block = String::from("signal,hash,entry\n");
     let mut review = String::from("signal,hash,entry\n");
@@ -399,15 +482,23 @@ fn write_banks(dir: &Path, hits: &Hits, pdq: usize) -> String {
         review.push_str(&format!("sha256,{h},hit-{i}\n"));
     }
     let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    for i in 0..pdq {
-        review.push_str("pdq,");
+    let mut random_pdq = || {
+        let mut hex = String::with_capacity(64);
         for _ in 0..4 {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            review.push_str(&format!("{state:016x}"));
+            hex.push_str(&format!("{state:016x}"));
         }
-        review.push_str(&format!(",pdq-filler-{i}\n"));
+        hex
+    };
+    for i in 0..pdq {
+        review.push_str(&format!("pdq,{},pdq-filler-{i}\n", random_pdq()));
+    }
+    for i in 0..vpdq {
+        // python-threatexchange's signal string, a JSON list, quoted as one CSV field.
+        let frames: Vec<String> = (0..30).map(|t| format!("\"\"{},100,{t}.000\"\"", random_pdq())).collect();
+        review.push_str(&format!("vpdq,\"[{}]\",vpdq-filler-{i}\n", frames.join(",")));
     }
     std::fs::write(dir.join("block.csv"), block).expect("write bank");
     std::fs::write(dir.join("review.csv"), review).expect("write bank");
@@ -427,6 +518,8 @@ struct ProcSample {
     threads: Vec<(String, f64)>,
     /// Whole process, exited threads included.
     cpu: f64,
+    /// Its children that exited and were reaped (the video helpers).
+    children_cpu: f64,
     hwm_kib: u64,
 }
 
@@ -444,7 +537,9 @@ fn stat_cpu(text: &str) -> Option<(String, u64)> {
 
 fn proc_sample(pid: u32, ticks: f64) -> Option<ProcSample> {
     let base = format!("/proc/{pid}");
-    let (_, total) = stat_cpu(&std::fs::read_to_string(format!("{base}/stat")).ok()?)?;
+    let stat = std::fs::read_to_string(format!("{base}/stat")).ok()?;
+    let (_, total) = stat_cpu(&stat)?;
+    let children = stat_children_cpu(&stat)?;
     let mut threads = Vec::new();
     for entry in std::fs::read_dir(format!("{base}/task")).ok()?.flatten() {
         if let Some((name, t)) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|s| stat_cpu(&s)) {
@@ -457,7 +552,32 @@ fn proc_sample(pid: u32, ticks: f64) -> Option<ProcSample> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    Some(ProcSample { threads, cpu: total as f64 / ticks, hwm_kib })
+    Some(ProcSample { threads, cpu: total as f64 / ticks, children_cpu: children as f64 / ticks, hwm_kib })
+}
+
+/// cutime + cstime in ticks: the CPU of reaped children, from a /proc stat line.
+fn stat_children_cpu(text: &str) -> Option<u64> {
+    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
+    Some(fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?)
+}
+
+/// The largest VmHWM among `pid`'s live children (any thread's), in KiB: the video helpers.
+fn children_peak_kib(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let mut peak = 0;
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(hwm);
+        }
+    }
+    peak
 }
 
 fn cpu_seconds_of(pid: u32, ticks: f64) -> Option<f64> {
@@ -482,6 +602,9 @@ async fn scrape(port: u16) -> BTreeMap<String, f64> {
         let Ok(value) = value.parse::<f64>() else { continue };
         if let Some(rest) = name.strip_prefix("perisai_stage_duration_seconds_sum{stage=\"") {
             out.insert(rest.trim_end_matches("\"}").to_string(), value);
+        } else if name == "perisai_video_decode_seconds_sum" {
+            // Videos are decoded (and hashed frame by frame) outside the decode stage.
+            out.insert("video".into(), value);
         } else if name == "perisai_event_duration_seconds_sum" {
             out.insert("event_total".into(), value);
         }
@@ -577,6 +700,9 @@ struct RunResult {
     p99: f64,
     rss_mib: f64,
     cpu: f64,
+    /// The video helpers' CPU (reaped children) and their largest sampled peak RSS.
+    helper_cpu: f64,
+    helper_rss_mib: f64,
     rdkafka_cpu: f64,
     broker_cpu: Option<f64>,
     actions: BTreeMap<String, usize>,
@@ -607,7 +733,7 @@ async fn run_once(
     events: u32,
     in_flight: usize,
     delivery: &'static str,
-    pdq_bank: usize,
+    banks: (usize, usize),
     ticks: f64,
 ) -> RunResult {
     let base = format!("{}.{}-{in_flight}-{}", input.topic, input.kind.name(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000);
@@ -616,9 +742,20 @@ async fn run_once(
     create_topics(brokers, &[(&verdict_topic, PARTITIONS), (&dlq_topic, 1)]).await;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    // Photos get the whole screen: PDQ against a large bank, and the classifier.
-    let photo = input.kind == MediaKind::Photo;
-    let banks = write_banks(dir.path(), &input.hits, if photo { pdq_bank } else { 0 });
+    // Photos and videos get the whole screen: PDQ against a large bank, and the classifier.
+    let whole = input.kind.whole_screen();
+    let (pdq_bank, vpdq_bank) = banks;
+    let banks = write_banks(
+        dir.path(),
+        &input.hits,
+        if whole { pdq_bank } else { 0 },
+        if input.kind == MediaKind::Video { vpdq_bank } else { 0 },
+    );
+    let media = VIDEOS
+        .get()
+        .filter(|_| input.kind == MediaKind::Video)
+        .map(|v| format!("[media]\npath_root = \"{}\"\n\n", v.root.path().display()))
+        .unwrap_or_default();
     let port = free_port();
     let config = dir.path().join("perisai.toml");
     std::fs::write(
@@ -627,8 +764,8 @@ async fn run_once(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{base}.group\"\ninput_topic = \"{input_topic}\"\n\
              verdict_topic = \"{verdict_topic}\"\ndlq_topic = \"{dlq_topic}\"\nbanks_topic = \"\"\n\
              delivery = \"{delivery}\"\n\n\
-             [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = {photo}\n\n[classifier]\nenabled = {photo}\n\n\
-             [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{banks}\n{extra}",
+             [worker]\nmax_in_flight = {in_flight}\n\n[pdq]\nenabled = {whole}\n\n[classifier]\nenabled = {whole}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[log]\nlevel = \"warn\"\n\n{media}{banks}\n{extra}",
             input_topic = input.topic,
             extra = std::env::var("PERISAI_BENCH_EXTRA_TOML").unwrap_or_default(),
         ),
@@ -649,6 +786,7 @@ async fn run_once(
     let mut worker = spawn_worker(&config, &log);
     let pid = worker.id();
     let mut first: Option<(Instant, i64)> = None;
+    let mut helper_peak_kib = 0;
     let deadline = started + Duration::from_secs(1800);
     loop {
         let done = if delivery == "exactly_once" {
@@ -656,6 +794,7 @@ async fn run_once(
         } else {
             high_watermarks(&watcher, &verdict_topic, PARTITIONS)
         };
+        helper_peak_kib = helper_peak_kib.max(children_peak_kib(pid));
         if done > 0 && first.is_none() {
             first = Some((Instant::now(), done));
         }
@@ -721,6 +860,8 @@ async fn run_once(
         p99: percentile(&verdicts.latency_ms, 0.99),
         rss_mib: sample.hwm_kib as f64 / 1024.0,
         cpu: sample.cpu,
+        helper_cpu: sample.children_cpu,
+        helper_rss_mib: helper_peak_kib as f64 / 1024.0,
         rdkafka_cpu,
         broker_cpu,
         duplicates: verdicts.count - verdicts.distinct,
@@ -764,6 +905,20 @@ fn print_run(r: &RunResult, events: u32) {
         r.broker_cpu.map(|c| format!("; broker CPU {c:.1} s")).unwrap_or_default(),
         r.load
     );
+    if let Some(videos) = VIDEOS.get().filter(|_| r.kind == MediaKind::Video) {
+        let video_seconds = f64::from(events) * videos.seconds;
+        println!(
+            "  video: {:.2} videos/s, {:.1} video s per wall s; CPU per video second: worker {:.3} s + helpers {:.3} s = {:.3} s; \
+             helper peak RSS {:.0} MiB (sampled); video decode and hash {:.2} s per video",
+            r.events_per_s,
+            video_seconds / r.wall,
+            r.cpu / video_seconds,
+            r.helper_cpu / video_seconds,
+            (r.cpu + r.helper_cpu) / video_seconds,
+            r.helper_rss_mib,
+            r.stages.get("video").copied().unwrap_or(0.0) / f64::from(events)
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -780,6 +935,9 @@ async fn main() {
     let prefix = format!("bench-pipeline-{}-{stamp}", std::process::id());
     let mut inputs = Vec::new();
     for &kind in &opts.media {
+        if kind == MediaKind::Video {
+            prepare_videos(&opts.video_size, opts.video_seconds);
+        }
         let topic = format!("{prefix}.{}.uploads", kind.name());
         create_topics(&brokers, &[(&topic, PARTITIONS)]).await;
         inputs.push(produce_input(&brokers, &topic, kind, opts.events, opts.image_side, opts.jpeg_side).await);
@@ -791,7 +949,7 @@ async fn main() {
         for input in &inputs {
             for &in_flight in &opts.in_flight {
                 for &delivery in &opts.delivery {
-                    let r = run_once(&brokers, input, opts.events, in_flight, delivery, opts.pdq_bank, ticks).await;
+                    let r = run_once(&brokers, input, opts.events, in_flight, delivery, (opts.pdq_bank, opts.vpdq_bank), ticks).await;
                     print_run(&r, opts.events);
                     results.push(r);
                 }
@@ -844,6 +1002,28 @@ async fn main() {
                     us(med(&|r| r.rdkafka_cpu)),
                     us(med(&|r| r.cpu - r.rdkafka_cpu)),
                     us(med(&|r| r.stages.get("decode").copied().unwrap_or(0.0))),
+                );
+            }
+        }
+    }
+    if let Some(videos) = VIDEOS.get() {
+        println!("\nVideo medians ({} s clips, path media, worker CPU includes its helpers):", videos.seconds);
+        println!("| max_in_flight | delivery | videos/s | video s per wall s | CPU s per video s (worker + helpers) | helpers' share | worker peak RSS MiB | helper peak RSS MiB |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for &in_flight in &opts.in_flight {
+            for &delivery in &opts.delivery {
+                let rs: Vec<&RunResult> =
+                    results.iter().filter(|r| r.kind == MediaKind::Video && r.in_flight == in_flight && r.delivery == delivery).collect();
+                let med = |f: &dyn Fn(&RunResult) -> f64| median(&mut rs.iter().map(|r| f(r)).collect::<Vec<_>>());
+                let video_seconds = f64::from(opts.events) * videos.seconds;
+                println!(
+                    "| {in_flight} | {delivery} | {:.2} | {:.1} | {:.3} | {:.0} % | {:.0} | {:.0} |",
+                    med(&|r| r.events_per_s),
+                    med(&|r| video_seconds / r.wall),
+                    med(&|r| (r.cpu + r.helper_cpu) / video_seconds),
+                    med(&|r| 100.0 * r.helper_cpu / (r.cpu + r.helper_cpu)),
+                    med(&|r| r.rss_mib),
+                    med(&|r| r.helper_rss_mib),
                 );
             }
         }
