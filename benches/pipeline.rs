@@ -1008,8 +1008,8 @@ async fn main() {
     }
     if let Some(videos) = VIDEOS.get() {
         println!("\nVideo medians ({} s clips, path media, worker CPU includes its helpers):", videos.seconds);
-        println!("| max_in_flight | delivery | videos/s | video s per wall s | CPU s per video s (worker + helpers) | helpers' share | worker peak RSS MiB | helper peak RSS MiB |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!("| max_in_flight | delivery | videos/s (from spawn) | videos/s (first→last verdict) | video s per wall s | CPU s per video s (worker + helpers) | helpers' share | worker peak RSS MiB | helper peak RSS MiB |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for &in_flight in &opts.in_flight {
             for &delivery in &opts.delivery {
                 let rs: Vec<&RunResult> =
@@ -1017,8 +1017,9 @@ async fn main() {
                 let med = |f: &dyn Fn(&RunResult) -> f64| median(&mut rs.iter().map(|r| f(r)).collect::<Vec<_>>());
                 let video_seconds = f64::from(opts.events) * videos.seconds;
                 println!(
-                    "| {in_flight} | {delivery} | {:.2} | {:.1} | {:.3} | {:.0} % | {:.0} | {:.0} |",
+                    "| {in_flight} | {delivery} | {:.2} | {:.2} | {:.1} | {:.3} | {:.0} % | {:.0} | {:.0} |",
                     med(&|r| r.events_per_s),
+                    med(&|r| r.steady_per_s),
                     med(&|r| video_seconds / r.wall),
                     med(&|r| (r.cpu + r.helper_cpu) / video_seconds),
                     med(&|r| 100.0 * r.helper_cpu / (r.cpu + r.helper_cpu)),

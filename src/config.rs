@@ -227,7 +227,8 @@ pub struct DecodeSettings {
     pub memory_budget_bytes: u64,
     /// How long one upload's decoding may take, its animation frames included.
     pub deadline_ms: u64,
-    /// Animation frames screened per upload: all of them up to this many, spread evenly beyond.
+    /// Animation frames the classifier scores per upload: all of them up to this many, spread
+    /// evenly beyond. Every frame is PDQ-hashed and matched whatever this says.
     pub max_frames: usize,
 }
 

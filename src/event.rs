@@ -157,9 +157,13 @@ pub enum Reason {
         /// confirm, or that the retro role found without pixels to confirm it: it allows nothing.
         #[serde(default, skip_serializing_if = "is_false")]
         unconfirmed: bool,
-        /// Videos: the timestamp (seconds) of the first upload frame that matched.
+        /// Videos and animations: the timestamp (seconds) of the first upload frame that matched.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<f64>,
+        /// Matched on the full-resolution hash of a picture whose PDQ sample disagreed with it
+        /// (an image-scaling attack): what viewers see matched, whatever the sample showed.
+        #[serde(default, skip_serializing_if = "is_false")]
+        full_resolution: bool,
         /// vPDQ matches: the share of the upload's frames that matched the bank video, and of the
         /// bank video's frames that matched the upload (percent, after the quality filter and
         /// de-duplication), and the timestamp of the bank video's first matched frame.
@@ -204,12 +208,19 @@ pub struct Signals {
     pub width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
-    /// Animated images: the frames decoded, and how many of them were screened (hashed and
-    /// scored); the still image above is screened besides.
+    /// Animated images: the frames decoded, and how many of them were screened (every frame is
+    /// PDQ-hashed and matched; the classifier scores up to `decode.max_frames` of them, spread
+    /// evenly); the still image above is screened besides.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frames: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frames_screened: Option<u32>,
+    /// Images: the other PDQ hashes matched besides `pdq`, distinct, `HEX,QUALITY,AT` each (AT:
+    /// an animation frame's time in seconds, `-` for the still image), `,full` appended for the
+    /// full-resolution hash of a picture whose 512×512 sample disagreed with it. At most
+    /// [`crate::bank::MAX_MORE_PDQ_IN_VERDICT`]; what retro re-decides an animation with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more_pdq: Option<Vec<String>>,
     /// Videos: what the container said and how much of it was hashed (`width` and `height`
     /// above are the video's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,7 +309,7 @@ impl Verdict {
                 Reason::Unscreened { .. } => Some(r.clone()),
             })
             .collect();
-        let signals = Signals { vpdq: None, ..self.signals.clone() };
+        let signals = Signals { vpdq: None, more_pdq: None, ..self.signals.clone() };
         Verdict { reasons, signals, attributes: Attributes::default(), retro: None, truncated: true, ..self.clone() }
     }
 }

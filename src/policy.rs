@@ -100,6 +100,7 @@ pub fn match_reason(m: &BankMatch) -> Reason {
         quarantined: m.quarantined(),
         unconfirmed: m.unconfirmed,
         at: m.at,
+        full_resolution: m.full_resolution,
         query_match_pct: m.vpdq.map(|v| round2(v.query_pct)),
         target_match_pct: m.vpdq.map(|v| round2(v.target_pct)),
         entry_at: m.vpdq.map(|v| v.entry_at),
@@ -176,6 +177,7 @@ mod tests {
             status: None,
             unconfirmed: false,
             at: None,
+            full_resolution: false,
             vpdq: None,
         }
     }

@@ -209,13 +209,34 @@ async fn banned_frames_block_whatever_the_still_image_shows() {
         assert!(!banks_matched(&v).contains(&"banned".to_string()), "{format}: {v:?}");
     }
 
-    // Past max_frames, the frames screened are spread over the whole animation: 40 frames,
-    // a banned one at index 36 (the spread keeps every fourth frame).
+    // Past max_frames every frame is still hashed and matched (only the classifier's frames
+    // are spread): 40 frames of 100 ms, a banned one at index 25, which a spread of every
+    // fourth frame would miss. The reason says when it plays; the verdict lists the distinct
+    // frame hashes for retro.
     let mut long: Vec<&RgbaImage> = vec![&other; 40];
-    long[36] = &banned;
-    let v = screen(&s, gif(&long)).await;
-    assert_eq!((v.signals.frames, v.signals.frames_screened), (Some(40), Some(10)), "{v:?}");
+    long[25] = &banned;
+    let v = screen(&s, timed_gif(&long, 100)).await;
+    assert_eq!((v.signals.frames, v.signals.frames_screened), (Some(40), Some(40)), "{v:?}");
     assert_eq!(v.action, Action::Block, "{v:?}");
+    let at = v.reasons.iter().find_map(|r| match r {
+        Reason::HashMatch { bank, at, .. } if bank == "banned" => Some(*at),
+        _ => None,
+    });
+    assert_eq!(at, Some(Some(2.5)), "{v:?}");
+    let more = v.signals.more_pdq.as_deref().unwrap_or_default();
+    assert_eq!(more.len(), 1, "the still image is `other`, so one more distinct picture: {more:?}");
+    assert!(more[0].ends_with(",2.500"), "{more:?}");
+}
+
+/// A GIF whose frames each show for `delay_ms`.
+fn timed_gif(frames: &[&RgbaImage], delay_ms: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
+        let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+        encoder.encode_frames(frames.iter().map(|f| Frame::from_parts((*f).clone(), 0, 0, delay))).unwrap();
+    }
+    out
 }
 
 /// The classifier's finding for an animation is its worst picture's score, each picture scored

@@ -676,6 +676,19 @@ async fn hostile_events_and_media() {
     c.media("HEIC declared video/mp4", inline(&heic), Some("video/mp4"), Expect::MediaError("unsupported_format", "HEIF"));
     let junk = [&[0x00][..], &png(11, 32)].concat();
     c.media("PNG behind a junk byte, declared video/mp4", inline(&junk), Some("video/mp4"), Expect::MediaError("unsupported_format", "junk"));
+    // Ordinary files whose text holds a short image signature (BM, P1…P7) or an ISO box name
+    // are not images: exact hashes only.
+    for (what, text, content_type) in [
+        ("text 'IBM quarterly results'", &b"IBM quarterly results, Q3: revenue up 4 %"[..], "text/plain"),
+        ("text 'BMW annual report'", b"BMW annual report 2026, page 1 of 212", "text/plain"),
+        ("text 'APP1 notes'", b"APP1 notes: the P3 build ships Friday", "text/plain"),
+        ("CSV header id,P2,P3", b"id,P2,P3\n1,0.5,0.25\n2,0.75,0.125\n", "text/csv"),
+        ("text 'P2 notes' at offset 0", b"P2 notes from the meeting", "text/plain"),
+        ("JSON holding BM", b"{\"BM\": 1, \"P5\": [2, 3]}", "application/json"),
+        ("text 'Get free stuff' (an ISO box name at offset 4)", b"Get free stuff while it lasts, and more text after it", "text/plain"),
+    ] {
+        c.media(&format!("{what}, declared {content_type}"), inline(text), Some(content_type), Expect::HashedOnly);
+    }
 
     // Path media.
     c.media("path ../../etc/passwd", json!({"path": "../../etc/passwd"}), Some("image/png"), Expect::MediaError("path", ""));

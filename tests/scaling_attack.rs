@@ -150,3 +150,50 @@ async fn an_allowlist_match_needs_the_full_image_to_agree() {
     trusted.retain(|r| !matches!(r, Reason::MediaError { .. }));
     assert_eq!(policy::action_of(&trusted, Action::Review), Action::Allow);
 }
+
+/// A known image forged so that its 512×512 sample shows something innocent is matched by what
+/// viewers see: its full-resolution hash goes against every bank, so it gets the block bank's
+/// action, not a review the attacker chose, and the anomaly stays in the reasons. The bank holds
+/// the original photo's hash as a partner would compute it (the `cli` convention on the photo as
+/// it is), not the forged file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_known_image_gets_the_bank_s_action() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let photos = images_under(&root.join("tests/fixtures/pdq/images"));
+    let named = |n: &str| photos.iter().find(|(name, _)| name == n).map(|(_, i)| i.clone()).unwrap();
+    let original = named("jpg_crop_1600x1200.jpg");
+    let forged = attacked(&upscaled(&original, 2048), &upscaled(&named("sk_coffee.png"), 512));
+    let known = pdq::hash(&original, Convention::Cli).hash;
+    assert!(pdq::hash(&forged, Convention::Cli).hash.distance(&known) > 64, "the sample hides the known image");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("csam.csv");
+    std::fs::write(&file, format!("signal,hash,entry\npdq,{known},case-1\n")).unwrap();
+    let mut settings = Settings::load_with_env(None, Vec::<(String, String)>::new()).expect("defaults");
+    settings.classifier.enabled = Switch::Off;
+    settings.banks = vec![BankSettings { file: file.display().to_string(), ..BankSettings::new("csam", Action::Block) }];
+    let settings = Arc::new(settings);
+    let metrics = Metrics::new();
+    let banks = Arc::new(BankSet::load(&settings.banks, &metrics).unwrap());
+    let screen = app::build_screen(&settings, banks, &metrics, Mode::Worker).unwrap();
+    let v = screen.screen_bytes(&UploadEvent::local("upload", "t"), png_of(&forged), Instant::now()).await;
+    assert_eq!(v.action, Action::Block, "{v:?}");
+    let matched = v.reasons.iter().find_map(|r| match r {
+        Reason::HashMatch { bank, entry, full_resolution, distance, .. } if bank == "csam" => Some((entry.clone(), *full_resolution, *distance)),
+        _ => None,
+    });
+    let (entry, full_resolution, distance) = matched.unwrap_or_else(|| panic!("no match on the known image: {v:?}"));
+    eprintln!("full-resolution match at distance {distance:?}");
+    assert_eq!((entry.as_str(), full_resolution), ("case-1", true), "{v:?}");
+    assert!(
+        v.reasons.iter().any(|r| matches!(r, Reason::MediaError { error, .. } if error == policy::SCALING_ANOMALY)),
+        "the anomaly stays in the reasons: {v:?}"
+    );
+    // Retro gets the same hash from the verdict.
+    let more = v.signals.more_pdq.clone().unwrap_or_default();
+    assert!(more.len() == 1 && more[0].ends_with(",-,full"), "{more:?}");
+    // An honest upload of the original is blocked by its sample, with no anomaly.
+    let v = screen.screen_bytes(&UploadEvent::local("honest", "t"), png_of(&upscaled(&original, 2048)), Instant::now()).await;
+    assert_eq!(v.action, Action::Block, "{v:?}");
+    assert!(v.signals.more_pdq.is_none() && !v.reasons.iter().any(|r| matches!(r, Reason::MediaError { .. })), "{v:?}");
+}

@@ -153,6 +153,7 @@ mod tests {
             status,
             unconfirmed: false,
             at: None,
+            full_resolution: false,
             vpdq: None,
         }
     }

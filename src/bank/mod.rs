@@ -83,8 +83,10 @@ pub struct BankMatch {
     /// An allowlist PDQ match the other PDQ convention did not confirm (see
     /// `Screen::confirm_allowlist`): reported, but it allows nothing.
     pub unconfirmed: bool,
-    /// Video frames: the timestamp of the upload's frame that matched.
+    /// Video and animation frames: the timestamp of the upload's frame that matched.
     pub at: Option<f64>,
+    /// Matched on the full-resolution hash of a picture whose PDQ sample disagreed with it.
+    pub full_resolution: bool,
     /// vPDQ matches: how much of each video matched the other.
     pub vpdq: Option<VpdqMatch>,
 }
@@ -121,9 +123,51 @@ pub struct PdqSignal {
     pub quality: u8,
     /// In the reference order: original, rotate90, rotate180, rotate270, flipX, flipY, flipPlus1, flipMinus1.
     pub dihedral: Option<[PdqHash; 8]>,
-    /// A video frame's timestamp (seconds), named in the reasons it matches.
+    /// A video or animation frame's timestamp (seconds), named in the reasons it matches.
     pub at: Option<f64>,
+    /// The full-resolution hash of a picture whose 512×512 sample disagreed with it (an
+    /// image-scaling attack): what viewers see, matched against every bank.
+    pub full_resolution: bool,
 }
+
+impl PdqSignal {
+    pub fn new(hash: PdqHash, quality: u8) -> Self {
+        Self { hash, quality, dihedral: None, at: None, full_resolution: false }
+    }
+
+    /// As a verdict's `signals.more_pdq` carries it: `HEX,QUALITY,AT` (AT in seconds with three
+    /// decimals, `-` for the still image), `,full` after it for a full-resolution hash.
+    pub fn to_item(&self) -> String {
+        let at = self.at.map_or_else(|| "-".to_string(), |t| format!("{t:.3}"));
+        let full = if self.full_resolution { ",full" } else { "" };
+        format!("{},{},{at}{full}", self.hash, self.quality)
+    }
+
+    /// Reads [`PdqSignal::to_item`]'s form back; errors name the problem, never the value.
+    pub fn parse_item(item: &str) -> Result<Self, String> {
+        let mut parts = item.split(',');
+        let hash = parts.next().unwrap_or_default().parse::<PdqHash>().map_err(|_| "not a PDQ hash".to_string())?;
+        let quality = parts.next().and_then(|q| q.parse::<u8>().ok()).filter(|&q| q <= 100).ok_or("quality must be 0 to 100")?;
+        let at = match parts.next() {
+            Some("-") => None,
+            Some(t) => Some(t.parse::<f64>().ok().filter(|t| t.is_finite() && *t >= 0.0).ok_or("time must be seconds or -")?),
+            None => return Err("missing time".into()),
+        };
+        let full_resolution = match parts.next() {
+            None => false,
+            Some("full") => true,
+            Some(_) => return Err("unknown marker".into()),
+        };
+        if parts.next().is_some() {
+            return Err("too many fields".into());
+        }
+        Ok(Self { hash, quality, dihedral: None, at, full_resolution })
+    }
+}
+
+/// Most entries of a verdict's `signals.more_pdq`; an upload with more distinct pictures keeps
+/// the first ones, and retro then only adds matches on those pictures.
+pub const MAX_MORE_PDQ_IN_VERDICT: usize = 1024;
 
 /// Most PDQ matches one bank reports for one upload (the closest ones).
 pub const MAX_PDQ_MATCHES_PER_BANK: usize = 16;
@@ -400,6 +444,7 @@ impl Bank {
             hash,
             unconfirmed: false,
             at: None,
+            full_resolution: false,
             vpdq: None,
         }
     }
@@ -480,6 +525,7 @@ impl Bank {
             m.quality = Some(pdq.quality);
             m.transform = (transform != DIHEDRAL_NAMES[0]).then_some(transform);
             m.at = pdq.at;
+            m.full_resolution = pdq.full_resolution;
             out.push(m);
         }
     }
@@ -671,8 +717,13 @@ impl BankSet {
                 continue;
             }
             if bank.settings.action == Action::Allow {
-                if per_picture.iter().all(|m| !m.is_empty()) {
-                    findings.matches.extend(per_picture.into_iter().next().unwrap_or_default());
+                // An allowlist vouches for an upload when it matches every picture shown. A
+                // full-resolution hash is not one more picture: it is the check on a suspect
+                // sample, which `Screen::confirm_allowlist` and the policy weigh.
+                let mut shown = per_picture.into_iter().zip(pdq).filter(|(_, signal)| !signal.full_resolution).map(|(m, _)| m);
+                let first = shown.next().unwrap_or_default();
+                if !first.is_empty() && shown.all(|m| !m.is_empty()) {
+                    findings.matches.extend(first);
                 }
                 continue;
             }
@@ -745,7 +796,7 @@ impl BankSet {
             md5: md5.map(hex::encode).unwrap_or_default(),
             sha256: sha256.map(hex::encode).unwrap_or_default(),
         };
-        let pdq = pdq.map(|(hash, quality)| PdqSignal { hash, quality, dihedral: None, at: None });
+        let pdq = pdq.map(|(hash, quality)| PdqSignal::new(hash, quality));
         self.match_media(&exact, pdq.as_slice(), &[])
     }
 

@@ -108,9 +108,78 @@ fn other_format(bytes: &[u8]) -> Option<ImageFormat> {
     }
 }
 
-/// True when the bytes start like an image format this module decodes.
+/// True when the bytes start like an image format this module decodes. BMP's two-byte `BM` also
+/// begins ordinary text ("BMW annual report"), so it counts only with a header that parses.
 pub fn looks_like_image(bytes: &[u8]) -> bool {
-    is_jpeg(bytes) || other_format(bytes).is_some()
+    match other_format(bytes) {
+        Some(ImageFormat::Bmp) => bmp_header_parses(bytes),
+        Some(_) => true,
+        None => is_jpeg(bytes),
+    }
+}
+
+fn u16_le(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_le(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// `BM`, then a DIB header of a size some version of the format has, one plane, a bit depth
+/// BMP defines, a positive width and a nonzero height (negative: rows stored top-down).
+fn bmp_header_parses(bytes: &[u8]) -> bool {
+    let check = || -> Option<bool> {
+        let dib = u32_le(bytes, 14)?;
+        let (width, height, planes, bits) = match dib {
+            12 => (i32::from(u16_le(bytes, 18)?), i32::from(u16_le(bytes, 20)?), u16_le(bytes, 22)?, u16_le(bytes, 24)?),
+            40 | 52 | 56 | 64 | 108 | 124 => {
+                (u32_le(bytes, 18)? as i32, u32_le(bytes, 22)? as i32, u16_le(bytes, 26)?, u16_le(bytes, 28)?)
+            }
+            _ => return Some(false),
+        };
+        let pixel_offset = u32_le(bytes, 10)?;
+        Some(planes == 1 && [1, 2, 4, 8, 16, 24, 32, 64].contains(&bits) && width > 0 && height != 0 && pixel_offset >= 14 + dib)
+    };
+    bytes.starts_with(b"BM") && check().unwrap_or(false)
+}
+
+/// `P1`…`P7`, white space, then a width and a height in decimal (comments allowed between them,
+/// PAM's `WIDTH`/`HEIGHT` lines for `P7`), as netpbm reads them.
+fn pnm_header_parses(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(512)];
+    let Some(kind @ b'1'..=b'7') = head.get(1).copied().filter(|_| head[0] == b'P') else { return false };
+    if !head.get(2).is_some_and(|c| c.is_ascii_whitespace()) {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&head[2..]);
+    let mut tokens = text.lines().map(|line| line.split('#').next().unwrap_or("")).flat_map(str::split_whitespace);
+    let positive = |t: Option<&str>| t.is_some_and(|t| t.bytes().all(|c| c.is_ascii_digit()) && t.parse::<u32>().is_ok_and(|n| n > 0));
+    if kind == b'7' {
+        // PAM: header lines in any order; width and height must both be there.
+        let (mut width, mut height) = (false, false);
+        while let Some(token) = tokens.next() {
+            match token {
+                "WIDTH" => width = positive(tokens.next()),
+                "HEIGHT" => height = positive(tokens.next()),
+                "ENDHDR" => break,
+                _ => {}
+            }
+        }
+        return width && height;
+    }
+    positive(tokens.next()) && positive(tokens.next())
+}
+
+/// An ICO directory: reserved 0, type 1 (icon) or 2 (cursor), 1 to 256 images, each entry's data
+/// starting after the directory.
+fn ico_header_parses(bytes: &[u8]) -> bool {
+    let check = || -> Option<bool> {
+        let count = u16_le(bytes, 4)?;
+        let offset = u32_le(bytes, 18)?;
+        Some(u16_le(bytes, 0)? == 0 && matches!(u16_le(bytes, 2)?, 1 | 2) && (1..=256).contains(&count) && offset >= 6 + 16 * u32::from(count))
+    };
+    check().unwrap_or(false)
 }
 
 /// What the bytes are, whatever the upload declared.
@@ -131,7 +200,9 @@ pub enum Sniffed {
 const DISGUISE_WINDOW: usize = 16;
 
 /// Looks at the first bytes: decodable image, another image format, or not an image at all.
-/// Images behind a few junk bytes count as images (that cannot be decoded as they are).
+/// Images behind a few junk bytes count as images (that cannot be decoded as they are), found
+/// by their long signatures only: the short ones (`BM`, `P1`…`P7`, `FF 0A`) also occur in ordinary
+/// text and count only at offset 0 with a header that parses.
 pub fn sniff(bytes: &[u8]) -> Sniffed {
     if looks_like_image(bytes) {
         return Sniffed::Decodable;
@@ -142,12 +213,45 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
     if let Some(name) = super::video::sniff(bytes) {
         return Sniffed::Video(name);
     }
-    let disguised = (1..=DISGUISE_WINDOW.min(bytes.len().saturating_sub(1)))
-        .any(|skip| looks_like_image(&bytes[skip..]) || other_image(&bytes[skip..]).is_some());
+    let disguised = (1..=DISGUISE_WINDOW.min(bytes.len().saturating_sub(1))).any(|skip| long_signature(&bytes[skip..]));
     if disguised {
         return Sniffed::OtherImage("image behind leading junk bytes");
     }
     Sniffed::NotImage
+}
+
+/// Image signatures that ordinary text and data do not contain by chance: six bytes or more, or
+/// four with a byte no text has (a NUL, a byte over 0x7F, a control character), or BMP's `BM`
+/// with the header that has to follow it. PNM's header is text, so it never counts here.
+fn long_signature(bytes: &[u8]) -> bool {
+    let starts = |magic: &[u8]| bytes.starts_with(magic);
+    // JPEG: FF D8 FF and a marker that can follow SOI (APPn, DQT, SOFn, DHT, COM).
+    let jpeg = bytes.len() >= 4 && is_jpeg(bytes) && matches!(bytes[3], 0xE0..=0xEF | 0xDB | 0xC0..=0xC2 | 0xC4 | 0xFE);
+    let riff_webp = bytes.len() >= 12 && starts(b"RIFF") && &bytes[8..12] == b"WEBP";
+    let iso_image = bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && other_image(bytes) == Some("HEIF/AVIF");
+    jpeg
+        || bmp_header_parses(bytes)
+        || riff_webp
+        || iso_image
+        || [
+            &b"\x89PNG\r\n\x1a\n"[..],
+            b"GIF87a",
+            b"GIF89a",
+            b"II*\x00",
+            b"MM\x00*",
+            b"#?RADIANCE",
+            b"#?RGBE",
+            b"farbfeld",
+            &[0x76, 0x2F, 0x31, 0x01],
+            b"\x00\x00\x00\x0cJXL \r\n\x87\n",
+            b"\x00\x00\x00\x0cjP  \r\n\x87\n",
+            &[0xFF, 0x4F, 0xFF, 0x51],
+            b"8BPS\x00\x01",
+            b"8BPS\x00\x02",
+            b"DDS \x7c\x00\x00\x00",
+        ]
+        .iter()
+        .any(|magic| starts(magic))
 }
 
 /// Image formats recognised by their signature but not decoded here.
@@ -155,7 +259,8 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
     let starts = |magic: &[u8]| bytes.starts_with(magic);
     // ISO base media files name their kind in the `ftyp` box: HEIF/HEIC and AVIF are images,
     // MP4 and QuickTime brands are video.
-    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+    let box_size = bytes.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && (12..=1024).contains(&box_size) {
         let brand = &bytes[8..12];
         let image_brands: [&[u8; 4]; 10] =
             [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"];
@@ -167,20 +272,26 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
     if starts(b"\x00\x00\x00\x0cjP  \r\n\x87\n") || starts(&[0xFF, 0x4F, 0xFF, 0x51]) {
         return Some("JPEG 2000");
     }
-    if starts(b"8BPS") {
+    // Photoshop: `8BPS`, then version 1 (PSD) or 2 (PSB).
+    if starts(b"8BPS\x00\x01") || starts(b"8BPS\x00\x02") {
         return Some("Photoshop");
     }
     if looks_like_svg(&bytes[..bytes.len().min(1024)]) {
         return Some("SVG");
     }
     match image::guess_format(bytes).ok()? {
-        ImageFormat::Ico => Some("ICO"),
-        ImageFormat::Pnm => Some("PNM"),
-        ImageFormat::Dds => Some("DDS"),
+        // Short or zero-filled signatures: only with a header that parses.
+        ImageFormat::Ico => ico_header_parses(bytes).then_some("ICO"),
+        ImageFormat::Pnm => pnm_header_parses(bytes).then_some("PNM"),
+        ImageFormat::Dds => starts(b"DDS \x7c\x00\x00\x00").then_some("DDS"),
         ImageFormat::Hdr => Some("Radiance HDR"),
         ImageFormat::OpenExr => Some("OpenEXR"),
         ImageFormat::Farbfeld => Some("farbfeld"),
-        ImageFormat::Qoi => Some("QOI"),
+        // `qoif`, a nonzero width and height (big-endian), 3 or 4 channels, colour space 0 or 1.
+        ImageFormat::Qoi => {
+            let size = |at: usize| bytes.get(at..at + 4).is_some_and(|b| b != [0; 4]);
+            (size(4) && size(8) && matches!(bytes.get(12), Some(3 | 4)) && matches!(bytes.get(13), Some(0 | 1))).then_some("QOI")
+        }
         // (TGA has no signature to recognise; AVIF is caught by its `ftyp` brand above.)
         _ => None,
     }
@@ -366,9 +477,14 @@ pub const MAX_ANIMATION_FRAMES: usize = 10_000;
 pub const MAX_ANIMATION_PIXELS: u64 = 1_000_000_000;
 
 /// One composited animation frame, as a viewer shows it.
-pub struct Frame<'a>(&'a image::RgbaImage);
+pub struct Frame<'a>(&'a image::RgbaImage, f64);
 
 impl Frame<'_> {
+    /// When the frame is shown: the delays of the frames before it, in seconds.
+    pub fn at_seconds(&self) -> f64 {
+        self.1
+    }
+
     /// The frame's pixels, alpha dropped as for still images.
     pub fn to_image(&self) -> Image {
         let (width, height) = self.0.dimensions();
@@ -410,6 +526,7 @@ pub fn animation_frames(
         .map_err(map_image_error)?;
         let mut count = 0;
         let mut composited = 0u64;
+        let mut shown_at_ms = 0.0_f64;
         for frame in frames {
             let frame = frame.map_err(map_image_error)?;
             if Instant::now() >= deadline {
@@ -422,7 +539,9 @@ pub fn animation_frames(
                     "animation longer than {count} frames of {width}x{height}: over {MAX_ANIMATION_FRAMES} frames or {MAX_ANIMATION_PIXELS} composited pixels"
                 )));
             }
-            visit(count, Frame(frame.buffer()));
+            visit(count, Frame(frame.buffer(), shown_at_ms / 1000.0));
+            let (numerator, denominator) = frame.delay().numer_denom_ms();
+            shown_at_ms += f64::from(numerator) / f64::from(denominator.max(1));
             count += 1;
         }
         Ok(count)
@@ -751,6 +870,54 @@ mod tests {
         assert_eq!(sniff(b"plain text, not a picture"), Sniffed::NotImage);
         let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         assert_eq!(sniff(&noise), Sniffed::NotImage);
+    }
+
+    /// Two- and three-byte signatures occur in ordinary text: they count at offset 0 only, and
+    /// only with a header that parses; behind junk only long signatures count, and real images
+    /// behind junk stay caught.
+    #[test]
+    fn ordinary_text_is_not_an_image() {
+        for text in [
+            &b"IBM quarterly results, Q3"[..],
+            b"BMW annual report 2026 with many pages",
+            b"APP1 notes: the P3 build",
+            b"id,P2,P3\n1,2,3\n",
+            b"P2 notes from the meeting",
+            b"P6 is the sixth item",
+            b"{\"BM\": 1, \"P5\": [2, 3]}",
+            b"8BPS rule of thumb",
+            b"DDS system manual",
+            b"qoif, said the bird",
+            b"Get free stuff while it lasts and more",
+            b"mdat",
+        ] {
+            assert_eq!(sniff(text), Sniffed::NotImage, "{}", String::from_utf8_lossy(text));
+        }
+        // Real headers at offset 0 still count.
+        let mut bmp = Cursor::new(Vec::new());
+        image::RgbImage::new(3, 2).write_to(&mut bmp, ImageFormat::Bmp).unwrap();
+        let bmp = bmp.into_inner();
+        assert_eq!(sniff(&bmp), Sniffed::Decodable);
+        assert_eq!(sniff(b"P6\n3 2\n255\n\x00\x01\x02"), Sniffed::OtherImage("PNM"));
+        assert_eq!(sniff(b"P2 # a comment\n# another\n 4\n4 15\n"), Sniffed::OtherImage("PNM"));
+        assert_eq!(sniff(b"P7\nWIDTH 4\nHEIGHT 2\nDEPTH 3\nMAXVAL 255\nENDHDR\n"), Sniffed::OtherImage("PNM"));
+        assert_eq!(sniff(b"qoif\x00\x00\x00\x04\x00\x00\x00\x04\x04\x00"), Sniffed::OtherImage("QOI"));
+        assert_eq!(sniff(b"8BPS\x00\x01\x00\x00\x00\x00"), Sniffed::OtherImage("Photoshop"));
+        // Behind junk: the long signatures of real images, never BMP's or PNM's two bytes.
+        let png = small_png();
+        let mut gif = Cursor::new(Vec::new());
+        image::RgbImage::new(2, 2).write_to(&mut gif, ImageFormat::Gif).unwrap();
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F'];
+        for image in [&png[..], &gif.into_inner(), &jpeg, b"II*\x00\x08\x00\x00\x00", b"RIFF\x10\x00\x00\x00WEBPVP8 "] {
+            for skip in [1, 7, 16] {
+                let disguised = [&b"junk-bytes-before-it"[..skip], image].concat();
+                assert_eq!(sniff(&disguised), Sniffed::OtherImage("image behind leading junk bytes"), "{skip} bytes before {:?}", &image[..4]);
+            }
+        }
+        // A BMP's two letters only with its 40-odd header bytes behind them; PNM's never.
+        assert_eq!(sniff(&[&b"x"[..], &bmp].concat()), Sniffed::OtherImage("image behind leading junk bytes"));
+        assert_eq!(sniff(b"xP6\n3 2\n255\n\x00\x01\x02"), Sniffed::NotImage);
+        assert_eq!(sniff(&[&[b'x'; 17][..], &png].concat()), Sniffed::NotImage, "beyond the window");
     }
 
     /// A progressive JPEG with thousands of scans is refused before libjpeg spends seconds on

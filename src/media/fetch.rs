@@ -513,6 +513,7 @@ mod tests {
         let media = MediaSettings { max_bytes: 1000, ..settings.media };
         let fetcher = MediaFetcher::with_video_max_bytes(&media, 5000).unwrap();
         let mut mp4 = vec![0u8; 3000];
+        mp4[3] = 0x18;
         mp4[4..12].copy_from_slice(b"ftypisom");
         let b64 = |b: &[u8]| BASE64.encode(b);
         assert_eq!(fetcher.decode_inline(&b64(&mp4)).unwrap().len(), 3000, "a video under video.max_bytes");

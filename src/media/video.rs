@@ -123,11 +123,20 @@ struct Refusal {
 /// Container signatures at offset 0 (or 4, for ISO media's `ftyp`): the bytes say video.
 pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
     let at = |offset: usize, magic: &[u8]| bytes.get(offset..offset + magic.len()) == Some(magic);
-    if at(4, b"ftyp") {
+    // An ISO box's name sits at offset 4 behind its size; text such as "Get free…" has a name
+    // there too, so the size must be one a box has: not four characters of text.
+    let size = bytes.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let size_is_text = bytes.get(..4).is_some_and(|b| b.iter().all(|c| (0x09..=0x7E).contains(c)));
+    if at(4, b"ftyp") && (12..=1024).contains(&size) && size % 4 == 0 {
         return Some("ISO media (MP4/QuickTime)");
     }
-    // QuickTime files without `ftyp` start with another top-level atom.
-    if [b"moov", b"mdat", b"wide", b"free"].iter().any(|atom| at(4, *atom)) && bytes.len() >= 16 {
+    // QuickTime files without `ftyp` start with another top-level atom (size 0: to the end of
+    // the file, 1: a 64-bit size follows).
+    if [b"moov", b"mdat", b"wide", b"free"].iter().any(|atom| at(4, *atom))
+        && bytes.len() >= 16
+        && (size <= 1 || size >= 8)
+        && !size_is_text
+    {
         return Some("QuickTime");
     }
     if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
@@ -438,6 +447,10 @@ mod tests {
         assert_eq!(sniff(&[0x1A, 0x45, 0xDF, 0xA3, 0x9F]), Some("Matroska/WebM"));
         assert_eq!(sniff(b"RIFF\0\0\0\0AVI LIST"), Some("AVI"));
         assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), None);
+        // Box names behind sizes no box has: text, not QuickTime.
+        assert_eq!(sniff(b"Get free stuff while it lasts"), None);
+        assert_eq!(sniff(b"abcdftypisom and more text here"), None);
+        assert_eq!(sniff(b"\0\0\0\x08wide\0\0\0\x10mdat12345678"), Some("QuickTime"));
         let ts: Vec<u8> = (0..188 * 3).map(|i| if i % 188 == 0 { 0x47 } else { 0 }).collect();
         assert_eq!(sniff(&ts), Some("MPEG transport stream"));
         assert_eq!(sniff(b"GIF89a"), None);

@@ -18,7 +18,7 @@ use hashbrown::HashTable;
 use sha2::{Digest, Sha256};
 
 use crate::bank::pdq_index::PdqIndex;
-use crate::bank::{Applied, BankChange, BankSet, PdqSignal, ParsedHash, Signal};
+use crate::bank::{Applied, BankChange, BankSet, PdqSignal, ParsedHash, Signal, MAX_MORE_PDQ_IN_VERDICT};
 use crate::hash::exact::ExactHashes;
 use crate::hash::vpdq::{self, VpdqFeature};
 use crate::config::BankSettings;
@@ -50,7 +50,13 @@ pub struct Upload {
     pub matches: Box<[Reason]>,
     /// A video's frames, in order: (id in the history's frame index, quality, time in ms).
     pub video: Option<Box<[(u32, u8, u32)]>>,
+    /// An image's other PDQ hashes (`signals.more_pdq`): animation frames and full-resolution
+    /// hashes, each (id in the frame index, quality, time in ms or [`NO_TIME`], full resolution).
+    pub pictures: Option<Box<[(u32, u8, u32, bool)]>>,
 }
+
+/// A picture with no time: the still image.
+const NO_TIME: u32 = u32::MAX;
 
 impl Upload {
     fn texts(event_id: &str, media_id: &str, tenant: &str, others: &str) -> (Box<str>, [u32; 3]) {
@@ -210,9 +216,13 @@ impl History {
             action: verdict.action,
             matches,
             video: None,
+            pictures: None,
         };
         // An unreadable feature list is no video to look for: the upload is kept for its other hashes.
         let features = signals.vpdq.as_deref().and_then(|items| vpdq::parse_items(items).ok());
+        // Likewise an unreadable picture list: without it, retro only adds to the frame matches.
+        let pictures: Option<Vec<PdqSignal>> =
+            signals.more_pdq.as_deref().and_then(|items| items.iter().map(|i| PdqSignal::parse_item(i)).collect::<Result<_, _>>().ok());
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -243,6 +253,13 @@ impl History {
             let frames = features.iter().map(|f| (self.add_frame(slot, f.hash), f.quality, (f.timestamp * 1000.0).round() as u32)).collect();
             if let Some(upload) = self.slots[slot as usize].as_mut() {
                 upload.video = Some(frames);
+            }
+        }
+        if let Some(pictures) = pictures {
+            let ms = |at: Option<f64>| at.map_or(NO_TIME, |t| ((t * 1000.0).round() as u32).min(NO_TIME - 1));
+            let kept = pictures.iter().map(|p| (self.add_frame(slot, p.hash), p.quality, ms(p.at), p.full_resolution)).collect();
+            if let Some(upload) = self.slots[slot as usize].as_mut() {
+                upload.pictures = Some(kept);
             }
         }
         self.partitions.entry(partition).or_default().push_back((offset, slot));
@@ -343,7 +360,8 @@ impl History {
         if upload.pdq_quality.is_some() {
             self.pdq.remove(slot);
         }
-        for &(id, _, _) in upload.video.as_deref().unwrap_or_default() {
+        let pictures = upload.pictures.as_deref().unwrap_or_default().iter().map(|&(id, ..)| id);
+        for id in upload.video.as_deref().unwrap_or_default().iter().map(|&(id, ..)| id).chain(pictures) {
             self.frames.remove(id);
             self.free_frames.push(id);
         }
@@ -409,16 +427,30 @@ impl History {
             let features = self.features_of(upload);
             let frames: Vec<PdqSignal> = features
                 .iter()
-                .map(|f| PdqSignal { hash: f.hash, quality: f.quality, dihedral: None, at: Some(f.timestamp) })
+                .map(|f| PdqSignal { hash: f.hash, quality: f.quality, dihedral: None, at: Some(f.timestamp), full_resolution: false })
                 .collect();
             let exact = ExactHashes {
                 md5: upload.md5.map(hex::encode).unwrap_or_default(),
                 sha256: upload.sha256.map(hex::encode).unwrap_or_default(),
             };
             banks.match_media(&exact, &frames, &features)
+        } else if let Some(pictures) = &upload.pictures {
+            // An animation's frames and full-resolution hashes, matched with the still image as
+            // the screen matched them.
+            let mut all: Vec<PdqSignal> = pdq.map(|(hash, quality)| PdqSignal::new(hash, quality)).into_iter().collect();
+            all.extend(pictures.iter().filter_map(|&(id, quality, ms, full_resolution)| {
+                let at = (ms != NO_TIME).then(|| f64::from(ms) / 1000.0);
+                Some(PdqSignal { at, full_resolution, ..PdqSignal::new(self.frames.hash_of(id)?, quality) })
+            }));
+            let exact = ExactHashes {
+                md5: upload.md5.map(hex::encode).unwrap_or_default(),
+                sha256: upload.sha256.map(hex::encode).unwrap_or_default(),
+            };
+            banks.match_media(&exact, &all, &[])
         } else {
             banks.match_signals(upload.md5.as_ref(), upload.sha256.as_ref(), pdq)
         };
+        let pictures = upload.pictures.as_deref().is_some_and(|p| p.len() < MAX_MORE_PDQ_IN_VERDICT);
         let key_of = |r: &Reason| match r {
             Reason::HashMatch { bank, signal, entry, .. } => Some((bank.clone(), signal.clone(), entry.clone())),
             _ => None,
@@ -446,7 +478,7 @@ impl History {
             }
         }
         for (key, &reason) in &current {
-            if !rederivable(reason, video) && !removed.contains(key) {
+            if !rederivable(reason, video, pictures) && !removed.contains(key) {
                 now.entry(key.clone()).or_insert_with(|| reason.clone());
             }
         }
@@ -501,15 +533,16 @@ impl History {
 }
 
 /// Whether retro can find a match again from the hashes it remembers of an upload: its exact
-/// hashes, its one PDQ hash, a video's whole feature list. Not dihedral matches (the verdict
-/// carries the hashes as uploaded, not their rotations), nor a video frame's PDQ match (retro has
-/// the frame's `full` hash, the banks may use the `cli` convention): those stay until their
-/// entry goes, and retro only adds to them.
-fn rederivable(r: &Reason, video_remembered: bool) -> bool {
+/// hashes, its one PDQ hash, a video's whole feature list, an image's whole picture list
+/// (animation frames, full-resolution hashes). Not dihedral matches (the verdict carries the
+/// hashes as uploaded, not their rotations), nor a video frame's PDQ match (retro has the frame's
+/// `full` hash, the banks may use the `cli` convention): those stay until their entry goes, and
+/// retro only adds to them.
+fn rederivable(r: &Reason, video_remembered: bool, pictures_remembered: bool) -> bool {
     match r {
         Reason::HashMatch { transform: Some(_), .. } => false,
         Reason::HashMatch { signal, .. } if signal == "vpdq" => video_remembered,
-        Reason::HashMatch { at, .. } => at.is_none(),
+        Reason::HashMatch { at, full_resolution, .. } if at.is_some() || *full_resolution => pictures_remembered,
         _ => true,
     }
 }
@@ -756,6 +789,43 @@ mod tests {
         assert_eq!(video.action, Action::Block);
     }
 
+    /// An animation's other frames and a forged image's full-resolution hash reach retro in
+    /// `signals.more_pdq`: an entry added later finds the banned frame (the reason says when it
+    /// plays) and the picture viewers see; withdrawn, both matches go again, since retro holds
+    /// every picture the screen matched.
+    #[test]
+    fn an_entry_added_later_finds_animation_frames_and_full_resolution_hashes() {
+        let mut banks = Banks::new(&["ncii"]);
+        let mut history = History::new();
+        let (still, frame, viewed) = (pdq(700), pdq(701), pdq(702));
+        let mut animation = verdict("animation", &md5(1), Some(still));
+        let frames = [PdqSignal { at: Some(2.5), ..PdqSignal::new(frame, 90) }];
+        animation.signals.more_pdq = Some(frames.iter().map(PdqSignal::to_item).collect());
+        history.take(animation, 0, 0, 0).unwrap();
+        let mut forged = verdict("forged", &md5(2), Some(pdq(703)));
+        forged.signals.more_pdq = Some(vec![PdqSignal { full_resolution: true, ..PdqSignal::new(viewed, 80) }.to_item()]);
+        history.take(forged, 0, 1, 0).unwrap();
+
+        let changes = banks.put("ncii", Signal::Pdq, &near(frame, 5).to_string(), "frame-entry");
+        let out = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].media_id.as_str(), out[0].action), ("m-animation", Action::Block));
+        assert!(out[0].reasons.iter().any(|r| matches!(r, Reason::HashMatch { at: Some(at), .. } if *at == 2.5)), "{:?}", out[0]);
+
+        let changes = banks.put("ncii", Signal::Pdq, &viewed.to_string(), "viewed-entry");
+        let out = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].media_id.as_str(), out[0].action), ("m-forged", Action::Block));
+        assert!(out[0].reasons.iter().any(|r| matches!(r, Reason::HashMatch { full_resolution: true, .. })), "{:?}", out[0]);
+
+        for (entry_hash, media) in [(near(frame, 5), "m-animation"), (viewed, "m-forged")] {
+            let changes = banks.send(record_key("ncii", Signal::Pdq, &entry_hash.to_string()), None);
+            let out = redecide_all(&mut history, &banks, &changes);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!((out[0].media_id.as_str(), out[0].action), (media, Action::Allow), "{:?}", out[0]);
+        }
+    }
+
     /// Upload first, hash later: exactly the uploads the new entry reaches are re-decided (exact
     /// and PDQ within the threshold), once; a withdrawal undoes it except where another entry
     /// still blocks.
@@ -921,6 +991,7 @@ mod tests {
             quarantined: false,
             unconfirmed: false,
             at: Some(at),
+            full_resolution: false,
             query_match_pct: pct,
             target_match_pct: pct,
             entry_at: pct.map(|_| 0.0),
@@ -953,6 +1024,7 @@ mod tests {
             quarantined: false,
             unconfirmed: false,
             at: None,
+            full_resolution: false,
             query_match_pct: None,
             target_match_pct: None,
             entry_at: None,

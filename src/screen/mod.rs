@@ -8,17 +8,19 @@
 
 pub mod cache;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use crate::bank::flood::FloodWatch;
-use crate::bank::{BankMatch, BankSet, PdqSignal, Signal};
+use crate::bank::{BankMatch, BankSet, PdqSignal, Signal, MAX_MORE_PDQ_IN_VERDICT};
 use crate::classify::{preprocess, ClassifyError, ImageScorer};
 use crate::config::Settings;
 use crate::event::{Action, Signals, UploadEvent, Verdict, VideoSignals, MAX_VPDQ_IN_VERDICT, VERDICT_SCHEMA};
 use crate::hash::vpdq::{self, VpdqFeature};
+use crate::hash::pdq::PdqHash;
 use crate::hash::{exact, pdq};
 use crate::live_policy::LivePolicy;
 use crate::media::decode::{self, DecodeLimits, Image};
@@ -657,19 +659,22 @@ struct Hashed {
     /// How far the `cli` convention's 512×512 sample disagrees with the picture, when over the
     /// threshold: an image-scaling attack?
     anomaly: Option<f32>,
+    /// With an anomaly: the hash of what viewers see (the full resolution), matched against
+    /// every bank so that the attacker does not choose the outcome.
+    viewed: Option<PdqSignal>,
 }
 
 fn hash_picture(image: &Image, work: &PixelWork, metrics: &Metrics) -> Hashed {
     if !work.pdq.enabled {
-        return Hashed { pdq: None, anomaly: None };
+        return Hashed { pdq: None, anomaly: None, viewed: None };
     }
     let started = Instant::now();
     let pdq = if work.dihedral {
         let (all, quality) = pdq::hash_dihedral(image, work.pdq.convention);
-        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None }
+        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None, full_resolution: false }
     } else {
         let out = pdq::hash(image, work.pdq.convention);
-        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None }
+        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None, full_resolution: false }
     };
     metrics.observe_stage("pdq", started.elapsed().as_secs_f64());
     // The `cli` convention hashes a sparse 512×512 sample of a large image: one whose sampled
@@ -679,7 +684,8 @@ fn hash_picture(image: &Image, work: &PixelWork, metrics: &Metrics) -> Hashed {
         .then(|| pdq::sampling_disagreement(image))
         .flatten()
         .filter(|&d| d > pdq::SCALING_ANOMALY_THRESHOLD);
-    Hashed { pdq: Some(pdq), anomaly }
+    let viewed = anomaly.map(|_| PdqSignal { full_resolution: true, ..full_pdq(image, work.dihedral) });
+    Hashed { pdq: Some(pdq), anomaly, viewed }
 }
 
 fn scaling_anomaly(disagreement: f32, picture: &str) -> MediaErrorFinding {
@@ -714,43 +720,43 @@ fn decode_blocking(
     signals.height = Some(image.height);
     let still = hash_picture(&image, work, metrics);
     let mut media_error = still.anomaly.map(|d| scaling_anomaly(d, "the image"));
-    let mut pdq: Vec<PdqSignal> = still.pdq.into_iter().collect();
-    if let Some(p) = pdq.first() {
+    let mut pdq = Pictures::default();
+    if let Some(p) = &still.pdq {
         signals.pdq = Some(p.hash.to_string());
         signals.pdq_quality = Some(p.quality);
     }
+    pdq.extend(still.pdq);
+    pdq.extend(still.viewed.clone());
     let mut frame_inputs = Vec::new();
     if plan.animated {
-        let mut screened = Spread::new(work.max_frames);
+        // Every frame is hashed and matched (PDQ is cheap next to decoding); only a spread of
+        // them is scored by the classifier.
+        let mut scored = Spread::new(work.max_frames);
         let mut preprocess_error = None;
+        let mut screened = 0;
         let decoded = decode::animation_frames(bytes, limits, deadline, |index, frame| {
-            if !screened.wants(index) {
-                return;
-            }
+            let at = frame.at_seconds();
             let frame = frame.to_image();
             let hashed = hash_picture(&frame, work, metrics);
-            let input = if work.classify_frames {
-                match preprocess::preprocess(&frame) {
-                    Ok(input) => Some(input),
-                    Err(e) => {
-                        preprocess_error.get_or_insert(e);
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            screened.keep(index, (hashed, input));
-        });
-        let frames = screened.into_kept();
-        signals.frames_screened = Some(frames.len() as u32);
-        for (index, (hashed, input)) in frames {
-            pdq.extend(hashed.pdq);
-            frame_inputs.extend(input);
+            screened += u32::from(hashed.pdq.is_some() || work.classify_frames);
             if let (None, Some(d)) = (&media_error, hashed.anomaly) {
                 media_error = Some(scaling_anomaly(d, &format!("animation frame {index}")));
             }
-        }
+            for mut signal in hashed.pdq.into_iter().chain(hashed.viewed) {
+                signal.at = Some(at);
+                pdq.push(signal);
+            }
+            if work.classify_frames && scored.wants(index) {
+                match preprocess::preprocess(&frame) {
+                    Ok(input) => scored.keep(index, input),
+                    Err(e) => {
+                        preprocess_error.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        signals.frames_screened = Some(screened);
+        frame_inputs.extend(scored.into_kept().into_iter().map(|(_, input)| input));
         match decoded {
             Ok(count) => signals.frames = Some(count as u32),
             // What was screened still counts (a banned frame still blocks); the rest of the
@@ -763,8 +769,39 @@ fn decode_blocking(
             media_error.get_or_insert(MediaErrorFinding { kind: "classifier".into(), detail: format!("animation frame: {e}") });
         }
     }
-    let learned = Learned { signals, pdq, media_error, is_image: true, decoded: true, ..Default::default() };
+    let pdq = pdq.into_vec();
+    if pdq.len() > 1 {
+        signals.more_pdq = Some(pdq[1..].iter().take(MAX_MORE_PDQ_IN_VERDICT).map(PdqSignal::to_item).collect());
+    }
+    let full_pdq = still.viewed;
+    let learned = Learned { signals, pdq, media_error, full_pdq, is_image: true, decoded: true, ..Default::default() };
     (learned, Some((image, frame_inputs)))
+}
+
+/// An image's PDQ hashes, each distinct one once (an animation repeats its frames): the still
+/// image's first.
+#[derive(Default)]
+struct Pictures {
+    list: Vec<PdqSignal>,
+    seen: HashSet<(PdqHash, bool)>,
+}
+
+impl Pictures {
+    fn push(&mut self, signal: PdqSignal) {
+        if self.seen.insert((signal.hash, signal.full_resolution)) {
+            self.list.push(signal);
+        }
+    }
+
+    fn extend(&mut self, signals: impl IntoIterator<Item = PdqSignal>) {
+        for signal in signals {
+            self.push(signal);
+        }
+    }
+
+    fn into_vec(self) -> Vec<PdqSignal> {
+        self.list
+    }
 }
 
 /// How a video frame is hashed for the image banks: their convention (`None`: PDQ is off), and
@@ -790,12 +827,12 @@ fn hash_video_frame(frame: video::Frame, work: FrameWork, preprocess: bool) -> H
     let pdq = work.convention.map(|convention| {
         let mut signal = if work.dihedral {
             let (all, quality) = pdq::hash_dihedral(&frame.image, convention);
-            PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None }
+            PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None, full_resolution: false }
         } else if resampled(convention) {
             let out = pdq::hash(&frame.image, convention);
-            PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None }
+            PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None, full_resolution: false }
         } else {
-            PdqSignal { hash: feature.hash, quality: feature.quality, dihedral: None, at: None }
+            PdqSignal { hash: feature.hash, quality: feature.quality, dihedral: None, at: None, full_resolution: false }
         };
         signal.at = Some(to_millis(feature.timestamp));
         signal
@@ -826,10 +863,10 @@ fn to_millis(seconds: f64) -> f64 {
 fn full_pdq(image: &Image, dihedral: bool) -> PdqSignal {
     if dihedral {
         let (all, quality) = pdq::hash_dihedral(image, pdq::Convention::Full);
-        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None }
+        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None, full_resolution: false }
     } else {
         let out = pdq::hash(image, pdq::Convention::Full);
-        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None }
+        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None, full_resolution: false }
     }
 }
 
