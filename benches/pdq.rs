@@ -4,11 +4,12 @@
 //! decoded once: "1 MP" is its top-left 1024×1024 crop, "12 MP" is 4000×3000 tiled from the
 //! whole photo. The decode+hash cases encode the 1 MP crop as baseline 4:2:0 JPEGs at qualities
 //! 75, 85 and 90 in memory (entropy decoding, the largest part of a decode, grows with quality),
-//! then decode and hash one (Cli) per iteration.
+//! then decode and hash one (Cli) per iteration. `animation_frames` decodes a 100-frame GIF with
+//! and without hashing every frame: what hashing every frame of an animation costs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use perisai::hash::pdq::{hash, sampling_disagreement, Convention};
-use perisai::media::decode::{decode, Channels, DecodeLimits, Image};
+use perisai::media::decode::{animation_frames, decode, Channels, DecodeLimits, Image};
 
 fn photo() -> Image {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pdq/images/jpg_crop_1600x1200.jpg");
@@ -96,6 +97,45 @@ fn bench(c: &mut Criterion) {
             b.iter(|| decode(std::hint::black_box(jpeg), &DecodeLimits::default()).expect("decode"))
         });
     }
+    g.finish();
+
+    // Every animation frame is hashed: a 100-frame 480×270 GIF (crops of the photo sliding
+    // across it), its frames decoded and composited as the worker does, with and without the
+    // PDQ hash (Cli, as the worker's default) of each.
+    let frames: Vec<image::Frame> = (0..100u32)
+        .map(|i| {
+            let buffer = image::RgbaImage::from_fn(480, 270, |x, y| {
+                let j = (((y + i * 3) % photo.height) * photo.width + (x + i * 5) % photo.width) as usize * 3;
+                image::Rgba([photo.pixels[j], photo.pixels[j + 1], photo.pixels[j + 2], 255])
+            });
+            image::Frame::new(buffer)
+        })
+        .collect();
+    let mut gif = Vec::new();
+    image::codecs::gif::GifEncoder::new_with_speed(&mut gif, 10).encode_frames(frames).expect("gif");
+    eprintln!("gif 100 frames 480x270: {} bytes", gif.len());
+    let limits = DecodeLimits::default();
+    let mut g = c.benchmark_group("animation_frames");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("gif_100x480x270_decode_only", |b| {
+        b.iter(|| {
+            let deadline = std::time::Instant::now() + limits.deadline;
+            animation_frames(&gif, &limits, deadline, |_, frame| {
+                std::hint::black_box(frame.to_image());
+            })
+            .expect("frames")
+        })
+    });
+    g.bench_function("gif_100x480x270_decode_and_hash", |b| {
+        b.iter(|| {
+            let deadline = std::time::Instant::now() + limits.deadline;
+            animation_frames(&gif, &limits, deadline, |_, frame| {
+                std::hint::black_box(hash(&frame.to_image(), Convention::Cli));
+            })
+            .expect("frames")
+        })
+    });
     g.finish();
 }
 
