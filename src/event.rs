@@ -221,6 +221,11 @@ pub struct Signals {
     /// [`crate::bank::MAX_MORE_PDQ_IN_VERDICT`]; what retro re-decides an animation with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more_pdq: Option<Vec<String>>,
+    /// Images, when a bank matches rotations and flips (`dihedral = true`): the still image's
+    /// other seven dihedral PDQ hashes in the reference order (rotate90, rotate180, rotate270,
+    /// flip_x, flip_y, flip_plus1, flip_minus1), so that retro finds those matches too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pdq_dihedral: Option<Vec<String>>,
     /// Videos: what the container said and how much of it was hashed (`width` and `height`
     /// above are the video's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,7 +314,7 @@ impl Verdict {
                 Reason::Unscreened { .. } => Some(r.clone()),
             })
             .collect();
-        let signals = Signals { vpdq: None, more_pdq: None, ..self.signals.clone() };
+        let signals = Signals { vpdq: None, more_pdq: None, pdq_dihedral: None, ..self.signals.clone() };
         Verdict { reasons, signals, attributes: Attributes::default(), retro: None, truncated: true, ..self.clone() }
     }
 }

@@ -790,16 +790,6 @@ impl BankSet {
         self.read().positions.clone()
     }
 
-    /// Matches for stored signals (the retro role), with the current state's version.
-    pub fn match_signals(&self, md5: Option<&[u8; 16]>, sha256: Option<&[u8; 32]>, pdq: Option<(PdqHash, u8)>) -> Findings {
-        let exact = ExactHashes {
-            md5: md5.map(hex::encode).unwrap_or_default(),
-            sha256: sha256.map(hex::encode).unwrap_or_default(),
-        };
-        let pdq = pdq.map(|(hash, quality)| PdqSignal::new(hash, quality));
-        self.match_media(&exact, pdq.as_slice(), &[])
-    }
-
     /// Before reading the whole topic: defer the PDQ indexes (built once by [`BankSet::end_bulk`]).
     pub fn begin_bulk(&self) {
         for bank in &mut self.write().banks {

@@ -53,6 +53,9 @@ pub struct Upload {
     /// An image's other PDQ hashes (`signals.more_pdq`): animation frames and full-resolution
     /// hashes, each (id in the frame index, quality, time in ms or [`NO_TIME`], full resolution).
     pub pictures: Option<Box<[(u32, u8, u32, bool)]>>,
+    /// The still image's other seven dihedral hashes (`signals.pdq_dihedral`), by id in the
+    /// frame index: what retro matches banks with `dihedral = true` by.
+    pub dihedral: Option<Box<[u32; 7]>>,
 }
 
 /// A picture with no time: the still image.
@@ -217,9 +220,14 @@ impl History {
             matches,
             video: None,
             pictures: None,
+            dihedral: None,
         };
         // An unreadable feature list is no video to look for: the upload is kept for its other hashes.
         let features = signals.vpdq.as_deref().and_then(|items| vpdq::parse_items(items).ok());
+        let dihedral: Option<[PdqHash; 7]> = signals.pdq_dihedral.as_deref().filter(|_| pdq.is_some()).and_then(|hashes| {
+            let parsed: Vec<PdqHash> = hashes.iter().map(|h| h.parse().ok()).collect::<Option<_>>()?;
+            parsed.try_into().ok()
+        });
         // Likewise an unreadable picture list: without it, retro only adds to the frame matches.
         let pictures: Option<Vec<PdqSignal>> =
             signals.more_pdq.as_deref().and_then(|items| items.iter().map(|i| PdqSignal::parse_item(i)).collect::<Result<_, _>>().ok());
@@ -255,6 +263,12 @@ impl History {
                 upload.video = Some(frames);
             }
         }
+        if let Some(hashes) = dihedral {
+            let ids = hashes.map(|h| self.add_frame(slot, h));
+            if let Some(upload) = self.slots[slot as usize].as_mut() {
+                upload.dihedral = Some(Box::new(ids));
+            }
+        }
         if let Some(pictures) = pictures {
             let ms = |at: Option<f64>| at.map_or(NO_TIME, |t| ((t * 1000.0).round() as u32).min(NO_TIME - 1));
             let kept = pictures.iter().map(|p| (self.add_frame(slot, p.hash), p.quality, ms(p.at), p.full_resolution)).collect();
@@ -265,6 +279,17 @@ impl History {
         self.partitions.entry(partition).or_default().push_back((offset, slot));
         self.len += 1;
         Ok(slot)
+    }
+
+    /// The still image's PDQ signal as the screen matched it: with its seven other dihedral
+    /// hashes when the verdict carried them.
+    fn still_signal(&self, upload: &Upload, hash: PdqHash, quality: u8) -> PdqSignal {
+        let others = upload.dihedral.as_deref().and_then(|ids| {
+            let others: Vec<PdqHash> = ids.iter().map(|&id| self.frames.hash_of(id)).collect::<Option<_>>()?;
+            <[PdqHash; 7]>::try_from(others).ok()
+        });
+        let dihedral = others.map(|o| [hash, o[0], o[1], o[2], o[3], o[4], o[5], o[6]]);
+        PdqSignal { dihedral, ..PdqSignal::new(hash, quality) }
     }
 
     fn add_frame(&mut self, slot: u32, hash: PdqHash) -> u32 {
@@ -361,7 +386,8 @@ impl History {
             self.pdq.remove(slot);
         }
         let pictures = upload.pictures.as_deref().unwrap_or_default().iter().map(|&(id, ..)| id);
-        for id in upload.video.as_deref().unwrap_or_default().iter().map(|&(id, ..)| id).chain(pictures) {
+        let dihedral = upload.dihedral.as_deref().into_iter().flatten().copied();
+        for id in upload.video.as_deref().unwrap_or_default().iter().map(|&(id, ..)| id).chain(pictures).chain(dihedral) {
             self.frames.remove(id);
             self.free_frames.push(id);
         }
@@ -421,6 +447,10 @@ impl History {
         // A verdict carries at most MAX_VPDQ_IN_VERDICT features: a list that long may be a spread,
         // on which the shares differ from the screen's.
         let video = upload.video.as_deref().is_some_and(|frames| frames.len() < MAX_VPDQ_IN_VERDICT);
+        let exact = ExactHashes {
+            md5: upload.md5.map(hex::encode).unwrap_or_default(),
+            sha256: upload.sha256.map(hex::encode).unwrap_or_default(),
+        };
         let found = if video {
             // A video is matched as the screen matched it: its features against the vPDQ
             // entries, each frame (hashed in the `full` convention) against the PDQ entries.
@@ -429,28 +459,22 @@ impl History {
                 .iter()
                 .map(|f| PdqSignal { hash: f.hash, quality: f.quality, dihedral: None, at: Some(f.timestamp), full_resolution: false })
                 .collect();
-            let exact = ExactHashes {
-                md5: upload.md5.map(hex::encode).unwrap_or_default(),
-                sha256: upload.sha256.map(hex::encode).unwrap_or_default(),
-            };
             banks.match_media(&exact, &frames, &features)
-        } else if let Some(pictures) = &upload.pictures {
-            // An animation's frames and full-resolution hashes, matched with the still image as
-            // the screen matched them.
-            let mut all: Vec<PdqSignal> = pdq.map(|(hash, quality)| PdqSignal::new(hash, quality)).into_iter().collect();
-            all.extend(pictures.iter().filter_map(|&(id, quality, ms, full_resolution)| {
+        } else {
+            // An image as the screen matched it: the still image (with its rotations and flips
+            // when remembered), then its animation frames and full-resolution hashes.
+            let mut all: Vec<PdqSignal> = pdq.map(|(hash, quality)| self.still_signal(upload, hash, quality)).into_iter().collect();
+            all.extend(upload.pictures.as_deref().unwrap_or_default().iter().filter_map(|&(id, quality, ms, full_resolution)| {
                 let at = (ms != NO_TIME).then(|| f64::from(ms) / 1000.0);
                 Some(PdqSignal { at, full_resolution, ..PdqSignal::new(self.frames.hash_of(id)?, quality) })
             }));
-            let exact = ExactHashes {
-                md5: upload.md5.map(hex::encode).unwrap_or_default(),
-                sha256: upload.sha256.map(hex::encode).unwrap_or_default(),
-            };
             banks.match_media(&exact, &all, &[])
-        } else {
-            banks.match_signals(upload.md5.as_ref(), upload.sha256.as_ref(), pdq)
         };
-        let pictures = upload.pictures.as_deref().is_some_and(|p| p.len() < MAX_MORE_PDQ_IN_VERDICT);
+        let remembered = Remembered {
+            video,
+            pictures: upload.pictures.as_deref().is_some_and(|p| p.len() < MAX_MORE_PDQ_IN_VERDICT),
+            dihedral: upload.dihedral.is_some(),
+        };
         let key_of = |r: &Reason| match r {
             Reason::HashMatch { bank, signal, entry, .. } => Some((bank.clone(), signal.clone(), entry.clone())),
             _ => None,
@@ -478,7 +502,7 @@ impl History {
             }
         }
         for (key, &reason) in &current {
-            if !rederivable(reason, video, pictures) && !removed.contains(key) {
+            if !rederivable(reason, remembered) && !removed.contains(key) {
                 now.entry(key.clone()).or_insert_with(|| reason.clone());
             }
         }
@@ -532,17 +556,29 @@ impl History {
     }
 }
 
-/// Whether retro can find a match again from the hashes it remembers of an upload: its exact
-/// hashes, its one PDQ hash, a video's whole feature list, an image's whole picture list
-/// (animation frames, full-resolution hashes). Not dihedral matches (the verdict carries the
-/// hashes as uploaded, not their rotations), nor a video frame's PDQ match (retro has the frame's
-/// `full` hash, the banks may use the `cli` convention): those stay until their entry goes, and
-/// retro only adds to them.
-fn rederivable(r: &Reason, video_remembered: bool, pictures_remembered: bool) -> bool {
+/// What retro remembers of an upload beyond its exact hashes and its still image's PDQ hash.
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    /// A video's whole feature list.
+    video: bool,
+    /// An image's whole picture list (animation frames, full-resolution hashes).
+    pictures: bool,
+    /// The still image's rotations and flips.
+    dihedral: bool,
+}
+
+/// Whether retro can find a match again from the hashes it remembers of an upload. Not a video
+/// frame's PDQ match (retro has the frame's `full` hash, the banks may use the `cli` convention),
+/// nor a dihedral match of an animation frame or full-resolution hash (the verdict carries only
+/// the still image's rotations), nor anything a verdict left out: those stay until their entry
+/// goes, and retro only adds to them.
+fn rederivable(r: &Reason, remembered: Remembered) -> bool {
     match r {
-        Reason::HashMatch { transform: Some(_), .. } => false,
-        Reason::HashMatch { signal, .. } if signal == "vpdq" => video_remembered,
-        Reason::HashMatch { at, full_resolution, .. } if at.is_some() || *full_resolution => pictures_remembered,
+        Reason::HashMatch { signal, .. } if signal == "vpdq" => remembered.video,
+        Reason::HashMatch { at, full_resolution, transform, .. } if at.is_some() || *full_resolution => {
+            remembered.pictures && transform.is_none()
+        }
+        Reason::HashMatch { transform: Some(_), .. } => remembered.dihedral,
         _ => true,
     }
 }
@@ -1006,7 +1042,36 @@ mod tests {
         assert_eq!(still.verdict.retro.as_ref().unwrap().changes.len(), 1);
     }
 
-    /// A dihedral match (which retro cannot recompute) stays, unless its entry was withdrawn.
+    /// With the still image's rotations and flips in the verdict (`signals.pdq_dihedral`), retro
+    /// finds a dihedral bank's entry added later for a rotated copy, names the transform, and
+    /// undoes it when the entry goes; a bank without `dihedral` ignores the rotations.
+    #[test]
+    fn an_entry_added_later_finds_rotated_uploads_in_dihedral_banks() {
+        let mut banks = Banks::with(vec![BankSettings { dihedral: true, ..settings("ncii") }, settings("plain")]);
+        let mut history = History::new();
+        let rotations: Vec<PdqHash> = (0..7).map(|i| pdq(800 + i)).collect();
+        let mut v = verdict("rotated", &md5(1), Some(pdq(799)));
+        v.signals.pdq_dihedral = Some(rotations.iter().map(PdqHash::to_string).collect());
+        history.take(v, 0, 0, 0).unwrap();
+
+        let changes = banks.put("plain", Signal::Pdq, &rotations[0].to_string(), "plain-1");
+        assert!(redecide_all(&mut history, &banks, &changes).is_empty(), "a bank without dihedral matching ignores rotations");
+        let changes = banks.put("ncii", Signal::Pdq, &near(rotations[0], 4).to_string(), "rot-1");
+        let out = redecide_all(&mut history, &banks, &changes);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].action, Action::Block);
+        assert!(
+            out[0].reasons.iter().any(|r| matches!(r, Reason::HashMatch { transform: Some(t), entry, .. } if t == "rotate90" && entry == "rot-1")),
+            "{:?}",
+            out[0]
+        );
+        let changes = banks.send(record_key("ncii", Signal::Pdq, &near(rotations[0], 4).to_string()), None);
+        let out = redecide_all(&mut history, &banks, &changes);
+        assert_eq!((out.len(), out[0].action), (1, Action::Allow), "{out:?}");
+    }
+
+    /// A dihedral match of a verdict without the rotations (which retro then cannot recompute)
+    /// stays, unless its entry was withdrawn.
     #[test]
     fn a_dihedral_match_goes_only_with_its_entry() {
         let banks = Banks::new(&["ncii"]);

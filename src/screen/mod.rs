@@ -724,6 +724,7 @@ fn decode_blocking(
     if let Some(p) = &still.pdq {
         signals.pdq = Some(p.hash.to_string());
         signals.pdq_quality = Some(p.quality);
+        signals.pdq_dihedral = p.dihedral.map(|all| all[1..].iter().map(PdqHash::to_string).collect());
     }
     pdq.extend(still.pdq);
     pdq.extend(still.viewed.clone());
