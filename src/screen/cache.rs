@@ -65,6 +65,10 @@ impl Learned {
             + (self.pdq.len() + usize::from(self.full_pdq.is_some())) * std::mem::size_of::<PdqSignal>()
             + self.vpdq.len() * std::mem::size_of::<VpdqFeature>()
             + self.signals.video.as_ref().map_or(0, |v| v.container.len() + v.codec.len())
+            + [&self.signals.more_pdq, &self.signals.pdq_dihedral]
+                .iter()
+                .map(|list| list.as_ref().map_or(0, |l| l.iter().map(|s| s.len() + std::mem::size_of::<String>()).sum()))
+                .sum::<usize>()
     }
 }
 
