@@ -88,10 +88,15 @@ pub fn build_screen(
     Ok(Arc::new(Screen::new(settings.clone(), banks, scorer, metrics.clone(), mode)?.with_flood_watch(flood)))
 }
 
-/// The flood watch, and a task that publishes each entry it flags to the bank topic as
-/// quarantined (every worker then applies it). `None` when no bank sets a flood limit.
+/// The flood watch, sharing its counts with the fleet over `kafka.flood_topic`, and a task that
+/// publishes each entry it flags to the bank topic as quarantined (every worker then applies
+/// it). `None` when no bank sets a flood limit.
 fn start_flood_watch(settings: &Arc<Settings>, banks: &Arc<BankSet>, metrics: &Arc<Metrics>) -> Option<Arc<FloodWatch>> {
     let (watch, mut requests) = FloodWatch::new(&settings.banks)?;
+    let watch = Arc::new(watch);
+    if !settings.kafka.flood_topic.is_empty() {
+        crate::kafka::flood_counts::start(&settings.kafka, &watch, instance_name());
+    }
     let settings = settings.clone();
     let metrics = metrics.clone();
     let banks = banks.clone();
@@ -121,7 +126,7 @@ fn start_flood_watch(settings: &Arc<Settings>, banks: &Arc<BankSet>, metrics: &A
             }
         }
     });
-    Some(Arc::new(watch))
+    Some(watch)
 }
 
 /// The banks a worker screens with: every bank file, then (when `kafka.banks_topic` is set) the

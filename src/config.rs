@@ -93,6 +93,9 @@ pub struct KafkaSettings {
     pub banks_topic: String,
     /// Reviewers' labels (`perisai.review/v1`), read by `perisai policy replay`; empty = none.
     pub reviews_topic: String,
+    /// Workers' per-entry match counts (`perisai.flood_count/v1`), so that flood limits are
+    /// fleet-wide; empty = each worker counts alone.
+    pub flood_topic: String,
     pub delivery: Delivery,
     /// librdkafka options applied to every client (TLS, SASL, client.id, ...).
     #[serde(default)]
@@ -611,7 +614,9 @@ impl Settings {
                 k.reviews_topic.is_empty() || &k.reviews_topic != value,
                 format!("kafka.reviews_topic: must differ from {key}"),
             );
+            check(k.flood_topic.is_empty() || &k.flood_topic != value, format!("kafka.flood_topic: must differ from {key}"));
         }
+        check(k.flood_topic.is_empty() || k.flood_topic != k.reviews_topic, "kafka.flood_topic: must differ from kafka.reviews_topic".into());
         check(k.commit_interval_ms > 0, "kafka.commit_interval_ms: must be > 0".into());
         check(
             parse_duration_secs(&self.retro.window).is_some(),

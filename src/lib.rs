@@ -19,7 +19,8 @@
 //! - [`live_policy`]: the policy in force, reloaded on SIGHUP or when the config file changes.
 //! - [`screen`]: one event's media → signals → verdict. Knows nothing about Kafka.
 //! - [`kafka`]: client settings, the verdict/DLQ sink, the bank topic's reader (start-up load, then
-//!   live tail) and writer, the broker watchdog, the demo's embedded broker.
+//!   live tail) and writer, the workers' flood counts exchange, the broker watchdog, the demo's
+//!   embedded broker.
 //! - [`pipeline`]: the worker: the receive loop, the in-flight ledger (bound, watermarks,
 //!   drain), backpressure, shutdown, and the delivery seam (at-least-once commits, the
 //!   exactly-once transaction cycle).

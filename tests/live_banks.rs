@@ -35,6 +35,11 @@ struct Feeder {
 
 impl Feeder {
     fn start(brokers: &str, topic: &str, target: Vec<u8>, clean: Vec<u8>) -> Self {
+        Self::paced(brokers, topic, target, clean, Duration::from_millis(100))
+    }
+
+    /// Rounds `pause` apart.
+    fn paced(brokers: &str, topic: &str, target: Vec<u8>, clean: Vec<u8>, pause: Duration) -> Self {
         let round = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, st, brokers, topic) = (round.clone(), stop.clone(), brokers.to_string(), topic.to_string());
@@ -55,7 +60,7 @@ impl Feeder {
                 });
                 // Published only once acknowledged: a round number read later means "sent after".
                 r.store(n, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(pause);
             }
         });
         Self { round, stop, thread: Some(thread) }
@@ -351,3 +356,61 @@ async fn a_flooding_entry_is_quarantined_on_every_worker_and_blocks_again_once_r
         assert!(wait_exit(w, Duration::from_secs(60)).success());
     }
 }
+
+/// A flood spread over three workers, none of which sees enough of it to trip the limit alone:
+/// about 60 matches a minute each against a limit of 100, 180 over the fleet. The workers share
+/// their counts over the flood topic, so the entry is quarantined fleet-wide before any one of
+/// them reaches 100.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_no_single_worker_sees_is_caught_fleet_wide() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "fleet-flood", PARTITIONS).await;
+    let dir = temp_dir();
+    let config = write_config(
+        dir.path(),
+        &brokers,
+        &topics,
+        "\n[[banks]]\nname = \"live\"\naction = \"block\"\nflood_max_matches_per_minute = 100\nflood_baseline_multiple = 10.0\n",
+    );
+    let cfg = config.to_str().unwrap();
+    let target = png(9190, 32);
+    let md5 = exact_hashes(&target).md5;
+    let watch = Watcher::start(&brokers, &topics.verdicts);
+    let mut workers: Vec<_> = (0..3).map(|n| spawn_worker(&config, dir.path(), n)).collect();
+    // One target upload a second on each of the three partitions: one partition a worker.
+    let feeder = Feeder::paced(&brokers, &topics.input, target.clone(), png(9191, 32), Duration::from_secs(1));
+    let all_three = |s: &[Seen]| target_actions_after(s, feeder.round().saturating_sub(3)).len() == 3;
+    let seen = wait_for(&watch, Duration::from_secs(90), all_three);
+    assert!(all_three(&seen), "three workers answer: {:?}\n{}", target_actions_after(&seen, 0).keys(), worker_log(dir.path(), 0));
+
+    let list = dir.path().join("meme.csv");
+    write_file(&list, &format!("signal,hash,entry\nmd5,{md5},partner-meme\n"));
+    assert!(perisai_in(Path::new(env!("CARGO_MANIFEST_DIR")), &["bank", "import", "--config", cfg, "--bank", "live", list.to_str().unwrap()]).status.success());
+    let imported = feeder.round();
+    let quarantined = |s: &[Seen]| s.iter().any(|v| v.event_id.starts_with("t-") && round_of(&v.event_id) > imported && v.quarantined);
+    let seen = wait_for(&watch, Duration::from_secs(120), quarantined);
+    assert!(quarantined(&seen), "never quarantined: {:?}\n{}", target_actions_after(&seen, imported), worker_log(dir.path(), 0));
+    // Before the first quarantined verdict, no worker had blocked 100 of them: none could have
+    // seen the flood alone.
+    let first = seen.iter().filter(|v| v.event_id.starts_with("t-") && v.quarantined).map(|v| v.at).min().unwrap();
+    let mut blocks: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in seen.iter().filter(|v| v.event_id.starts_with("t-") && round_of(&v.event_id) > imported && v.at < first && v.action == "block") {
+        *blocks.entry(v.worker.as_str()).or_default() += 1;
+    }
+    eprintln!("blocked per worker before the quarantine: {blocks:?}");
+    assert_eq!(blocks.len(), 3, "all three matched it: {blocks:?}");
+    assert!(blocks.values().all(|&n| n < 100), "{blocks:?}");
+    // The fleet counted over 100 in a minute; a few of those verdicts may reach the watcher late.
+    assert!(blocks.values().sum::<usize>() > 80, "the fleet did: {blocks:?}");
+    let logs: String = (0..3).map(|n| worker_log(dir.path(), n)).collect();
+    assert!(logs.contains("quarantined fleet-wide"), "the detecting worker says so");
+    assert!(!logs.contains(&md5), "a bank hash reached the log");
+    drop(feeder);
+    for w in &workers {
+        sigterm(w);
+    }
+    for w in &mut workers {
+        assert!(wait_exit(w, Duration::from_secs(60)).success());
+    }
+}
+

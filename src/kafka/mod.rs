@@ -2,6 +2,7 @@
 //! and the embedded broker used by `perisai demo`. Kept thin: no screening logic here.
 
 pub mod bank_feed;
+pub mod flood_counts;
 pub mod embedded;
 pub mod replica;
 pub mod sink;

@@ -44,6 +44,8 @@ pub struct Topics {
     pub dlq: String,
     /// The bank topic (compacted, 1 partition), empty at first.
     pub banks: String,
+    /// The workers' flood counts (2 partitions).
+    pub flood: String,
     pub group: String,
 }
 
@@ -59,6 +61,7 @@ pub async fn create_topics_with(brokers: &str, name: &str, input_partitions: i32
         verdicts: format!("{base}.verdicts"),
         dlq: format!("{base}.dlq"),
         banks: format!("{base}.banks"),
+        flood: format!("{base}.flood"),
         group: format!("{base}.group"),
     };
     let admin: AdminClient<DefaultClientContext> =
@@ -70,6 +73,7 @@ pub async fn create_topics_with(brokers: &str, name: &str, input_partitions: i32
         NewTopic::new(&topics.verdicts, 2, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.dlq, 1, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.banks, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact"),
+        NewTopic::new(&topics.flood, 2, TopicReplication::Fixed(1)).set("retention.ms", "3600000"),
     ];
     let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await.expect("create topics");
     for r in results {
@@ -94,6 +98,7 @@ input_topic = "{input}"
 verdict_topic = "{verdicts}"
 dlq_topic = "{dlq}"
 banks_topic = "{banks}"
+flood_topic = "{flood}"
 commit_interval_ms = 100
 statistics_interval_ms = 1000
 
@@ -116,6 +121,7 @@ level = "info"
         verdicts = topics.verdicts,
         dlq = topics.dlq,
         banks = topics.banks,
+        flood = topics.flood,
     );
     std::fs::write(&path, text).expect("write config");
     path
