@@ -241,7 +241,9 @@ pub fn export(settings: &Settings, bank: &str, format: ExportFormat) -> Result<S
             out.push_str("signal,hash,entry\n");
             let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
             for (signal, hash, entry) in &entries {
-                writer.write_record([signal.as_str(), hash, entry]).expect("writing to memory");
+                // Analysts open exports in spreadsheets: an entry id such as `=HYPERLINK(…)` must
+                // stay text there.
+                writer.write_record([signal.as_str(), hash, &formats::spreadsheet_safe(entry)]).expect("writing to memory");
             }
             out.push_str(&String::from_utf8(writer.into_inner().expect("writing to memory")).expect("UTF-8 fields"));
         }

@@ -414,3 +414,46 @@ async fn a_flood_no_single_worker_sees_is_caught_fleet_wide() {
     }
 }
 
+
+/// Exported CSV is safe to open in a spreadsheet: entry ids that would run as formulas get an
+/// apostrophe in front (OWASP's advice), and the export imports back unchanged; ids with
+/// invisible direction marks are refused at import.
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_are_safe_to_open_in_a_spreadsheet() {
+    let brokers = brokers();
+    let topics = create_topics(&brokers, "csv-safe", 1).await;
+    let dir = temp_dir();
+    let config = live_bank_config(dir.path(), &brokers, &topics);
+    let cfg = config.to_str().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let md5 = |i: u32| format!("{:032x}", 0xabc0_0000_u128 + u128::from(i));
+    let ids = ["=HYPERLINK(\"\"http://evil.example\"\",\"\"open\"\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A2)", "case-plain"];
+    let mut list = String::from("signal,hash,entry\n");
+    for (i, id) in ids.iter().enumerate() {
+        list.push_str(&format!("md5,{},\"{id}\"\n", md5(i as u32)));
+    }
+    list.push_str(&format!("md5,{},case\u{202E}txt.exe\n", md5(99)));
+    let file = dir.path().join("list.csv");
+    write_file(&file, &list);
+    let out = perisai_in(root, &["bank", "import", "--config", cfg, "--bank", "live", file.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("5 published"), "{text}");
+    assert!(text.contains("invisible formatting characters"), "the bidi override is refused: {text}");
+
+    let out = perisai_in(root, &["bank", "export", "--config", cfg, "--bank", "live"]);
+    assert!(out.status.success());
+    let export = String::from_utf8(out.stdout).unwrap();
+    let mut reader = csv::ReaderBuilder::new().from_reader(export.as_bytes());
+    let cells: Vec<String> = reader.records().map(|r| r.unwrap()[2].to_string()).collect();
+    assert_eq!(cells.len(), 5, "{export}");
+    for cell in &cells {
+        assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "a spreadsheet would evaluate {cell:?}");
+    }
+    assert!(cells.contains(&"case-plain".to_string()) && cells.contains(&"'@SUM(A1:A2)".to_string()), "{cells:?}");
+    // The export is a list like any other: imported again, nothing changes.
+    let exported = dir.path().join("export.csv");
+    write_file(&exported, &export);
+    let out = perisai_in(root, &["bank", "import", "--config", cfg, "--bank", "live", exported.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 published") && text.contains("5 unchanged"), "{text}");
+}

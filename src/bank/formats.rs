@@ -118,6 +118,28 @@ impl Parsed {
 // ---------------------------------------------------------------------------------------------
 // csv (ours)
 
+/// The first characters a spreadsheet evaluates a cell on (a formula, or a command through DDE).
+const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A cell as our CSV files write it (OWASP's advice against CSV injection): one that begins with a
+/// character a spreadsheet would evaluate gets an apostrophe in front, which spreadsheets show as
+/// text and [`from_spreadsheet_safe`] removes again.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(FORMULA_TRIGGERS) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// A CSV cell as [`spreadsheet_safe`] wrote it, back to its value: so an export imports unchanged.
+fn from_spreadsheet_safe(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_TRIGGERS) => rest,
+        _ => cell,
+    }
+}
+
 fn parse_csv(bytes: &[u8], out: &mut Parsed) -> Result<(), FormatError> {
     let mut records = Records::new(bytes);
     let header = match records.next() {
@@ -137,7 +159,7 @@ fn parse_csv(bytes: &[u8], out: &mut Parsed) -> Result<(), FormatError> {
     let tags_col = column("tags");
     for (line, fields) in records {
         let result = fields.and_then(|fields| {
-            let field = |i: usize| fields.get(i).map_or("", String::as_str);
+            let field = |i: usize| fields.get(i).map_or("", |f| from_spreadsheet_safe(f));
             let signal = match field(signal_col) {
                 "" => return Err("missing signal".to_string()),
                 text => Signal::parse(text)
@@ -533,6 +555,26 @@ mod tests {
     }
 
     // ---- csv
+
+    #[test]
+    fn cells_a_spreadsheet_would_evaluate_are_written_as_text_and_read_back() {
+        for cell in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            let safe = spreadsheet_safe(cell);
+            assert_eq!(safe, format!("'{cell}"));
+            assert_eq!(from_spreadsheet_safe(&safe), cell);
+        }
+        for cell in ["case-1", "'quoted", "a=b", ""] {
+            assert_eq!(spreadsheet_safe(cell), cell);
+            assert_eq!(from_spreadsheet_safe(cell), cell);
+        }
+        let text = format!("signal,hash,entry\nmd5,{},'=HYPERLINK(1)\n", "a".repeat(32));
+        let (rows, errors) = ok(Format::Csv, &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rows[0].entry.as_deref(), Some("=HYPERLINK(1)"));
+        let text = format!("signal,hash,entry\nmd5,{},case\u{202E}gpj.exe\n", "a".repeat(32));
+        let (rows, errors) = ok(Format::Csv, &text);
+        assert!(rows.is_empty() && errors[0].problem.contains("invisible formatting"), "{errors:?}");
+    }
 
     #[test]
     fn csv_reads_columns_by_name_in_any_order() {

@@ -309,7 +309,10 @@ fn checked_hash(signal: Signal, text: &str) -> Result<ParsedHash, Rejection> {
     })
 }
 
-/// Entry ids are echoed in verdicts and logs' readers' terminals: bounded, no control characters.
+/// Entry ids are echoed in verdicts, exports and logs' readers' terminals. Accepted: 1 to 256
+/// bytes of UTF-8 after trimming white space, no control characters and no invisible formatting
+/// characters (zero-width spaces and joiners, bidirectional marks, overrides and isolates, word
+/// joiners, the byte order mark) that could make one id read as another.
 pub fn check_entry(entry: &str) -> Result<&str, Rejection> {
     let entry = entry.trim();
     if entry.is_empty() {
@@ -321,7 +324,14 @@ pub fn check_entry(entry: &str) -> Result<&str, Rejection> {
     if entry.chars().any(char::is_control) {
         return Err(Rejection::BadEntry("contains control characters"));
     }
+    if entry.chars().any(invisible_format) {
+        return Err(Rejection::BadEntry("contains invisible formatting characters"));
+    }
     Ok(entry)
+}
+
+fn invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// serde_json's message without the offending input (it could be a hash).
