@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::bank::file::normalize_hash;
+use crate::bank::hash_text::normalize_hash;
 use crate::bank::formats::{self, Format, RowError};
 use crate::bank::flood::QuarantineRequest;
 use crate::bank::record::{self, quarantine_key, record_key, release_key, BankEntryRecord, QuarantineRecord, BANK_ENTRY_SCHEMA, QUARANTINE_SCHEMA};
@@ -181,7 +181,7 @@ fn parse_arguments(signal: Signal, texts: &[String]) -> (Vec<ParsedHash>, Vec<Ro
     let mut hashes = Vec::new();
     let mut refused = Vec::new();
     for (i, text) in texts.iter().enumerate() {
-        match normalize_hash(signal, text).and_then(|hex| crate::bank::file::parse_hash(signal, &hex)) {
+        match normalize_hash(signal, text).and_then(|hex| crate::bank::hash_text::parse_hash(signal, &hex)) {
             Ok(hash) => hashes.push(hash),
             Err(problem) => refused.push(RowError { line: i as u64 + 1, problem }),
         }

@@ -22,7 +22,7 @@
 
 use serde_json::{Map, Value};
 
-use super::file::normalize_hash;
+use super::hash_text::normalize_hash;
 use super::record::check_entry;
 use super::Signal;
 

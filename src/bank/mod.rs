@@ -5,11 +5,13 @@
 //! file (seed), from the bank topic's records ([`record`]), or both. The [`BankSet`] is shared by
 //! every screening thread and changed in place as records arrive: the exact maps and the PDQ
 //! index add and remove entries without a rebuild. Bank contents are sensitive: hashes are never
-//! logged, and entry ids only appear in verdicts.
+//! logged, and entry ids only appear in verdicts. Every reader of hash text (bank files, the
+//! import formats, topic records, withdrawals) validates it through [`hash_text`].
 
 pub mod file;
 pub mod flood;
 pub mod formats;
+pub mod hash_text;
 pub mod pdq_index;
 pub mod record;
 pub mod video;
@@ -280,7 +282,7 @@ impl Bank {
     }
 
     /// Adds an entry, or gives the hash's entry a new id. `hash` must already be validated
-    /// (see `file::parse_hash`); a vPDQ entry comes with its video. Fails only when a PDQ index
+    /// (see `hash_text::parse_hash`); a vPDQ entry comes with its video. Fails only when a PDQ index
     /// is at its capacity, or a vPDQ hash comes without its video.
     pub fn upsert(&mut self, hash: &ParsedHash, entry: &str, video: Option<&VideoEntry>) -> Result<Applied, pdq_index::IndexError> {
         if let Some(id) = self.id_of(hash) {
@@ -450,12 +452,12 @@ impl Bank {
     }
 
     pub fn match_exact(&self, hashes: &ExactHashes, out: &mut Vec<BankMatch>) {
-        if let Some(h) = file::decode_hex::<16>(hashes.md5.as_bytes()) {
+        if let Some(h) = hash_text::decode_hex::<16>(hashes.md5.as_bytes()) {
             if let Some(&id) = self.md5.get(&h) {
                 out.push(self.hit(ParsedHash::Md5(h), id));
             }
         }
-        if let Some(h) = file::decode_hex::<32>(hashes.sha256.as_bytes()) {
+        if let Some(h) = hash_text::decode_hex::<32>(hashes.sha256.as_bytes()) {
             if let Some(&id) = self.sha256.get(&h) {
                 out.push(self.hit(ParsedHash::Sha256(h), id));
             }
@@ -1036,7 +1038,7 @@ mod tests {
     #[test]
     fn withdrawn_ids_are_reused_without_leaking_old_entries() {
         let mut bank = Bank::new(settings("b"));
-        let h = |i: u32| ParsedHash::Md5(file::decode_hex::<16>(md5_of(i).as_bytes()).unwrap());
+        let h = |i: u32| ParsedHash::Md5(hash_text::decode_hex::<16>(md5_of(i).as_bytes()).unwrap());
         assert_eq!(bank.upsert(&h(1), "one", None).unwrap(), Applied::Added);
         assert_eq!(bank.upsert(&h(1), "one", None).unwrap(), Applied::Unchanged);
         assert_eq!(bank.withdraw(&h(1)), Applied::Withdrawn);

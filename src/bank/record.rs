@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::parse_hash;
+use super::hash_text::parse_hash;
 use super::{ParsedHash, Signal};
 use crate::config::valid_bank_name;
 

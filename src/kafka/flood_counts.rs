@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::base_config;
-use crate::bank::file::parse_hash;
+use crate::bank::hash_text::parse_hash;
 use crate::bank::flood::{EntryCounts, FloodWatch, BUCKET_SECS};
 use crate::bank::Signal;
 use crate::config::KafkaSettings;

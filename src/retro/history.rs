@@ -213,8 +213,8 @@ impl History {
             partition,
             offset,
             time_ms,
-            md5: signals.md5.as_deref().and_then(|h| crate::bank::file::decode_hex::<16>(h.as_bytes())),
-            sha256: signals.sha256.as_deref().and_then(|h| crate::bank::file::decode_hex::<32>(h.as_bytes())),
+            md5: signals.md5.as_deref().and_then(|h| crate::bank::hash_text::decode_hex::<16>(h.as_bytes())),
+            sha256: signals.sha256.as_deref().and_then(|h| crate::bank::hash_text::decode_hex::<32>(h.as_bytes())),
             pdq_quality: pdq.map(|_| signals.pdq_quality.unwrap_or(0)),
             action: verdict.action,
             matches,
@@ -1109,7 +1109,7 @@ mod tests {
         history.take(verdict("e1", &md5(1), None), 0, 0, 0).unwrap();
         let quarantine = |status: &str| {
             let (key, value) =
-                crate::admin::quarantine_record("ncii", &ParsedHash::Md5(crate::bank::file::decode_hex::<16>(md5(1).as_bytes()).unwrap()), status, "t", None);
+                crate::admin::quarantine_record("ncii", &ParsedHash::Md5(crate::bank::hash_text::decode_hex::<16>(md5(1).as_bytes()).unwrap()), status, "t", None);
             let expected = if status == "released" { release_key("ncii", Signal::Md5, &md5(1)) } else { quarantine_key("ncii", Signal::Md5, &md5(1)) };
             assert_eq!(key, expected);
             (key, Some(value))
