@@ -125,7 +125,7 @@ async fn memory_per_entry(n: usize) -> (f64, f64) {
                 height: Some(768),
                 ..Default::default()
             },
-            pdq: vec![PdqSignal { hash, quality: 90, dihedral: None, at: None, full_resolution: false }],
+            pdq: vec![PdqSignal::new(hash, 90)],
             is_image: true,
             decoded: true,
             classifier: Some(ClassifierFinding {

@@ -457,7 +457,7 @@ impl History {
             let features = self.features_of(upload);
             let frames: Vec<PdqSignal> = features
                 .iter()
-                .map(|f| PdqSignal { hash: f.hash, quality: f.quality, dihedral: None, at: Some(f.timestamp), full_resolution: false })
+                .map(|f| PdqSignal { at: Some(f.timestamp), ..PdqSignal::new(f.hash, f.quality) })
                 .collect();
             banks.match_media(&exact, &frames, &features)
         } else {

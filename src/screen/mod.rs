@@ -322,7 +322,7 @@ impl Screen {
         if let (true, None, Some(image)) = (needs.full_pdq, &learned.full_pdq, &p.image) {
             let image = image.clone();
             let dihedral = self.banks.any_dihedral();
-            learned.full_pdq = self.on_cpu(move || full_pdq(&image, dihedral)).await.ok();
+            learned.full_pdq = self.on_cpu(move || pdq_signal(&image, pdq::Convention::Full, dihedral)).await.ok();
         }
         if needs.score {
             if let Some(classifier) = &self.classifier {
@@ -669,13 +669,7 @@ fn hash_picture(image: &Image, work: &PixelWork, metrics: &Metrics) -> Hashed {
         return Hashed { pdq: None, anomaly: None, viewed: None };
     }
     let started = Instant::now();
-    let pdq = if work.dihedral {
-        let (all, quality) = pdq::hash_dihedral(image, work.pdq.convention);
-        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None, full_resolution: false }
-    } else {
-        let out = pdq::hash(image, work.pdq.convention);
-        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None, full_resolution: false }
-    };
+    let pdq = pdq_signal(image, work.pdq.convention, work.dihedral);
     metrics.observe_stage("pdq", started.elapsed().as_secs_f64());
     // The `cli` convention hashes a sparse 512×512 sample of a large image: one whose sampled
     // pixels alone were replaced would hash as anything. Such an image goes to review, and no
@@ -684,7 +678,7 @@ fn hash_picture(image: &Image, work: &PixelWork, metrics: &Metrics) -> Hashed {
         .then(|| pdq::sampling_disagreement(image))
         .flatten()
         .filter(|&d| d > pdq::SCALING_ANOMALY_THRESHOLD);
-    let viewed = anomaly.map(|_| PdqSignal { full_resolution: true, ..full_pdq(image, work.dihedral) });
+    let viewed = anomaly.map(|_| PdqSignal { full_resolution: true, ..pdq_signal(image, pdq::Convention::Full, work.dihedral) });
     Hashed { pdq: Some(pdq), anomaly, viewed }
 }
 
@@ -826,14 +820,10 @@ fn hash_video_frame(frame: video::Frame, work: FrameWork, preprocess: bool) -> H
     let feature = VpdqFeature::of_frame(frame.number, frame.timestamp, &frame.image);
     let resampled = |c| c == pdq::Convention::Cli && (frame.image.width.max(frame.image.height) as usize > pdq::CLI_SIDE);
     let pdq = work.convention.map(|convention| {
-        let mut signal = if work.dihedral {
-            let (all, quality) = pdq::hash_dihedral(&frame.image, convention);
-            PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None, full_resolution: false }
-        } else if resampled(convention) {
-            let out = pdq::hash(&frame.image, convention);
-            PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None, full_resolution: false }
+        let mut signal = if work.dihedral || resampled(convention) {
+            pdq_signal(&frame.image, convention, work.dihedral)
         } else {
-            PdqSignal { hash: feature.hash, quality: feature.quality, dihedral: None, at: None, full_resolution: false }
+            PdqSignal::new(feature.hash, feature.quality)
         };
         signal.at = Some(to_millis(feature.timestamp));
         signal
@@ -860,14 +850,14 @@ fn to_millis(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
 
-/// The still image's PDQ hash at full resolution (all 8 transforms when a bank asks for them).
-fn full_pdq(image: &Image, dihedral: bool) -> PdqSignal {
+/// A picture's PDQ hash in `convention` (all 8 transforms when a bank asks for them).
+fn pdq_signal(image: &Image, convention: pdq::Convention, dihedral: bool) -> PdqSignal {
     if dihedral {
-        let (all, quality) = pdq::hash_dihedral(image, pdq::Convention::Full);
-        PdqSignal { hash: all[0], quality, dihedral: Some(all), at: None, full_resolution: false }
+        let (all, quality) = pdq::hash_dihedral(image, convention);
+        PdqSignal { dihedral: Some(all), ..PdqSignal::new(all[0], quality) }
     } else {
-        let out = pdq::hash(image, pdq::Convention::Full);
-        PdqSignal { hash: out.hash, quality: out.quality, dihedral: None, at: None, full_resolution: false }
+        let out = pdq::hash(image, convention);
+        PdqSignal::new(out.hash, out.quality)
     }
 }
 
