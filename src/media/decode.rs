@@ -222,37 +222,28 @@ pub fn sniff(bytes: &[u8]) -> Sniffed {
 
 /// Image signatures that ordinary text and data do not contain by chance: six bytes or more, or
 /// four with a byte no text has (a NUL, a byte over 0x7F, a control character), or BMP's `BM`
-/// with the header that has to follow it. PNM's header is text, so it never counts here.
+/// with the header that has to follow it. The formats are the ones [`other_format`] and
+/// [`other_image`] recognise, less those whose signature is short or text: JPEG XL's bare
+/// codestream (`FF 0A`), PNM (its header is text), ICO (zeros), QOI (four letters), SVG.
 fn long_signature(bytes: &[u8]) -> bool {
-    let starts = |magic: &[u8]| bytes.starts_with(magic);
     // JPEG: FF D8 FF and a marker that can follow SOI (APPn, DQT, SOFn, DHT, COM).
     let jpeg = bytes.len() >= 4 && is_jpeg(bytes) && matches!(bytes[3], 0xE0..=0xEF | 0xDB | 0xC0..=0xC2 | 0xC4 | 0xFE);
-    let riff_webp = bytes.len() >= 12 && starts(b"RIFF") && &bytes[8..12] == b"WEBP";
-    let iso_image = bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && other_image(bytes) == Some("HEIF/AVIF");
-    jpeg
-        || bmp_header_parses(bytes)
-        || riff_webp
-        || iso_image
-        || [
-            &b"\x89PNG\r\n\x1a\n"[..],
-            b"GIF87a",
-            b"GIF89a",
-            b"II*\x00",
-            b"MM\x00*",
-            b"#?RADIANCE",
-            b"#?RGBE",
-            b"farbfeld",
-            &[0x76, 0x2F, 0x31, 0x01],
-            b"\x00\x00\x00\x0cJXL \r\n\x87\n",
-            b"\x00\x00\x00\x0cjP  \r\n\x87\n",
-            &[0xFF, 0x4F, 0xFF, 0x51],
-            b"8BPS\x00\x01",
-            b"8BPS\x00\x02",
-            b"DDS \x7c\x00\x00\x00",
-        ]
-        .iter()
-        .any(|magic| starts(magic))
+    let decodable = match other_format(bytes) {
+        Some(ImageFormat::Bmp) => bmp_header_parses(bytes),
+        // PNG, GIF, WebP and TIFF: 4 to 12 bytes, each with a byte text does not have.
+        Some(_) => true,
+        None => false,
+    };
+    let other = match other_image(bytes) {
+        Some("JPEG XL") => bytes.starts_with(JXL_CONTAINER),
+        Some(name) => ["HEIF/AVIF", "JPEG 2000", "Photoshop", "DDS", "Radiance HDR", "OpenEXR", "farbfeld"].contains(&name),
+        None => false,
+    };
+    jpeg || decodable || other
 }
+
+/// A JPEG XL file in its ISO container (the bare codestream starts `FF 0A`).
+const JXL_CONTAINER: &[u8] = b"\x00\x00\x00\x0cJXL \r\n\x87\n";
 
 /// Image formats recognised by their signature but not decoded here.
 fn other_image(bytes: &[u8]) -> Option<&'static str> {
@@ -266,7 +257,7 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
             [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"];
         return image_brands.iter().any(|b| brand == *b).then_some("HEIF/AVIF");
     }
-    if starts(&[0xFF, 0x0A]) || starts(b"\x00\x00\x00\x0cJXL \r\n\x87\n") {
+    if starts(&[0xFF, 0x0A]) || starts(JXL_CONTAINER) {
         return Some("JPEG XL");
     }
     if starts(b"\x00\x00\x00\x0cjP  \r\n\x87\n") || starts(&[0xFF, 0x4F, 0xFF, 0x51]) {
@@ -275,6 +266,10 @@ fn other_image(bytes: &[u8]) -> Option<&'static str> {
     // Photoshop: `8BPS`, then version 1 (PSD) or 2 (PSB).
     if starts(b"8BPS\x00\x01") || starts(b"8BPS\x00\x02") {
         return Some("Photoshop");
+    }
+    // Radiance writes `#?RADIANCE`, other tools `#?RGBE` (the `image` crate knows the first only).
+    if starts(b"#?RGBE") {
+        return Some("Radiance HDR");
     }
     if looks_like_svg(&bytes[..bytes.len().min(1024)]) {
         return Some("SVG");
@@ -903,6 +898,7 @@ mod tests {
         assert_eq!(sniff(b"P7\nWIDTH 4\nHEIGHT 2\nDEPTH 3\nMAXVAL 255\nENDHDR\n"), Sniffed::OtherImage("PNM"));
         assert_eq!(sniff(b"qoif\x00\x00\x00\x04\x00\x00\x00\x04\x04\x00"), Sniffed::OtherImage("QOI"));
         assert_eq!(sniff(b"8BPS\x00\x01\x00\x00\x00\x00"), Sniffed::OtherImage("Photoshop"));
+        assert_eq!(sniff(b"#?RGBE\nFORMAT=32-bit_rle_rgbe\n"), Sniffed::OtherImage("Radiance HDR"));
         // Behind junk: the long signatures of real images, never BMP's or PNM's two bytes.
         let png = small_png();
         let mut gif = Cursor::new(Vec::new());
