@@ -523,42 +523,42 @@ struct ProcSample {
     hwm_kib: u64,
 }
 
-/// utime + stime in ticks, and the name, from a /proc stat line.
-fn stat_cpu(text: &str) -> Option<(String, u64)> {
+/// From a /proc stat line: the name, utime + stime, and cutime + cstime (reaped children), in ticks.
+fn stat_cpu(text: &str) -> Option<(String, u64, u64)> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let name = text[open + 1..close].to_string();
     let fields: Vec<&str> = text[close + 2..].split_whitespace().collect();
-    // After the name: state is field 3, utime field 14, stime field 15 (1-based, whole line).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
+    // After the name: state is field 3, then utime, stime, cutime, cstime are fields 14 to 17
+    // (1-based, whole line).
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((name, ticks(11)? + ticks(12)?, ticks(13)? + ticks(14)?))
+}
+
+/// A process's peak RSS (VmHWM) in KiB from its /proc status file (0 without the line); `None`
+/// when the process is gone.
+fn peak_rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 fn proc_sample(pid: u32, ticks: f64) -> Option<ProcSample> {
     let base = format!("/proc/{pid}");
-    let stat = std::fs::read_to_string(format!("{base}/stat")).ok()?;
-    let (_, total) = stat_cpu(&stat)?;
-    let children = stat_children_cpu(&stat)?;
+    let (_, total, children) = stat_cpu(&std::fs::read_to_string(format!("{base}/stat")).ok()?)?;
     let mut threads = Vec::new();
     for entry in std::fs::read_dir(format!("{base}/task")).ok()?.flatten() {
-        if let Some((name, t)) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|s| stat_cpu(&s)) {
+        if let Some((name, t, _)) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|s| stat_cpu(&s)) {
             threads.push((name, t as f64 / ticks));
         }
     }
-    let status = std::fs::read_to_string(format!("{base}/status")).ok()?;
-    let hwm_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let hwm_kib = peak_rss_kib(&pid.to_string())?;
     Some(ProcSample { threads, cpu: total as f64 / ticks, children_cpu: children as f64 / ticks, hwm_kib })
-}
-
-/// cutime + cstime in ticks: the CPU of reaped children, from a /proc stat line.
-fn stat_children_cpu(text: &str) -> Option<u64> {
-    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
-    Some(fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?)
 }
 
 /// The largest VmHWM among `pid`'s live children (any thread's), in KiB: the video helpers.
@@ -567,21 +567,13 @@ fn children_peak_kib(pid: u32) -> u64 {
     let mut peak = 0;
     for task in tasks.flatten() {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace() {
-            let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
-            let hwm = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(hwm);
-        }
+        peak = children.split_whitespace().filter_map(peak_rss_kib).fold(peak, u64::max);
     }
     peak
 }
 
 fn cpu_seconds_of(pid: u32, ticks: f64) -> Option<f64> {
-    let (_, t) = stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let (_, t, _) = stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
     Some(t as f64 / ticks)
 }
 
