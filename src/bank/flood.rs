@@ -32,16 +32,10 @@ const IDLE_BUCKETS: u64 = BUCKETS as u64;
 /// one report lost or late.
 pub const PEER_FRESH_BUCKETS: u64 = 3;
 
-/// A request to quarantine one entry fleet-wide.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuarantineRequest {
-    pub bank: String,
-    pub hash: ParsedHash,
-    pub matches_last_minute: u64,
-    pub baseline_per_minute: f64,
-}
+/// A request to quarantine one entry fleet-wide: the fleet's counts of it when it flooded.
+pub type QuarantineRequest = EntryCounts;
 
-/// One entry's counts as a worker reports them to the fleet.
+/// One entry's match counts: a worker's own as it reports them to the fleet, or the fleet's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryCounts {
     pub bank: String,
@@ -114,7 +108,7 @@ impl Counts {
             return None;
         }
         self.requested = true;
-        Some(QuarantineRequest { bank: bank.to_string(), hash, matches_last_minute: last_minute, baseline_per_minute: baseline })
+        Some(EntryCounts { bank: bank.to_string(), hash, matches_last_minute: last_minute, baseline_per_minute: baseline })
     }
 }
 
